@@ -1,0 +1,220 @@
+//! Naive re-prefill vs state-pack on the demo loop, side by side in one process.
+//!
+//! Both arms run the same loop (same base, same observations, greedy) through a [`StatePack`]
+//! on an on-disk SQLite store; they differ only in the engine: the naive arm's engine has its
+//! prefix cache turned off, so it prefills the whole context at every step, as an agent that
+//! re-sends its history does. Every figure is measured; nothing is derived from a model of
+//! cost. Runs alternate which arm goes first, and each run uses its own base text so that no
+//! run starts with a cache warmed by the one before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::demo::{self, Start, StepTotals};
+use crate::engine::Engine;
+use crate::pack::{PackError, StatePack};
+use crate::store::{Store, StoreError};
+
+/// Which arm a figure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    /// Whole context prefilled at every step.
+    Naive,
+    /// state-pack: only the delta prefilled.
+    StatePack,
+}
+
+impl Arm {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Naive => "naive",
+            Arm::StatePack => "state-pack",
+        }
+    }
+}
+
+/// One arm's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmRun {
+    /// The arm.
+    pub arm: Arm,
+    /// Sums over create + steps.
+    pub totals: StepTotals,
+    /// Wall time of each step (create excluded), milliseconds.
+    pub step_ms: Vec<f64>,
+    /// Generated texts, per step.
+    pub outputs: Vec<String>,
+}
+
+/// The side-by-side result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Steps per run.
+    pub steps: usize,
+    /// Runs per arm.
+    pub runs: usize,
+    /// Every run of both arms, in the order they ran.
+    pub arm_runs: Vec<ArmRun>,
+    /// Median over runs of naive wall / state-pack wall.
+    pub speedup: f64,
+    /// 1 - (tokens state-pack prefilled / tokens naive prefilled), over all runs.
+    pub token_savings: f64,
+    /// Median state-pack wall time per step, milliseconds.
+    pub statepack_step_ms: f64,
+    /// Median naive wall time per step, milliseconds.
+    pub naive_step_ms: f64,
+    /// state-pack's own overhead (hashing, SQLite) as a fraction of its wall time.
+    pub overhead_fraction: f64,
+    /// Whether both arms generated the same text at every step of every run (they must:
+    /// greedy decoding from the same tokens, reused KV or not).
+    pub outputs_identical: bool,
+}
+
+/// Errors from the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A pack operation failed.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// The scratch store could not be made.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scratch directory could not be made.
+    #[error("cannot create a scratch directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// Nothing to run.
+    #[error("steps and runs must be at least 1")]
+    Empty,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+async fn run_arm(
+    arm: Arm,
+    engine: Arc<dyn Engine>,
+    session: &str,
+    steps: usize,
+    scratch: &std::path::Path,
+    on_step: &mut impl FnMut(Arm, usize),
+) -> Result<ArmRun, BenchError> {
+    let db = scratch.join(format!("{}-{session}.db", arm.name()));
+    let pack = StatePack::new(engine, Store::open(&db)?);
+    let base = pack.create(&demo::base_text(session)).await?;
+    let start = Start {
+        state: base.output,
+        next_step: 1,
+        turn_closed: false,
+    };
+    let done = demo::run_steps(&pack, start, steps, |s| on_step(arm, s.number)).await?;
+    let mut reports = vec![&base];
+    reports.extend(done.iter().map(|s| &s.report));
+    Ok(ArmRun {
+        arm,
+        totals: StepTotals::of(reports),
+        step_ms: done
+            .iter()
+            .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
+            .collect(),
+        outputs: done.into_iter().map(|s| s.output).collect(),
+    })
+}
+
+/// Runs both arms `runs` times for `steps` steps. `on_step(arm, step)` is called after each
+/// step, for progress display.
+pub async fn run(
+    statepack_engine: Arc<dyn Engine>,
+    naive_engine: Arc<dyn Engine>,
+    steps: usize,
+    runs: usize,
+    mut on_step: impl FnMut(Arm, usize),
+) -> Result<BenchReport, BenchError> {
+    if steps == 0 || runs == 0 {
+        return Err(BenchError::Empty);
+    }
+    let scratch = tempfile::tempdir()?;
+    let mut arm_runs = Vec::with_capacity(2 * runs);
+    let mut ratios = Vec::with_capacity(runs);
+    let session_root = format!("{}-{}", std::process::id(), rand_suffix());
+    for r in 0..runs {
+        let session = format!("{session_root}-{r}");
+        let order = if r % 2 == 0 {
+            [Arm::Naive, Arm::StatePack]
+        } else {
+            [Arm::StatePack, Arm::Naive]
+        };
+        let mut pair = Vec::with_capacity(2);
+        for arm in order {
+            let engine = match arm {
+                Arm::Naive => naive_engine.clone(),
+                Arm::StatePack => statepack_engine.clone(),
+            };
+            pair.push(run_arm(arm, engine, &session, steps, scratch.path(), &mut on_step).await?);
+        }
+        let wall = |a: Arm| {
+            pair.iter()
+                .find(|x| x.arm == a)
+                .map(|x| x.totals.wall.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        ratios.push(wall(Arm::Naive) / wall(Arm::StatePack).max(1e-9));
+        arm_runs.extend(pair);
+    }
+    let of = |a: Arm| arm_runs.iter().filter(move |x| x.arm == a);
+    let prefilled = |a: Arm| of(a).map(|x| x.totals.prefilled).sum::<usize>() as f64;
+    let per_step = |a: Arm| {
+        median(
+            of(a)
+                .map(|x| x.step_ms.iter().sum::<f64>() / x.step_ms.len().max(1) as f64)
+                .collect(),
+        )
+    };
+    let sp_wall: Duration = of(Arm::StatePack).map(|x| x.totals.wall).sum();
+    let sp_overhead: Duration = of(Arm::StatePack).map(|x| x.totals.overhead).sum();
+    let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
+    let sp_outputs: Vec<&Vec<String>> = of(Arm::StatePack).map(|x| &x.outputs).collect();
+    Ok(BenchReport {
+        steps,
+        runs,
+        speedup: median(ratios),
+        token_savings: 1.0 - prefilled(Arm::StatePack) / prefilled(Arm::Naive).max(1.0),
+        statepack_step_ms: per_step(Arm::StatePack),
+        naive_step_ms: per_step(Arm::Naive),
+        overhead_fraction: sp_overhead.as_secs_f64() / sp_wall.as_secs_f64().max(1e-9),
+        outputs_identical: naive_outputs == sp_outputs,
+        arm_runs,
+    })
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}

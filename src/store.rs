@@ -1,0 +1,445 @@
+//! SQLite persistence: states and the operations that made them.
+//!
+//! The schema lives in `migrations/*.sql`, applied in order at open and tracked with
+//! `PRAGMA user_version`. A state and the operation that produced it are written in one
+//! transaction, so a crash leaves both or neither.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use crate::state::{ModelFingerprint, StateHash};
+
+/// Migrations in the order they apply; the index + 1 is the schema version after each.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_states",
+    include_str!("../migrations/0001_states.sql"),
+)];
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open database {path}: {source} (choose a writable path with --db)")]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database is newer than this build.
+    #[error("database {path} has schema version {found}, newer than this build's {supported}: upgrade state-pack")]
+    TooNew {
+        /// The path.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: usize,
+    },
+    /// A stored row is not what the schema promises.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other SQLite error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The operation kinds of the pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// A new base state from text.
+    Create,
+    /// A state extended by a delta.
+    Merge,
+    /// A state extended by a delta and generated tokens.
+    Infer,
+    /// A shorter base replacing a long state.
+    Compact,
+}
+
+impl OpKind {
+    /// The name stored in SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Merge => "merge",
+            OpKind::Infer => "infer",
+            OpKind::Compact => "compact",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "create" => OpKind::Create,
+            "merge" => OpKind::Merge,
+            "infer" => OpKind::Infer,
+            "compact" => OpKind::Compact,
+            _ => return None,
+        })
+    }
+}
+
+/// A state as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredState {
+    /// Its hash.
+    pub hash: StateHash,
+    /// The model its tokens belong to.
+    pub model: ModelFingerprint,
+    /// The state it was made from, if any.
+    pub parent: Option<StateHash>,
+    /// The operation that made it.
+    pub op: OpKind,
+    /// Its tokens.
+    pub tokens: Vec<u32>,
+}
+
+/// One operation to record, with the measured figures.
+#[derive(Debug, Clone)]
+pub struct OperationRecord {
+    /// What was done.
+    pub op: OpKind,
+    /// The input state.
+    pub input: Option<StateHash>,
+    /// The output state.
+    pub output: StateHash,
+    /// Tokens appended by the caller (the delta; for create, the base).
+    pub delta_tokens: usize,
+    /// Tokens sent to the engine (0 when the engine was not needed).
+    pub prompt_tokens: usize,
+    /// Tokens the engine ran through the model.
+    pub prefilled: usize,
+    /// Tokens the engine took from its cache.
+    pub reused: usize,
+    /// Tokens generated.
+    pub generated: usize,
+    /// Engine prefill time.
+    pub prefill: Duration,
+    /// Engine decode time.
+    pub decode: Duration,
+    /// Wall time of the whole operation.
+    pub total: Duration,
+    /// Generated text (infer only).
+    pub output_text: Option<String>,
+}
+
+/// Totals over all operations in a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OperationTotals {
+    /// Operations recorded.
+    pub operations: u64,
+    /// Tokens prefilled.
+    pub prefilled: u64,
+    /// Tokens reused.
+    pub reused: u64,
+    /// Tokens generated.
+    pub generated: u64,
+}
+
+/// The SQLite store.
+pub struct Store {
+    conn: Connection,
+    path: Option<PathBuf>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn tokens_to_blob(tokens: &[u32]) -> Vec<u8> {
+    tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
+}
+
+fn blob_to_tokens(b: &[u8]) -> Option<Vec<u32>> {
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+fn digest(b: Vec<u8>, table: &'static str) -> Result<[u8; 32], StoreError> {
+    b.try_into().map_err(|_| StoreError::Corrupt {
+        table,
+        reason: "hash column is not 32 bytes".into(),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // journal_mode returns a row; the rest do not.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(open_err)?;
+        let mut store = Self {
+            conn,
+            path: Some(path.to_path_buf()),
+        };
+        store.configure().map_err(open_err)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// A throwaway in-memory store, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut store = Self {
+            conn: Connection::open_in_memory()?,
+            path: None,
+        };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        // FULL: a committed operation survives power loss, not only a process crash.
+        self.conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+    }
+
+    /// The database file, if on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooNew {
+                path: self.path.clone().unwrap_or_default(),
+                found: version,
+                supported: MIGRATIONS.len(),
+            });
+        }
+        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            tracing::info!(migration = name, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// The state `hash`, if stored.
+    pub fn state(&self, hash: &StateHash) -> Result<Option<StoredState>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT model, parent, op, tokens FROM states WHERE hash = ?1",
+                [hash.as_bytes().as_slice()],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((model, parent, op, tokens)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            table: "states",
+            reason: format!("{reason} in state {hash}"),
+        };
+        Ok(Some(StoredState {
+            hash: *hash,
+            model: ModelFingerprint::from_bytes(digest(model, "states")?),
+            parent: parent
+                .map(|p| digest(p, "states").map(StateHash::from_bytes))
+                .transpose()?,
+            op: OpKind::parse(&op).ok_or_else(|| corrupt("unknown op"))?,
+            tokens: blob_to_tokens(&tokens).ok_or_else(|| corrupt("token blob length"))?,
+        }))
+    }
+
+    /// Records `state` (if new) and the operation that produced it, atomically. Returns the
+    /// operation's sequence number.
+    pub fn record(&mut self, state: &StoredState, op: &OperationRecord) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_state(&tx, state)?;
+        tx.execute(
+            "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
+                 reused, generated, prefill_us, decode_us, total_us, output_text, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                op.op.as_str(),
+                op.input.map(|h| h.as_bytes().to_vec()),
+                op.output.as_bytes().as_slice(),
+                op.delta_tokens as i64,
+                op.prompt_tokens as i64,
+                op.prefilled as i64,
+                op.reused as i64,
+                op.generated as i64,
+                op.prefill.as_micros() as i64,
+                op.decode.as_micros() as i64,
+                op.total.as_micros() as i64,
+                op.output_text,
+                now_ms(),
+            ],
+        )?;
+        let seq = tx.last_insert_rowid() as u64;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Number of stored states.
+    pub fn state_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM states", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Totals over every recorded operation.
+    pub fn totals(&self) -> Result<OperationTotals, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), coalesce(sum(prefilled), 0), coalesce(sum(reused), 0),
+                    coalesce(sum(generated), 0) FROM operations",
+            [],
+            |r| {
+                Ok(OperationTotals {
+                    operations: r.get::<_, i64>(0)? as u64,
+                    prefilled: r.get::<_, i64>(1)? as u64,
+                    reused: r.get::<_, i64>(2)? as u64,
+                    generated: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )?)
+    }
+
+    /// The output state of the latest operation, if any: where a continued run picks up.
+    pub fn latest_output(&self) -> Result<Option<StateHash>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT output FROM operations ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .map(|b| digest(b, "operations").map(StateHash::from_bytes))
+            .transpose()
+    }
+}
+
+fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO states (hash, model, parent, op, token_count, tokens, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            s.hash.as_bytes().as_slice(),
+            s.model.as_bytes().as_slice(),
+            s.parent.map(|p| p.as_bytes().to_vec()),
+            s.op.as_str(),
+            s.tokens.len() as i64,
+            tokens_to_blob(&s.tokens),
+            now_ms(),
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(tokens: Vec<u32>, parent: Option<StateHash>) -> StoredState {
+        let model = ModelFingerprint::from_bytes([1; 32]);
+        StoredState {
+            hash: StateHash::of(&model, &tokens),
+            model,
+            parent,
+            op: if parent.is_some() { OpKind::Merge } else { OpKind::Create },
+            tokens,
+        }
+    }
+
+    fn op(s: &StoredState) -> OperationRecord {
+        OperationRecord {
+            op: s.op,
+            input: s.parent,
+            output: s.hash,
+            delta_tokens: 1,
+            prompt_tokens: s.tokens.len(),
+            prefilled: 1,
+            reused: s.tokens.len() - 1,
+            generated: 0,
+            prefill: Duration::from_millis(3),
+            decode: Duration::ZERO,
+            total: Duration::from_millis(4),
+            output_text: None,
+        }
+    }
+
+    #[test]
+    fn states_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let a = state(vec![1, 2, 3], None);
+        let b = state(vec![1, 2, 3, 4], Some(a.hash));
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.record(&a, &op(&a)).unwrap();
+            s.record(&b, &op(&b)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.state(&b.hash).unwrap().unwrap(), b);
+        assert_eq!(s.state_count().unwrap(), 2);
+        assert_eq!(s.totals().unwrap().operations, 2);
+        assert_eq!(s.latest_output().unwrap(), Some(b.hash));
+    }
+
+    #[test]
+    fn failed_operation_leaves_no_state_row() {
+        let mut s = Store::open_in_memory().unwrap();
+        // The parent does not exist: the foreign key fails inside the transaction.
+        let orphan = state(vec![9, 9], Some(StateHash::from_bytes([3; 32])));
+        assert!(s.record(&orphan, &op(&orphan)).is_err());
+        assert!(s.state(&orphan.hash).unwrap().is_none());
+        assert_eq!(s.totals().unwrap().operations, 0);
+    }
+
+    #[test]
+    fn unwritable_path_is_a_clear_error() {
+        let e = Store::open(Path::new("/proc/definitely/not/here.db"))
+            .err()
+            .expect("must fail");
+        assert!(e.to_string().contains("--db"), "{e}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+    }
+}
