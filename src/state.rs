@@ -181,13 +181,19 @@ mod tests {
             StateHash::of(&model, &[1, 2, 70000]).to_hex(),
             "72955cc8e11f6d1efd5d3d775e135d870076b35a0d5f48abb1e7868fb45575ca"
         );
-        assert_eq!(StateHash::of(&model, &[]).to_hex(), "d54f6ea037ca9394f0d7659a27e2c7da502608d3dc008b6890fb42d2208f8b53");
+        assert_eq!(
+            StateHash::of(&model, &[]).to_hex(),
+            "d54f6ea037ca9394f0d7659a27e2c7da502608d3dc008b6890fb42d2208f8b53"
+        );
     }
 
     #[test]
     fn delta_hash_is_domain_separated() {
         let model = ModelFingerprint::from_bytes(MODEL);
-        assert_eq!(DeltaHash::of(&model, &[1, 2, 70000]).to_hex(), "171ab0f1ad8b870ec7cb10ead5b881d1c03a4ceb1b12bee85df3952f187de228");
+        assert_eq!(
+            DeltaHash::of(&model, &[1, 2, 70000]).to_hex(),
+            "171ab0f1ad8b870ec7cb10ead5b881d1c03a4ceb1b12bee85df3952f187de228"
+        );
         assert_ne!(
             DeltaHash::of(&model, &[5]).as_bytes(),
             StateHash::of(&model, &[5]).as_bytes()

@@ -13,10 +13,8 @@ use serde::Serialize;
 use crate::state::{ModelFingerprint, StateHash};
 
 /// Migrations in the order they apply; the index + 1 is the schema version after each.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_states",
-    include_str!("../migrations/0001_states.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_states", include_str!("../migrations/0001_states.sql"))];
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +311,8 @@ impl Store {
     pub fn state_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT count(*) FROM states", [], |r| r.get::<_, i64>(0))? as u64)
+            .query_row("SELECT count(*) FROM states", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     /// Totals over every recorded operation.
@@ -374,7 +373,11 @@ mod tests {
             hash: StateHash::of(&model, &tokens),
             model,
             parent,
-            op: if parent.is_some() { OpKind::Merge } else { OpKind::Create },
+            op: if parent.is_some() {
+                OpKind::Merge
+            } else {
+                OpKind::Create
+            },
             tokens,
         }
     }

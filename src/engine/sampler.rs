@@ -4,6 +4,12 @@
 //! This logits processor makes the draw itself — temperature, nucleus, a uniform number from
 //! `(seed, position)` — and hands mistral.rs logits with a single finite entry, which its greedy
 //! sampler then picks. The same seed and prefix give the same token in any process.
+//!
+//! The position is counted from the prompt length, not taken from the `context` mistral.rs
+//! passes: on a prefix-cache hit that context holds only the uncached tokens, so its length
+//! would differ between a hot and a cold run of the same prompt.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mistralrs::{CustomLogitsProcessor, DType, Result as CandleResult, Tensor};
 
@@ -11,6 +17,8 @@ pub(crate) struct SeededSampler {
     pub seed: u64,
     pub temperature: f32,
     pub top_p: f32,
+    /// Position of the next token to draw: the prompt length, then one more per draw.
+    pub next_position: AtomicUsize,
 }
 
 /// SplitMix64: a tiny, well-mixed hash from (seed, position) to 64 random bits.
@@ -67,9 +75,11 @@ impl SeededSampler {
 }
 
 impl CustomLogitsProcessor for SeededSampler {
-    fn apply(&self, logits: &Tensor, context: &[u32]) -> CandleResult<Tensor> {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> CandleResult<Tensor> {
         let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let pick = self.draw(&values, context.len());
+        // One call per sampled token, in order (one sequence, no speculative decoding).
+        let position = self.next_position.fetch_add(1, Ordering::Relaxed);
+        let pick = self.draw(&values, position);
         let mut out = vec![f32::NEG_INFINITY; values.len()];
         out[pick] = 0.0;
         Tensor::from_vec(out, logits.shape(), logits.device())?.to_dtype(logits.dtype())
@@ -86,6 +96,7 @@ mod tests {
             seed: 42,
             temperature: 1.0,
             top_p: 1.0,
+            next_position: AtomicUsize::new(0),
         };
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let a: Vec<usize> = (0..20).map(|p| s.draw(&logits, p)).collect();
@@ -101,6 +112,7 @@ mod tests {
             seed: 7,
             temperature: 1.0,
             top_p: 1e-6,
+            next_position: AtomicUsize::new(0),
         };
         let logits = [0.1, 3.0, f32::NEG_INFINITY, 2.9];
         for p in 0..10 {

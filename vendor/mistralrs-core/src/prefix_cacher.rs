@@ -238,8 +238,11 @@ impl PrefixCacheManagerV2 {
         let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
         for (k, v) in &self.caches {
             // state-pack patch: a prompt wholly covered by an entry still needs its last token
-            // run to get logits, so reuse all but that token instead of none of them.
-            let match_len = toks.shared_prefix_len(k).min(toks.0.len() - 1);
+            // run to get logits, so reuse all but the tail instead of none of it. The tail is
+            // at least two tokens because the CPU attention has a separate kernel for one query
+            // token whose logits differ (by ~0.3 on SmolLM2) from the prompt kernel's: with a
+            // one-token tail, a hot prompt would not compute what a cold prefill computes.
+            let match_len = toks.shared_prefix_len(k).min(toks.0.len().saturating_sub(2));
             if match_len == 0 {
                 continue;
             }

@@ -492,7 +492,13 @@ impl Engine {
                                     seq.set_state(SequenceState::Done(StopReason::GeneratedImage))
                                 }
                                 SeqStepType::PromptAndDecode => {
-                                    seq.set_state(SequenceState::RunningCompletion)
+                                    // state-pack patch: a sequence that finished in its prompt
+                                    // step (max_len 1, or an immediate stop token) has already
+                                    // been answered; upstream resurrected it for one more
+                                    // decode step and a second prefix-cache entry.
+                                    if !matches!(seq.getstate(), SequenceState::Done(_)) {
+                                        seq.set_state(SequenceState::RunningCompletion)
+                                    }
                                 }
                             }
                             let now = SystemTime::now()

