@@ -161,7 +161,7 @@ fn tokens_to_blob(tokens: &[u32]) -> Vec<u8> {
 }
 
 fn blob_to_tokens(b: &[u8]) -> Option<Vec<u32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -1,4 +1,6 @@
 //! Shared set-up for tests that run the real default model.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
