@@ -312,15 +312,11 @@ impl StatePack {
         let span = info_span!("pack.merge", state = %state.short(), delta = delta.len());
         async {
             let started = Instant::now();
-            if delta.is_empty() {
-                return Err(PackError::EmptyDelta);
-            }
-            let parent = self.load(state)?;
-            let overhead = started.elapsed();
-            let input_was_hot = self.is_hot(&parent.tokens);
-            let mut tokens = parent.tokens;
-            tokens.extend_from_slice(delta);
-            self.check_window(tokens.len() + 1)?;
+            let Extension {
+                tokens,
+                input_was_hot,
+                overhead,
+            } = self.extend(state, delta, 1, started)?;
             let outcome = self.make_hot(&tokens).await?;
             self.commit(Pending {
                 op: OpKind::Merge,
@@ -360,15 +356,11 @@ impl StatePack {
         let span = info_span!("pack.infer", state = %state.short(), delta = delta.len());
         async {
             let started = Instant::now();
-            if delta.is_empty() {
-                return Err(PackError::EmptyDelta);
-            }
-            let parent = self.load(state)?;
-            let overhead = started.elapsed();
-            let input_was_hot = self.is_hot(&parent.tokens);
-            let mut tokens = parent.tokens;
-            tokens.extend_from_slice(delta);
-            self.check_window(tokens.len() + sampling.max_tokens)?;
+            let Extension {
+                mut tokens,
+                input_was_hot,
+                overhead,
+            } = self.extend(state, delta, sampling.max_tokens, started)?;
             let generation = self.engine.generate(&tokens, sampling).await?;
             tokens.extend_from_slice(&generation.tokens);
             let outcome = Outcome {
@@ -395,6 +387,31 @@ impl StatePack {
         }
         .instrument(span)
         .await
+    }
+
+    /// `state ++ delta`, checked: the delta is not empty, the state exists on this model, and
+    /// `room` more tokens still fit the context window.
+    fn extend(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        room: usize,
+        started: Instant,
+    ) -> Result<Extension, PackError> {
+        if delta.is_empty() {
+            return Err(PackError::EmptyDelta);
+        }
+        let parent = self.load(state)?;
+        let overhead = started.elapsed();
+        let input_was_hot = self.is_hot(&parent.tokens);
+        let mut tokens = parent.tokens;
+        tokens.extend_from_slice(delta);
+        self.check_window(tokens.len() + room)?;
+        Ok(Extension {
+            tokens,
+            input_was_hot,
+            overhead,
+        })
     }
 
     /// Hashes and stores the output state with its operation, and builds the report.
@@ -449,6 +466,14 @@ impl StatePack {
             },
         })
     }
+}
+
+/// A parent state's tokens with a delta appended, before the engine runs.
+struct Extension {
+    tokens: Vec<u32>,
+    input_was_hot: bool,
+    /// Pack work so far (loading the parent).
+    overhead: Duration,
 }
 
 /// An operation whose engine work is done, waiting to be hashed and stored.
