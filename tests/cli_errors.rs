@@ -1,0 +1,79 @@
+//! What a user sees on bad input: a non-zero exit and one line that says what to do.
+
+use std::process::Command;
+
+fn state_pack(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_state-pack"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run state-pack");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (ok, err) = state_pack(args);
+    assert!(!ok, "{args:?} must fail");
+    assert_eq!(err.lines().count(), 1, "one line, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn malformed_state_hash() {
+    assert_one_line_error(
+        &["state", "not-a-hash"],
+        "expected 64 hexadecimal characters",
+    );
+    assert_one_line_error(&["state", &"g".repeat(64)], "malformed hash");
+}
+
+#[test]
+fn unwritable_database_path() {
+    assert_one_line_error(
+        &["run", "--steps", "1", "--db", "/proc/no/such/dir/x.db"],
+        "choose a writable path with --db",
+    );
+}
+
+#[test]
+fn missing_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    assert_one_line_error(
+        &[
+            "run",
+            "--steps",
+            "1",
+            "--db",
+            db.to_str().unwrap(),
+            "--model",
+            "/no/such/model.gguf",
+        ],
+        "does not exist",
+    );
+}
+
+#[test]
+fn corrupt_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken.gguf");
+    std::fs::write(&model, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
+    let db = dir.path().join("x.db");
+    assert_one_line_error(
+        &[
+            "run",
+            "--steps",
+            "1",
+            "--db",
+            db.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        "broken.gguf",
+    );
+}
