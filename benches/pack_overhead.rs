@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use state_pack::state::{ModelFingerprint, StateHash};
+use state_pack::ledger::Signer;
+use state_pack::state::{DeltaHash, ModelFingerprint, StateHash};
 use state_pack::store::{OpKind, OperationRecord, Store, StoredState};
 
 fn tokens(n: usize) -> Vec<u32> {
@@ -31,7 +32,8 @@ fn hashing(c: &mut Criterion) {
 fn durable_record(c: &mut Criterion) {
     let model = ModelFingerprint::from_bytes([7; 32]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = Store::open(&dir.path().join("bench.db")).expect("store");
+    let mut store =
+        Store::open(&dir.path().join("bench.db"), Signer::from_seed([1; 32])).expect("store");
     let mut g = c.benchmark_group("store_record_durable");
     for n in [500, 1_000, 4_000] {
         let base = tokens(n);
@@ -55,6 +57,9 @@ fn durable_record(c: &mut Criterion) {
                     input: None,
                     output: hash,
                     delta_tokens: n + 1,
+                    delta_hash: DeltaHash::of(&model, &[i]),
+                    input_was_hot: None,
+                    policy: None,
                     prompt_tokens: n + 1,
                     prefilled: 30,
                     reused: n - 29,

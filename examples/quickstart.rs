@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use state_pack::engine::{MistralRsEngine, MistralRsOptions, Sampling};
+use state_pack::ledger::Signer;
 use state_pack::{model, StatePack, Store};
 
 #[tokio::main]
@@ -18,7 +19,8 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let pack = StatePack::new(
         Arc::new(engine),
-        Store::open(&dir.path().join("quickstart.db"))?,
+        // Every operation gets a signed receipt; this example signs with a throwaway key.
+        Store::open(&dir.path().join("quickstart.db"), Signer::generate()?)?,
     );
 
     let base = pack

@@ -113,7 +113,11 @@ async fn run_arm(
     on_step: &mut impl FnMut(Arm, usize),
 ) -> Result<ArmRun, BenchError> {
     let db = scratch.join(format!("{}-{session}.db", arm.name()));
-    let pack = StatePack::new(engine, Store::open(&db)?);
+    // Both arms sign receipts, as every real run does, with a throwaway key.
+    let signer = crate::ledger::Signer::generate()
+        .map_err(crate::ledger::LedgerError::from)
+        .map_err(crate::store::StoreError::from)?;
+    let pack = StatePack::new(engine, Store::open(&db, signer)?);
     let base = pack.create(&demo::base_text(session)).await?;
     let start = Start {
         state: base.output,

@@ -8,6 +8,7 @@
 //! - [`engine`]: the [`Engine`](engine::Engine) trait and [`MistralRsEngine`](engine::MistralRsEngine).
 //! - [`pack`]: [`StatePack`] — create / merge / infer, with measured token accounting.
 //! - [`store`]: SQLite persistence ([`Store`]).
+//! - [`ledger`]: signed, hash-linked receipts of every operation, checkpoints and `verify`.
 //! - [`model`]: the pinned default model, fetched with pip.
 //! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
 //!   benchmark, behind `state-pack run` and `state-pack bench`.
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod demo;
 pub mod engine;
+pub mod ledger;
 pub mod model;
 pub mod pack;
 pub mod state;

@@ -12,7 +12,8 @@ use serde::Serialize;
 use tracing::{info_span, Instrument};
 
 use crate::engine::{Engine, EngineError, EngineUsage, FinishReason, Sampling};
-use crate::state::{ModelFingerprint, StateHash};
+use crate::ledger::ReceiptRef;
+use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoreError, StoredState};
 
 /// Errors from pack operations. Each says what to do about it.
@@ -84,8 +85,10 @@ pub struct Timings {
 /// What one operation did.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpReport {
-    /// Operation sequence number in the store.
+    /// Operation number in the store's operations table.
     pub seq: u64,
+    /// The signed receipt written with it.
+    pub receipt: ReceiptRef,
     /// The operation.
     pub op: OpKind,
     /// Input state.
@@ -140,11 +143,13 @@ pub struct StateView {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use state_pack::engine::{MistralRsEngine, MistralRsOptions, Sampling};
+/// use state_pack::ledger::{default_key_path, Signer};
 /// use state_pack::{model, StatePack, Store};
 ///
 /// let path = model::DEFAULT_MODEL.ensure(&model::cache_dir(None))?;
 /// let engine = MistralRsEngine::load(&path, MistralRsOptions::default()).await?;
-/// let pack = StatePack::new(Arc::new(engine), Store::open("agent.db".as_ref())?);
+/// let (key, _) = Signer::load_or_create(&default_key_path())?;
+/// let pack = StatePack::new(Arc::new(engine), Store::open("agent.db".as_ref(), key)?);
 /// let base = pack.create("<|im_start|>system\nYou are terse.<|im_end|>\n").await?;
 /// let step = pack
 ///     .infer(&base.output, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", &Sampling::greedy(8))
@@ -195,6 +200,18 @@ impl StatePack {
     /// The database file, if the store is on disk.
     pub fn db_path(&self) -> Option<std::path::PathBuf> {
         self.store().path().map(|p| p.to_path_buf())
+    }
+
+    /// Runs `f` on the store (for the ledger: checkpoints, key rotation, receipts). Pack
+    /// operations wait while it runs.
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.store())
+    }
+
+    /// Clean shutdown: writes a signed checkpoint covering every receipt so far.
+    pub fn close(&self) -> Result<(), PackError> {
+        self.store().checkpoint()?;
+        Ok(())
     }
 
     fn load(&self, hash: &StateHash) -> Result<StoredState, PackError> {
@@ -285,6 +302,7 @@ impl StatePack {
                 input: None,
                 input_was_hot: false,
                 delta: tokens.len(),
+                delta_hash: DeltaHash::of(&self.engine.info().fingerprint, &tokens),
                 tokens,
                 outcome,
                 output_text: None,
@@ -324,6 +342,7 @@ impl StatePack {
                 input_was_hot,
                 tokens,
                 delta: delta.len(),
+                delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
                 outcome,
                 output_text: None,
                 started,
@@ -373,6 +392,7 @@ impl StatePack {
                 input_was_hot,
                 tokens,
                 delta: delta.len(),
+                delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
                 outcome,
                 output_text: Some(generation.text.clone()),
                 started,
@@ -433,6 +453,9 @@ impl StatePack {
             input: p.input,
             output: hash,
             delta_tokens: p.delta,
+            delta_hash: p.delta_hash,
+            input_was_hot: p.input.map(|_| p.input_was_hot),
+            policy: None,
             prompt_tokens: usage.prompt_tokens,
             prefilled: usage.prefilled,
             reused: usage.reused,
@@ -443,9 +466,10 @@ impl StatePack {
             total: p.started.elapsed(),
             output_text: p.output_text,
         };
-        let seq = self.store().record(&stored, &record)?;
+        let recorded = self.store().record(&stored, &record)?;
         Ok(OpReport {
-            seq,
+            seq: recorded.operation,
+            receipt: recorded.receipt,
             op: p.op,
             input: p.input,
             output: hash,
@@ -483,6 +507,7 @@ struct Pending {
     input_was_hot: bool,
     tokens: Vec<u32>,
     delta: usize,
+    delta_hash: DeltaHash,
     outcome: Outcome,
     output_text: Option<String>,
     started: Instant,

@@ -14,10 +14,6 @@
 //! This module is the one place that layout is written down; `tests` below pin it with
 //! known answers.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Domain tag that starts every state hash pre-image.
@@ -33,7 +29,7 @@ pub struct ParseHashError {
     pub input: String,
 }
 
-fn parse_digest(s: &str) -> Result<[u8; 32], ParseHashError> {
+pub(crate) fn parse_digest(s: &str) -> Result<[u8; 32], ParseHashError> {
     let err = || ParseHashError {
         input: s.chars().take(80).collect(),
     };
@@ -70,39 +66,40 @@ macro_rules! digest_type {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.to_hex())
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.short())
             }
         }
 
-        impl FromStr for $name {
-            type Err = ParseHashError;
+        impl std::str::FromStr for $name {
+            type Err = $crate::state::ParseHashError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                parse_digest(s).map(Self)
+                $crate::state::parse_digest(s).map(Self)
             }
         }
 
-        impl Serialize for $name {
+        impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.to_hex())
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
+        impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
+                let s = <String as serde::Deserialize>::deserialize(d)?;
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
     };
 }
+pub(crate) use digest_type;
 
 digest_type!(
     /// SHA-256 of a model's weights file: which model a state's tokens belong to.

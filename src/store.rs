@@ -2,19 +2,28 @@
 //!
 //! The schema lives in `migrations/*.sql`, applied in order at open and tracked with
 //! `PRAGMA user_version`. A state and the operation that produced it are written in one
-//! transaction, so a crash leaves both or neither.
+//! transaction with its signed receipt (see [`crate::ledger`]), so a crash leaves all three
+//! or none.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
-use crate::state::{ModelFingerprint, StateHash};
+use crate::ledger::log::{self as ledger_log, ReceiptDraft, StoredReceipt};
+use crate::ledger::receipt::{ReceiptOp, ReceiptTimings, ReceiptTokens};
+use crate::ledger::{
+    Checkpoint, Ledger, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint, Signer,
+    DEFAULT_CHECKPOINT_EVERY,
+};
+use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 
 /// Migrations in the order they apply; the index + 1 is the schema version after each.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_states", include_str!("../migrations/0001_states.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_states", include_str!("../migrations/0001_states.sql")),
+    ("0002_ledger", include_str!("../migrations/0002_ledger.sql")),
+];
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The receipt ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -84,6 +96,15 @@ impl OpKind {
             _ => return None,
         })
     }
+
+    fn receipt_op(self) -> ReceiptOp {
+        match self {
+            OpKind::Create => ReceiptOp::Create,
+            OpKind::Merge => ReceiptOp::Merge,
+            OpKind::Infer => ReceiptOp::Infer,
+            OpKind::Compact => ReceiptOp::Compact,
+        }
+    }
 }
 
 /// A state as stored.
@@ -112,6 +133,12 @@ pub struct OperationRecord {
     pub output: StateHash,
     /// Tokens appended by the caller (the delta; for create, the base).
     pub delta_tokens: usize,
+    /// Hash of those tokens.
+    pub delta_hash: DeltaHash,
+    /// Whether the engine held the input state when the operation started.
+    pub input_was_hot: Option<bool>,
+    /// Policy and strategy parameters (compact only), recorded in the receipt.
+    pub policy: Option<serde_json::Value>,
     /// Tokens sent to the engine (0 when the engine was not needed).
     pub prompt_tokens: usize,
     /// Tokens the engine ran through the model.
@@ -143,10 +170,21 @@ pub struct OperationTotals {
     pub generated: u64,
 }
 
-/// The SQLite store.
+/// Where an operation was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// Its row in the operations table.
+    pub operation: u64,
+    /// Its receipt.
+    pub receipt: ReceiptRef,
+}
+
+/// The SQLite store: states, operations, and the receipt ledger that signs them.
 pub struct Store {
     conn: Connection,
     path: Option<PathBuf>,
+    /// The signing side of the ledger; `None` when opened for reading only.
+    ledger: Option<Ledger>,
 }
 
 fn now_ms() -> i64 {
@@ -179,19 +217,42 @@ fn digest(b: Vec<u8>, table: &'static str) -> Result<[u8; 32], StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path`, brings its schema up to date and
+    /// attaches the ledger signed by `signer`: a new database starts its log (receipt 0), an
+    /// existing one must be signed by `signer` now (see [`Store::rotate_key`]).
+    pub fn open(path: &Path, signer: Signer) -> Result<Self, StoreError> {
+        Self::open_with(path, signer, DEFAULT_CHECKPOINT_EVERY)
+    }
+
+    /// [`open`](Self::open), writing a signed checkpoint every `checkpoint_every` receipts.
+    pub fn open_with(
+        path: &Path,
+        signer: Signer,
+        checkpoint_every: u64,
+    ) -> Result<Self, StoreError> {
+        let mut store = Self::open_for_reading(path)?;
+        store.ledger = Some(Ledger::attach(&mut store.conn, signer, checkpoint_every)?);
+        Ok(store)
+    }
+
+    /// Opens the database at `path` without a signing key: everything can be read, nothing
+    /// recorded.
+    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
+        // Before anything else: other processes may be creating the same database right now.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
         // journal_mode returns a row; the rest do not.
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(open_err)?;
         let mut store = Self {
             conn,
             path: Some(path.to_path_buf()),
+            ledger: None,
         };
         store.configure().map_err(open_err)?;
         store.migrate()?;
@@ -199,20 +260,26 @@ impl Store {
     }
 
     /// A throwaway in-memory store, for tests and benchmarks.
-    pub fn open_in_memory() -> Result<Self, StoreError> {
+    pub fn open_in_memory(signer: Signer) -> Result<Self, StoreError> {
         let mut store = Self {
             conn: Connection::open_in_memory()?,
             path: None,
+            ledger: None,
         };
         store.configure()?;
         store.migrate()?;
+        store.ledger = Some(Ledger::attach(
+            &mut store.conn,
+            signer,
+            DEFAULT_CHECKPOINT_EVERY,
+        )?);
         Ok(store)
     }
 
     fn configure(&self) -> rusqlite::Result<()> {
         // FULL: a committed operation survives power loss, not only a process crash.
         self.conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
         )
     }
 
@@ -221,24 +288,27 @@ impl Store {
         self.path.as_deref()
     }
 
+    /// Applies pending migrations in one immediate transaction, so processes opening the same
+    /// new database at once do not race (the second sees the first's work).
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self
+        let path = self.path.clone().unwrap_or_default();
+        let tx = self
             .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > MIGRATIONS.len() as i64 {
             return Err(StoreError::TooNew {
-                path: self.path.clone().unwrap_or_default(),
+                path,
                 found: version,
                 supported: MIGRATIONS.len(),
             });
         }
         for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
             tracing::info!(migration = name, "applied migration");
         }
+        tx.commit()?;
         Ok(())
     }
 
@@ -277,15 +347,49 @@ impl Store {
         }))
     }
 
-    /// Records `state` (if new) and the operation that produced it, atomically. Returns the
-    /// operation's sequence number.
-    pub fn record(&mut self, state: &StoredState, op: &OperationRecord) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction()?;
+    /// Records `state` (if new), the operation that produced it and its signed receipt, in
+    /// one transaction.
+    pub fn record(
+        &mut self,
+        state: &StoredState,
+        op: &OperationRecord,
+    ) -> Result<Recorded, StoreError> {
+        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_state(&tx, state)?;
+        let us = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        let receipt = ledger.append(
+            &tx,
+            ReceiptDraft {
+                op: op.op.receipt_op(),
+                input_state: op.input,
+                output_state: Some(op.output),
+                delta_hash: Some(op.delta_hash),
+                model: Some(state.model),
+                tokens: Some(ReceiptTokens {
+                    delta: op.delta_tokens as u64,
+                    state: state.tokens.len() as u64,
+                    prefilled: op.prefilled as u64,
+                    reused: op.reused as u64,
+                    generated: op.generated as u64,
+                }),
+                timings: Some(ReceiptTimings {
+                    prefill_us: us(op.prefill),
+                    decode_us: us(op.decode),
+                    total_us: us(op.total),
+                }),
+                input_was_hot: op.input_was_hot,
+                policy: op.policy.clone(),
+                public_key: None,
+            },
+        )?;
         tx.execute(
             "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
-                 reused, generated, prefill_us, decode_us, total_us, output_text, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 reused, generated, prefill_us, decode_us, total_us, output_text, created_at,
+                 receipt_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 op.op.as_str(),
                 op.input.map(|h| h.as_bytes().to_vec()),
@@ -300,11 +404,60 @@ impl Store {
                 op.total.as_micros() as i64,
                 op.output_text,
                 now_ms(),
+                receipt.seq as i64,
             ],
         )?;
-        let seq = tx.last_insert_rowid() as u64;
+        let operation = tx.last_insert_rowid() as u64;
         tx.commit()?;
-        Ok(seq)
+        Ok(Recorded { operation, receipt })
+    }
+
+    /// The ledger's signing side, if the store was opened with a key.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// Writes a signed checkpoint of the whole log now (a no-op if the newest receipt is
+    /// already covered). Called on clean shutdown.
+    pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cp = ledger.checkpoint(&tx)?;
+        tx.commit()?;
+        Ok(cp)
+    }
+
+    /// Hands signing over to `next`: a `rotate_key` receipt signed by the current key that
+    /// carries `next`'s public key. Returns that receipt.
+    pub fn rotate_key(&mut self, next: Signer) -> Result<ReceiptRef, StoreError> {
+        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
+        Ok(ledger.rotate(&mut self.conn, next)?)
+    }
+
+    /// Receipt `seq` as stored.
+    pub fn receipt(&self, seq: u64) -> Result<StoredReceipt, StoreError> {
+        Ok(ledger_log::receipt(&self.conn, seq)?)
+    }
+
+    /// Up to `limit` receipts from `from` on.
+    pub fn receipts(&self, from: u64, limit: u64) -> Result<Vec<StoredReceipt>, StoreError> {
+        Ok(ledger_log::receipts(&self.conn, from, limit)?)
+    }
+
+    /// The newest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
+        Ok(ledger_log::checkpoints(&self.conn)?.pop())
+    }
+
+    /// An inclusion proof of receipt `seq` against the newest checkpoint; with a signing key,
+    /// a checkpoint covering the whole log is written first if needed.
+    pub fn prove(&mut self, seq: u64) -> Result<ReceiptProof, StoreError> {
+        if self.ledger.is_some() {
+            self.checkpoint()?;
+        }
+        Ok(ledger_log::prove(&self.conn, seq)?)
     }
 
     /// Number of stored states.
@@ -346,6 +499,27 @@ impl Store {
     }
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("ledger", &self.ledger)
+            .finish()
+    }
+}
+
+impl Drop for Store {
+    /// Clean shutdown: checkpoint what the log holds, so a verifier can tell a later
+    /// truncation from a log that simply ended.
+    fn drop(&mut self) {
+        if self.ledger.is_some() {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "could not write the closing checkpoint");
+            }
+        }
+    }
+}
+
 fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError> {
     tx.execute(
         "INSERT OR IGNORE INTO states (hash, model, parent, op, token_count, tokens, created_at)
@@ -382,12 +556,19 @@ mod tests {
         }
     }
 
+    fn key() -> Signer {
+        Signer::from_seed([5; 32])
+    }
+
     fn op(s: &StoredState) -> OperationRecord {
         OperationRecord {
             op: s.op,
             input: s.parent,
             output: s.hash,
             delta_tokens: 1,
+            delta_hash: DeltaHash::of(&s.model, &s.tokens[s.tokens.len() - 1..]),
+            input_was_hot: s.parent.map(|_| true),
+            policy: None,
             prompt_tokens: s.tokens.len(),
             prefilled: 1,
             reused: s.tokens.len() - 1,
@@ -406,11 +587,11 @@ mod tests {
         let a = state(vec![1, 2, 3], None);
         let b = state(vec![1, 2, 3, 4], Some(a.hash));
         {
-            let mut s = Store::open(&path).unwrap();
+            let mut s = Store::open(&path, key()).unwrap();
             s.record(&a, &op(&a)).unwrap();
             s.record(&b, &op(&b)).unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = Store::open(&path, key()).unwrap();
         assert_eq!(s.state(&b.hash).unwrap().unwrap(), b);
         assert_eq!(s.state_count().unwrap(), 2);
         assert_eq!(s.totals().unwrap().operations, 2);
@@ -419,19 +600,20 @@ mod tests {
 
     #[test]
     fn failed_operation_leaves_no_state_row() {
-        let mut s = Store::open_in_memory().unwrap();
+        let mut s = Store::open_in_memory(key()).unwrap();
         // The parent does not exist: the foreign key fails inside the transaction.
         let orphan = state(vec![9, 9], Some(StateHash::from_bytes([3; 32])));
         assert!(s.record(&orphan, &op(&orphan)).is_err());
         assert!(s.state(&orphan.hash).unwrap().is_none());
         assert_eq!(s.totals().unwrap().operations, 0);
+        // Nor a receipt: the log still holds only its open_log receipt.
+        assert_eq!(s.receipts(0, 10).unwrap().len(), 1);
     }
 
     #[test]
     fn unwritable_path_is_a_clear_error() {
-        let e = Store::open(Path::new("/proc/definitely/not/here.db"))
-            .err()
-            .expect("must fail");
+        let e = Store::open(Path::new("/proc/definitely/not/here.db"), key())
+            .expect_err("must fail");
         assert!(e.to_string().contains("--db"), "{e}");
     }
 
@@ -443,6 +625,9 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            Store::open(&path, key()),
+            Err(StoreError::TooNew { .. })
+        ));
     }
 }

@@ -2,10 +2,13 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod synthetic;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use state_pack::engine::{MistralRsEngine, MistralRsOptions};
+use state_pack::ledger::Signer;
 use state_pack::model::{cache_dir, DEFAULT_MODEL};
 use state_pack::{StatePack, Store};
 
@@ -25,7 +28,12 @@ pub async fn engine() -> Arc<MistralRsEngine> {
 }
 
 pub async fn pack_at(db: &std::path::Path) -> StatePack {
-    StatePack::new(engine().await, Store::open(db).expect("open store"))
+    StatePack::new(engine().await, Store::open(db, key()).expect("open store"))
+}
+
+/// The key the real-model tests sign with (fixed, so a reopened database accepts it).
+pub fn key() -> Signer {
+    Signer::from_seed([42; 32])
 }
 
 pub const BASE: &str = "<|im_start|>system\nYou are a terse assistant for a law firm. Answer in one short line.<|im_end|>\n";

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+mod ledger;
+
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
 use state_pack::engine::{Engine, MistralRsEngine, MistralRsOptions};
+use state_pack::ledger::{default_key_path, Signer};
 use state_pack::model::{self, DEFAULT_MODEL};
 use state_pack::{StateHash, StatePack, Store};
 
@@ -26,6 +29,10 @@ struct Cli {
     /// Where the default model is cached [default: $STATE_PACK_CACHE_DIR or ~/.cache/state-pack].
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
+    /// The Ed25519 key that signs receipts [default: $STATE_PACK_KEY or
+    /// ~/.config/state-pack/signing-key.pem; `run` creates it if missing].
+    #[arg(long, global = true, env = "STATE_PACK_KEY")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +64,19 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Check a receipt ledger offline: signatures, links, numbering, states, checkpoints,
+    /// and growth since a checkpoint you saved. Exits non-zero on any failure.
+    Verify(ledger::VerifyArgs),
+    /// Inspect, export and prove receipts.
+    Receipts {
+        #[command(subcommand)]
+        command: ledger::ReceiptsCommand,
+    },
+    /// Manage the key that signs receipts.
+    Keys {
+        #[command(subcommand)]
+        command: ledger::KeysCommand,
     },
     /// Show a stored state.
     State {
@@ -98,7 +118,9 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // The command printed why (e.g. a failed verification report).
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -106,9 +128,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
+async fn dispatch(cli: Cli) -> Result<bool> {
     let cache = model::cache_dir(cli.cache_dir.as_deref());
+    let key = cli.key.clone().unwrap_or_else(default_key_path);
+    let model_path = cli.model.as_deref();
     match cli.command {
+        Command::Verify(args) => return ledger::verify(args),
+        Command::Receipts { command } => ledger::receipts(command, &key)?,
+        Command::Keys { command } => ledger::keys(command, &key)?,
         Command::Model {
             command: ModelCommand::Fetch { force },
         } => {
@@ -118,31 +145,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 DEFAULT_MODEL.ensure(&cache)?
             };
             println!("{}", path.display());
-            Ok(())
         }
         Command::Model {
             command: ModelCommand::Info,
         } => {
-            let engine = load(cli.model.as_deref(), &cache, MistralRsOptions::default()).await?;
+            let engine = load(model_path, &cache, MistralRsOptions::default()).await?;
             println!("{}", serde_json::to_string_pretty(engine.info())?);
-            Ok(())
         }
-        Command::Run { steps, db } => run(cli.model.as_deref(), &cache, steps, &db).await,
+        Command::Run { steps, db } => run(model_path, &cache, &key, steps, &db).await?,
         Command::Bench { steps, runs, json } => {
-            bench_cmd(cli.model.as_deref(), &cache, steps, runs, json).await
+            bench_cmd(model_path, &cache, steps, runs, json).await?
         }
         Command::State { hash, db } => {
             let hash: StateHash = hash.parse()?;
-            let engine = load(cli.model.as_deref(), &cache, MistralRsOptions::default()).await?;
-            let pack = StatePack::new(Arc::new(engine), open_store(&db)?);
+            let engine = load(model_path, &cache, MistralRsOptions::default()).await?;
+            let pack = StatePack::new(Arc::new(engine), Store::open_for_reading(&db)?);
             println!("{}", serde_json::to_string_pretty(&pack.state(&hash)?)?);
-            Ok(())
         }
     }
-}
-
-fn open_store(db: &Path) -> Result<Store> {
-    Ok(Store::open(db)?)
+    Ok(true)
 }
 
 async fn load(
@@ -173,8 +194,23 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Result<()> {
-    let store = open_store(db)?;
+async fn run(
+    model: Option<&Path>,
+    cache: &Path,
+    key: &Path,
+    steps: usize,
+    db: &Path,
+) -> Result<()> {
+    let (signer, created) = Signer::load_or_create(key)?;
+    if created {
+        println!(
+            "created signing key {} (key id {})",
+            key.display(),
+            signer.key_id().short()
+        );
+    }
+    let public_key = signer.public_key().to_hex();
+    let store = Store::open(db, signer)?;
     let engine = load(model, cache, MistralRsOptions::default()).await?;
     let end_of_turn = engine.tokenize("<|im_end|>").await?;
     let pack = StatePack::new(Arc::new(engine), store);
@@ -257,6 +293,21 @@ async fn run(model: Option<&Path>, cache: &Path, steps: usize, db: &Path) -> Res
         all.prefilled,
         all.reused,
         all.generated
+    );
+    pack.close()?;
+    let (receipts, checkpoint) = pack.with_store(|s| -> Result<_> {
+        let cp = s.latest_checkpoint()?.map(|c| c.checkpoint()).transpose()?;
+        Ok((cp.as_ref().map_or(0, |c| c.size), cp))
+    })?;
+    println!(
+        "receipts: {} signed receipts in that database (log {}); checkpoint root {}",
+        receipts,
+        checkpoint.as_ref().map_or("?".into(), |c| c.log_id.short()),
+        checkpoint.as_ref().map_or("?".into(), |c| c.root.short()),
+    );
+    println!(
+        "verify them with: state-pack verify --db {} --pubkey {public_key}",
+        db.display()
     );
     println!("for a measured naive-vs-state-pack comparison run `state-pack bench`");
     Ok(())

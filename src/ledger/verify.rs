@@ -1,0 +1,700 @@
+//! `state-pack verify`: check a ledger offline, trusting nothing in the database.
+//!
+//! Every receipt's canonical form, signature (strict Ed25519, under the key the log's own
+//! signed key events say was current), link to its predecessor and sequence number; every
+//! state a receipt names (re-hashed from its tokens) and every operations row (against its
+//! receipt); every checkpoint (signature, size, Merkle root, head); and, given a checkpoint
+//! the auditor saved earlier, that the log has only grown since.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, MerkleRoot, ReceiptTree, SignedCheckpoint};
+use super::keys::PublicKey;
+use super::log::LedgerError;
+use super::receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
+use crate::state::{ModelFingerprint, StateHash};
+
+/// What an auditor trusts going in.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Keys the log's first key must be one of. Empty: trust the key receipt 0 names (and
+    /// say so in the report).
+    pub trusted_keys: Vec<PublicKey>,
+    /// A checkpoint saved from an earlier verification (or fetched from the server).
+    pub trusted_checkpoint: Option<TrustedCheckpoint>,
+}
+
+/// A log head an auditor saw before: a signed checkpoint, or the head `verify` observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TrustedCheckpoint {
+    /// A checkpoint signed by the log.
+    Signed(SignedCheckpoint),
+    /// A head computed by `state-pack verify` when the log's newest receipts were not yet
+    /// covered by a signed checkpoint.
+    Observed(ObservedHead),
+}
+
+/// A log head computed by the verifier itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedHead {
+    /// The log.
+    pub log_id: LogId,
+    /// Receipts.
+    pub size: u64,
+    /// Merkle root over them.
+    pub root: MerkleRoot,
+    /// Hash of the last.
+    pub head: ReceiptHash,
+}
+
+impl TrustedCheckpoint {
+    fn head(&self) -> Result<ObservedHead, String> {
+        match self {
+            TrustedCheckpoint::Observed(h) => Ok(h.clone()),
+            TrustedCheckpoint::Signed(s) => {
+                let c = s.checkpoint().map_err(|e| e.to_string())?;
+                Ok(ObservedHead {
+                    log_id: c.log_id,
+                    size: c.size,
+                    root: c.root,
+                    head: c.head,
+                })
+            }
+        }
+    }
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The receipt it concerns, if one.
+    pub seq: Option<u64>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// What verification found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The log, if receipt 0 could be read.
+    pub log_id: Option<LogId>,
+    /// Receipts read.
+    pub receipts: u64,
+    /// Signatures that verified.
+    pub signatures_ok: u64,
+    /// Distinct states re-hashed from their tokens.
+    pub states_checked: u64,
+    /// Operations rows matched against receipts.
+    pub operations_checked: u64,
+    /// Stored checkpoints checked.
+    pub checkpoints: u64,
+    /// Keys in the log's key schedule.
+    pub keys: Vec<KeyId>,
+    /// The head of the verified log (what `--save-checkpoint` writes if no signed checkpoint
+    /// covers it).
+    pub head: Option<ObservedHead>,
+    /// The newest stored checkpoint, if it covers the whole log.
+    pub covering_checkpoint: Option<SignedCheckpoint>,
+    /// Whether a trusted checkpoint was given and the log is consistent with it.
+    pub trusted_checkpoint_ok: Option<bool>,
+    /// Notes that are not failures (e.g. which key was trusted on first use).
+    pub warnings: Vec<String>,
+    /// Everything wrong, in log order.
+    pub failures: Vec<Failure>,
+    /// Time spent.
+    pub elapsed: Duration,
+}
+
+impl VerifyReport {
+    /// Whether the ledger verified.
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The first receipt named in a failure.
+    pub fn first_bad_receipt(&self) -> Option<u64> {
+        self.failures.iter().filter_map(|f| f.seq).min()
+    }
+
+    /// What `--save-checkpoint` writes: the covering signed checkpoint, else the observed head.
+    pub fn checkpoint_to_save(&self) -> Option<TrustedCheckpoint> {
+        match (&self.covering_checkpoint, &self.head) {
+            (Some(s), _) => Some(TrustedCheckpoint::Signed(s.clone())),
+            (None, Some(h)) => Some(TrustedCheckpoint::Observed(h.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Opens `db` read-only and verifies its ledger.
+pub fn verify_file(db: &Path, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
+    if !db.is_file() {
+        return Err(LedgerError::Corrupt(format!(
+            "{} does not exist (pass the agent's database with --db)",
+            db.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    verify(&conn, options)
+}
+
+struct StateRow {
+    model: Vec<u8>,
+    parent: Option<Vec<u8>>,
+    token_count: i64,
+    tokens: Vec<u8>,
+}
+
+struct OperationRow {
+    op: String,
+    output: Vec<u8>,
+    prefilled: i64,
+    reused: i64,
+    generated: i64,
+}
+
+/// Verifies the ledger in `conn`.
+pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
+    let started = Instant::now();
+    let mut v = Verifier::new(conn, options)?;
+    let mut stmt = conn.prepare("SELECT seq, hash, body, signature FROM receipts ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let seq = row.get::<_, i64>(0)?;
+        let hash_col: Vec<u8> = row.get(1)?;
+        let body: Vec<u8> = row.get(2)?;
+        let sig: Vec<u8> = row.get(3)?;
+        v.receipt(seq, &hash_col, &body, &sig)?;
+    }
+    drop(rows);
+    v.finish(started)
+}
+
+struct Verifier<'c> {
+    conn: &'c Connection,
+    options: &'c VerifyOptions,
+    report: VerifyReport,
+    expected_seq: u64,
+    prev: Option<ReceiptHash>,
+    key: Option<PublicKey>,
+    known_keys: HashMap<KeyId, PublicKey>,
+    tree: ReceiptTree,
+    hashes: Vec<ReceiptHash>,
+    checkpoint_roots: HashMap<u64, MerkleRoot>,
+    wanted_roots: HashSet<u64>,
+    states_ok: HashSet<StateHash>,
+    operations: HashMap<u64, OperationRow>,
+}
+
+impl<'c> Verifier<'c> {
+    fn new(conn: &'c Connection, options: &'c VerifyOptions) -> Result<Self, LedgerError> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version < 2 {
+            return Err(LedgerError::Corrupt(
+                "this database has no receipt ledger (written before receipts existed, or not a state-pack database)".into(),
+            ));
+        }
+        let mut wanted_roots: HashSet<u64> = conn
+            .prepare("SELECT size FROM checkpoints")?
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .filter_map(|s| s.ok().map(|s| s as u64))
+            .collect();
+        if let Some(t) = &options.trusted_checkpoint {
+            if let Ok(h) = t.head() {
+                wanted_roots.insert(h.size);
+            }
+        }
+        let mut operations = HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT receipt_seq, op, output, prefilled, reused, generated FROM operations
+             WHERE receipt_seq IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                OperationRow {
+                    op: r.get(1)?,
+                    output: r.get(2)?,
+                    prefilled: r.get(3)?,
+                    reused: r.get(4)?,
+                    generated: r.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (seq, op) = row?;
+            operations.insert(seq, op);
+        }
+        let unreceipted: i64 = conn.query_row(
+            "SELECT count(*) FROM operations WHERE receipt_seq IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut report = VerifyReport {
+            log_id: None,
+            receipts: 0,
+            signatures_ok: 0,
+            states_checked: 0,
+            operations_checked: 0,
+            checkpoints: 0,
+            keys: Vec::new(),
+            head: None,
+            covering_checkpoint: None,
+            trusted_checkpoint_ok: None,
+            warnings: Vec::new(),
+            failures: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        if unreceipted > 0 {
+            report.warnings.push(format!(
+                "{unreceipted} operations were recorded before this database had a ledger and carry no receipt"
+            ));
+        }
+        Ok(Self {
+            conn,
+            options,
+            report,
+            expected_seq: 0,
+            prev: None,
+            key: None,
+            known_keys: HashMap::new(),
+            tree: ReceiptTree::new(),
+            hashes: Vec::new(),
+            checkpoint_roots: HashMap::new(),
+            wanted_roots,
+            states_ok: HashSet::new(),
+            operations,
+        })
+    }
+
+    fn fail(&mut self, seq: Option<u64>, message: impl Into<String>) {
+        let message = message.into();
+        tracing::debug!(?seq, %message, "verify failure");
+        self.report.failures.push(Failure { seq, message });
+    }
+
+    fn receipt(
+        &mut self,
+        seq: i64,
+        hash_col: &[u8],
+        body: &[u8],
+        sig: &[u8],
+    ) -> Result<(), LedgerError> {
+        self.report.receipts += 1;
+        let hash = ReceiptHash::of(body);
+        let seq = u64::try_from(seq).unwrap_or(u64::MAX);
+        let mut linked = true;
+        if seq != self.expected_seq {
+            if seq > self.expected_seq {
+                let missing = if seq - self.expected_seq == 1 {
+                    format!("receipt {} is missing", self.expected_seq)
+                } else {
+                    format!("receipts {}..{} are missing", self.expected_seq, seq - 1)
+                };
+                self.fail(
+                    Some(self.expected_seq),
+                    format!("{missing} (deleted from the log); the next stored is {seq}"),
+                );
+            } else {
+                self.fail(Some(seq), format!("receipt number {seq} out of order"));
+            }
+            linked = false;
+        }
+        self.expected_seq = seq.saturating_add(1);
+        if hash_col != hash.as_bytes() {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: stored hash column does not match its body"),
+            );
+        }
+        self.tree.push(hash);
+        self.hashes.push(hash);
+        if self.wanted_roots.contains(&self.tree.len()) {
+            self.checkpoint_roots
+                .insert(self.tree.len(), self.tree.root());
+        }
+        let prev = self.prev.replace(hash);
+
+        let r = match Receipt::from_body(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(Some(seq), format!("receipt {seq}: body is not a valid canonical receipt ({e}): edited in the database"));
+                return Ok(());
+            }
+        };
+        if r.seq != seq {
+            self.fail(
+                Some(seq),
+                format!(
+                    "receipt {seq}: its body says seq {}: rows were swapped or renumbered",
+                    r.seq
+                ),
+            );
+        }
+        match self.report.log_id {
+            None if seq == 0 => self.report.log_id = Some(r.log_id),
+            Some(id) if id != r.log_id => {
+                self.fail(
+                    Some(seq),
+                    format!(
+                        "receipt {seq}: belongs to log {}, not {}",
+                        r.log_id.short(),
+                        id.short()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if linked {
+            let expected_prev = prev.unwrap_or(ReceiptHash::ZERO);
+            if r.prev != expected_prev {
+                self.fail(
+                    Some(seq),
+                    format!(
+                        "receipt {seq}: link broken: prev is {} but receipt {}'s hash is {}",
+                        r.prev.short(),
+                        seq.wrapping_sub(1),
+                        expected_prev.short()
+                    ),
+                );
+            }
+        }
+        self.check_key_and_signature(seq, &r, &hash, sig);
+        if r.op.makes_state() {
+            self.check_state(seq, &r)?;
+            self.check_operation(seq, &r);
+        }
+        Ok(())
+    }
+
+    fn check_key_and_signature(&mut self, seq: u64, r: &Receipt, hash: &ReceiptHash, sig: &[u8]) {
+        let carried = r.public_key.as_deref().map(PublicKey::from_hex);
+        if r.op == ReceiptOp::OpenLog {
+            if seq != 0 {
+                self.fail(
+                    Some(seq),
+                    format!("receipt {seq}: open_log may only be receipt 0"),
+                );
+                return;
+            }
+            let Some(Ok(key)) = carried else {
+                self.fail(Some(0), "receipt 0: open_log carries no valid public key");
+                return;
+            };
+            if self.options.trusted_keys.is_empty() {
+                self.report.warnings.push(format!(
+                    "no --pubkey given: trusting the log's own first key {} (pass --pubkey to check who signed)",
+                    key.to_hex()
+                ));
+            } else if !self.options.trusted_keys.contains(&key) {
+                self.fail(Some(0), format!(
+                    "receipt 0: the log was opened by key {}, which is not a trusted --pubkey: the log was re-signed or replaced",
+                    key.key_id().short()
+                ));
+            }
+            self.key = Some(key);
+            self.known_keys.insert(key.key_id(), key);
+            self.report.keys.push(key.key_id());
+        } else if seq == 0 {
+            self.fail(Some(0), "receipt 0 is not an open_log receipt");
+        }
+        let Some(key) = self.key else {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: no signing key is known at this point"),
+            );
+            return;
+        };
+        if r.key_id != key.key_id() {
+            self.fail(Some(seq), format!(
+                "receipt {seq}: claims key {} but the log's key here is {}: signed with another key",
+                r.key_id.short(),
+                key.key_id().short()
+            ));
+        } else if key.verify(hash.as_bytes(), sig) {
+            self.report.signatures_ok += 1;
+        } else {
+            self.fail(Some(seq), format!(
+                "receipt {seq}: signature does not verify under key {}: the body or the signature was altered",
+                key.key_id().short()
+            ));
+        }
+        if r.op == ReceiptOp::RotateKey {
+            match carried {
+                Some(Ok(next)) => {
+                    self.key = Some(next);
+                    self.known_keys.insert(next.key_id(), next);
+                    self.report.keys.push(next.key_id());
+                }
+                _ => self.fail(
+                    Some(seq),
+                    format!("receipt {seq}: rotate_key carries no valid public key"),
+                ),
+            }
+        }
+    }
+
+    fn check_state(&mut self, seq: u64, r: &Receipt) -> Result<(), LedgerError> {
+        let Some(out) = r.output_state else {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: {} names no output state", r.op.as_str()),
+            );
+            return Ok(());
+        };
+        if self.states_ok.contains(&out) {
+            return Ok(());
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT model, parent, token_count, tokens FROM states WHERE hash = ?1",
+            )?
+            .query_row([out.as_bytes().as_slice()], |row| {
+                Ok(StateRow {
+                    model: row.get(0)?,
+                    parent: row.get(1)?,
+                    token_count: row.get(2)?,
+                    tokens: row.get(3)?,
+                })
+            })
+            .optional()?;
+        let Some(row) = row else {
+            self.fail(
+                Some(seq),
+                format!(
+                    "receipt {seq}: its output state {} is not in the states table",
+                    out.short()
+                ),
+            );
+            return Ok(());
+        };
+        let Ok(model) =
+            <[u8; 32]>::try_from(row.model.as_slice()).map(ModelFingerprint::from_bytes)
+        else {
+            self.fail(
+                Some(seq),
+                format!("state {}: model column is not 32 bytes", out.short()),
+            );
+            return Ok(());
+        };
+        let tokens: Vec<u32> = row
+            .tokens
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut bad = Vec::new();
+        if StateHash::of(&model, &tokens) != out || row.tokens.len() % 4 != 0 {
+            bad.push("its tokens do not hash to its address (state row altered)".to_string());
+        }
+        if Some(model) != r.model {
+            bad.push("its model differs from the receipt's".into());
+        }
+        let state_len = r.tokens.map(|t| t.state);
+        if state_len != Some(row.token_count as u64) || row.token_count as usize != tokens.len() {
+            bad.push(format!(
+                "it holds {} tokens, the receipt says {}",
+                row.token_count,
+                state_len.map_or("nothing".into(), |n| n.to_string())
+            ));
+        }
+        let parent = row
+            .parent
+            .as_deref()
+            .and_then(|p| <[u8; 32]>::try_from(p).ok())
+            .map(StateHash::from_bytes);
+        if r.op != ReceiptOp::Create && parent != r.input_state {
+            bad.push("its parent differs from the receipt's input state".into());
+        }
+        if bad.is_empty() {
+            self.states_ok.insert(out);
+            self.report.states_checked += 1;
+        } else {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: state {}: {}", out.short(), bad.join("; ")),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_operation(&mut self, seq: u64, r: &Receipt) {
+        let Some(op) = self.operations.remove(&seq) else {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: no operations row refers to it (row deleted)"),
+            );
+            return;
+        };
+        let t = r.tokens;
+        let mut bad = Vec::new();
+        if op.op != r.op.as_str() {
+            bad.push(format!("op {} vs {}", op.op, r.op.as_str()));
+        }
+        if Some(op.output.as_slice()) != r.output_state.as_ref().map(|h| h.as_bytes().as_slice()) {
+            bad.push("output state".into());
+        }
+        for (name, row, receipt) in [
+            ("prefilled", op.prefilled, t.map(|t| t.prefilled)),
+            ("reused", op.reused, t.map(|t| t.reused)),
+            ("generated", op.generated, t.map(|t| t.generated)),
+        ] {
+            if Some(row as u64) != receipt {
+                bad.push(format!(
+                    "{name} {row} vs {}",
+                    receipt.map_or("none".into(), |n| n.to_string())
+                ));
+            }
+        }
+        if bad.is_empty() {
+            self.report.operations_checked += 1;
+        } else {
+            self.fail(Some(seq), format!(
+                "receipt {seq}: the operations row disagrees with the signed receipt ({}): operations table edited",
+                bad.join(", ")
+            ));
+        }
+    }
+
+    fn finish(mut self, started: Instant) -> Result<VerifyReport, LedgerError> {
+        let n = self.tree.len();
+        for (seq, _) in std::mem::take(&mut self.operations) {
+            self.fail(
+                Some(seq),
+                format!("an operations row names receipt {seq}, which is not in the log"),
+            );
+        }
+        if let (Some(log_id), Some(head)) = (self.report.log_id, self.hashes.last().copied()) {
+            self.report.head = Some(ObservedHead {
+                log_id,
+                size: n,
+                root: self.tree.root(),
+                head,
+            });
+        }
+        let stored = super::log::checkpoints(self.conn)?;
+        for signed in &stored {
+            self.report.checkpoints += 1;
+            if let Some(c) = self.check_checkpoint(signed, "stored checkpoint") {
+                if c.size == n && self.report.failures.is_empty() {
+                    self.report.covering_checkpoint = Some(signed.clone());
+                }
+            }
+        }
+        if let Some(t) = &self.options.trusted_checkpoint {
+            let ok = self.check_trusted(t);
+            self.report.trusted_checkpoint_ok = Some(ok);
+        }
+        self.report.elapsed = started.elapsed();
+        Ok(self.report)
+    }
+
+    fn check_checkpoint(&mut self, signed: &SignedCheckpoint, what: &str) -> Option<Checkpoint> {
+        let c = match signed.checkpoint() {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(None, format!("{what}: not a canonical checkpoint ({e})"));
+                return None;
+            }
+        };
+        let Some(key) = self.known_keys.get(&c.key_id).copied() else {
+            self.fail(
+                None,
+                format!(
+                    "{what} of size {}: signed by key {}, which this log never used",
+                    c.size,
+                    c.key_id.short()
+                ),
+            );
+            return None;
+        };
+        if !signed.verify(&key) {
+            self.fail(
+                None,
+                format!(
+                    "{what} of size {}: signature does not verify (checkpoint altered)",
+                    c.size
+                ),
+            );
+            return None;
+        }
+        self.check_head(what, &c.log_id, c.size, &c.root, &c.head);
+        Some(c)
+    }
+
+    fn check_head(
+        &mut self,
+        what: &str,
+        log_id: &LogId,
+        size: u64,
+        root: &MerkleRoot,
+        head: &ReceiptHash,
+    ) -> bool {
+        let n = self.tree.len();
+        if size == 0 {
+            self.fail(None, format!("{what}: covers no receipts"));
+            return false;
+        }
+        if Some(*log_id) != self.report.log_id {
+            self.fail(
+                None,
+                format!("{what}: belongs to log {}, not this one", log_id.short()),
+            );
+            return false;
+        }
+        if size > n {
+            self.fail(Some(n), format!(
+                "{what} covers {size} receipts but the log holds {n}: receipts {n}..{} were deleted (truncation or rollback to an older copy)",
+                size - 1
+            ));
+            return false;
+        }
+        let at = self.checkpoint_roots.get(&size);
+        if at != Some(root) || self.hashes.get(size as usize - 1) != Some(head) {
+            self.fail(None, format!(
+                "{what} of size {size}: the log's Merkle root at that size differs: history before receipt {size} was rewritten"
+            ));
+            return false;
+        }
+        true
+    }
+
+    fn check_trusted(&mut self, t: &TrustedCheckpoint) -> bool {
+        let what = "trusted checkpoint";
+        match t {
+            TrustedCheckpoint::Signed(s) => {
+                let Ok(c) = s.checkpoint() else {
+                    self.fail(None, format!("{what}: not a canonical checkpoint"));
+                    return false;
+                };
+                let keys: Vec<PublicKey> = self
+                    .known_keys
+                    .values()
+                    .chain(&self.options.trusted_keys)
+                    .copied()
+                    .collect();
+                if !keys.iter().any(|k| s.verify(k)) {
+                    self.fail(
+                        None,
+                        format!("{what}: its signature does not verify under any key of this log"),
+                    );
+                    return false;
+                }
+                self.check_head(what, &c.log_id, c.size, &c.root, &c.head)
+            }
+            TrustedCheckpoint::Observed(h) => {
+                self.check_head(what, &h.log_id, h.size, &h.root, &h.head)
+            }
+        }
+    }
+}
