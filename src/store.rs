@@ -612,8 +612,8 @@ mod tests {
 
     #[test]
     fn unwritable_path_is_a_clear_error() {
-        let e = Store::open(Path::new("/proc/definitely/not/here.db"), key())
-            .expect_err("must fail");
+        let e =
+            Store::open(Path::new("/proc/definitely/not/here.db"), key()).expect_err("must fail");
         assert!(e.to_string().contains("--db"), "{e}");
     }
 
