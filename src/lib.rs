@@ -10,12 +10,14 @@
 //! - [`store`]: SQLite persistence ([`Store`]).
 //! - [`ledger`]: signed, hash-linked receipts of every operation, checkpoints and `verify`.
 //! - [`model`]: the pinned default model, fetched with pip.
+//! - [`agent`]: [`Agent`](agent::Agent), typed tools and [`AgentLoop`](agent::AgentLoop).
 //! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
 //!   benchmark, behind `state-pack run` and `state-pack bench`.
 //!
 //! See `ARCHITECTURE.md` for the bird's-eye view and its invariants.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bench;
 pub mod demo;
 pub mod engine;

@@ -33,7 +33,8 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::gguf::GgufMetadata;
 use super::sampler::SeededSampler;
 use super::{
-    Engine, EngineError, EngineUsage, FinishReason, Generation, ModelInfo, Sampling, SamplingMode,
+    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
+    SamplingMode,
 };
 use crate::state::ModelFingerprint;
 
@@ -285,6 +286,12 @@ impl MistralRsEngine {
                 "max_tokens must be at least 1".into(),
             ));
         }
+        if sampling.grammar.is_some() && sampling.mode != SamplingMode::Greedy {
+            // Our seeded sampler picks the token itself; it does not see llguidance's mask.
+            return Err(EngineError::Rejected(
+                "a grammar needs greedy sampling (seeded sampling does not see the grammar's token mask)".into(),
+            ));
+        }
         let window = self.info.context_window;
         if prompt.len() + sampling.max_tokens > window {
             return Err(EngineError::Rejected(format!(
@@ -323,7 +330,11 @@ impl MistralRsEngine {
             None,
         );
         request.return_logprobs = true;
-        request.constraint = Constraint::None;
+        request.constraint = match &sampling.grammar {
+            None => Constraint::None,
+            Some(Grammar::JsonSchema(schema)) => Constraint::JsonSchema(schema.clone()),
+            Some(Grammar::Lark(lark)) => Constraint::Lark(lark.clone()),
+        };
         request.logits_processors = processors;
         let sender = runner
             .get_sender(None)

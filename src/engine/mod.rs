@@ -53,12 +53,26 @@ pub enum SamplingMode {
 }
 
 /// Sampling parameters for one generation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
     /// How tokens are picked.
     pub mode: SamplingMode,
     /// The most tokens to generate; generation also stops at the model's end-of-turn token.
     pub max_tokens: usize,
+    /// A grammar every generated token must keep the output inside (greedy mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
+}
+
+/// A constraint on generated text, enforced token by token while decoding (mistral.rs runs
+/// it with llguidance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Grammar {
+    /// The output is one JSON value valid under this JSON Schema.
+    JsonSchema(serde_json::Value),
+    /// The output matches this Lark grammar.
+    Lark(String),
 }
 
 impl Sampling {
@@ -67,7 +81,14 @@ impl Sampling {
         Self {
             mode: SamplingMode::Greedy,
             max_tokens,
+            grammar: None,
         }
+    }
+
+    /// These parameters, with generation constrained by `grammar`.
+    pub fn constrained(mut self, grammar: Grammar) -> Self {
+        self.grammar = Some(grammar);
+        self
     }
 
     /// Seeded sampling at `temperature` with nucleus `top_p`.
@@ -79,6 +100,7 @@ impl Sampling {
                 top_p,
             },
             max_tokens,
+            grammar: None,
         }
     }
 

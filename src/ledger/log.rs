@@ -339,6 +339,15 @@ impl Ledger {
     }
 }
 
+/// A `SELECT seq, body, signature` row.
+fn stored_receipt(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReceipt> {
+    Ok(StoredReceipt {
+        seq: r.get::<_, i64>(0)? as u64,
+        body: r.get(1)?,
+        signature: r.get(2)?,
+    })
+}
+
 /// The last receipt's number and hash.
 pub(crate) fn head(conn: &Connection) -> Result<Option<(u64, ReceiptHash)>, LedgerError> {
     let row = conn
@@ -372,13 +381,7 @@ pub fn key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerEr
     let mut stmt = conn.prepare(
         "SELECT seq, body, signature FROM receipts WHERE op IN ('open_log', 'rotate_key') ORDER BY seq",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(StoredReceipt {
-            seq: r.get::<_, i64>(0)? as u64,
-            body: r.get(1)?,
-            signature: r.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map([], stored_receipt)?;
     let mut out = Vec::new();
     for row in rows {
         let stored = row?;
@@ -408,13 +411,7 @@ pub fn receipt(conn: &Connection, seq: u64) -> Result<StoredReceipt, LedgerError
     conn.query_row(
         "SELECT seq, body, signature FROM receipts WHERE seq = ?1",
         [seq as i64],
-        |r| {
-            Ok(StoredReceipt {
-                seq: r.get::<_, i64>(0)? as u64,
-                body: r.get(1)?,
-                signature: r.get(2)?,
-            })
-        },
+        stored_receipt,
     )
     .optional()?
     .ok_or(LedgerError::NoSuchReceipt(seq))
@@ -429,13 +426,10 @@ pub fn receipts(
     let mut stmt = conn.prepare(
         "SELECT seq, body, signature FROM receipts WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map([from as i64, limit.min(i64::MAX as u64) as i64], |r| {
-        Ok(StoredReceipt {
-            seq: r.get::<_, i64>(0)? as u64,
-            body: r.get(1)?,
-            signature: r.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        [from as i64, limit.min(i64::MAX as u64) as i64],
+        stored_receipt,
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -1,0 +1,58 @@
+//! The legal-research agent with real tools (clause lookup over a bundled corpus, a
+//! calculator), constrained tool calls, and per-step token accounting.
+//!
+//! ```text
+//! cargo run --release --example legal_agent
+//! ```
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use state_pack::agent::legal::LegalAgent;
+use state_pack::agent::{AgentEvent, AgentLoop};
+use state_pack::engine::{MistralRsEngine, MistralRsOptions};
+use state_pack::ledger::Signer;
+use state_pack::{model, StatePack, Store};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let path = model::DEFAULT_MODEL.ensure(&model::cache_dir(None))?;
+    let engine = MistralRsEngine::load(&path, MistralRsOptions::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("legal_agent.db");
+    let pack = Arc::new(StatePack::new(
+        Arc::new(engine),
+        Store::open(&db, Signer::generate()?)?,
+    ));
+    let agent = AgentLoop::new(pack.clone(), LegalAgent).max_steps(6);
+    let report = agent
+        .run_with_events(
+            "What is the liability cap in clause 14.5 of NSA-2021-044?",
+            |e| match e {
+                AgentEvent::ToolCall(c) => println!("  call   {} {}", c.tool, c.args),
+                AgentEvent::ToolResult(r) => println!("  result {}", r.output),
+                AgentEvent::StepStarted { number } => println!("step {number}"),
+                AgentEvent::Finished { stop } => println!("finished: {stop:?}"),
+            },
+        )
+        .await?;
+    for s in &report.steps {
+        let t = &s.report.tokens;
+        println!(
+            "step {}: {:?}  prefilled {} reused {} generated {}",
+            s.number, s.output, t.prefilled, t.reused, t.generated
+        );
+    }
+    println!("answer: {:?}", report.answer);
+    println!(
+        "total: prefilled {} reused {} generated {} in {:.1} s; receipts {}..={}",
+        report.tokens.prefilled,
+        report.tokens.reused,
+        report.tokens.generated,
+        report.wall.as_secs_f64(),
+        report.receipts.0,
+        report.receipts.1
+    );
+    pack.close()?;
+    Ok(())
+}

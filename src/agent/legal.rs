@@ -1,0 +1,108 @@
+//! A small legal-research agent with real tools over a bundled corpus: the agent of
+//! `examples/legal_agent.rs` and of the agent-loop tests.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{Agent, Tool, ToolBox, ToolError};
+
+/// Clauses of two bundled contracts: (contract, clause, text).
+pub const CORPUS: &[(&str, &str, &str)] = &[
+    (
+        "NSA-2021-044",
+        "14.5",
+        "Liability is capped at the fees paid in the 12 months before the claim.",
+    ),
+    (
+        "NSA-2021-044",
+        "9.2",
+        "Either party may terminate on 60 days' written notice.",
+    ),
+    (
+        "NSA-2021-044",
+        "17.1",
+        "Force majeure excludes strikes by the supplier's own staff.",
+    ),
+    (
+        "SC-2019-112",
+        "4.1",
+        "Fees are 1200 per month, invoiced quarterly.",
+    ),
+    (
+        "SC-2019-112",
+        "11.3",
+        "Confidentiality survives termination for 5 years.",
+    ),
+];
+
+/// Arguments of `clause_lookup`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ClauseArgs {
+    /// Contract id, e.g. NSA-2021-044.
+    #[schemars(length(max = 16))]
+    pub contract: String,
+    /// Clause number, e.g. 14.5.
+    #[schemars(length(max = 6))]
+    pub clause: String,
+}
+
+/// Looks a clause up in [`CORPUS`].
+pub struct ClauseLookup;
+
+#[async_trait]
+impl Tool for ClauseLookup {
+    type Args = ClauseArgs;
+    fn name(&self) -> &str {
+        "clause_lookup"
+    }
+    fn description(&self) -> &str {
+        "The text of one clause of a contract."
+    }
+    async fn call(&self, a: ClauseArgs) -> Result<String, ToolError> {
+        CORPUS
+            .iter()
+            .find(|(c, n, _)| c.eq_ignore_ascii_case(a.contract.trim()) && *n == a.clause.trim())
+            .map(|(_, _, text)| text.to_string())
+            .ok_or_else(|| ToolError(format!("no clause {} in contract {}", a.clause, a.contract)))
+    }
+}
+
+/// Arguments of `multiply`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MultiplyArgs {
+    /// First factor.
+    pub a: f64,
+    /// Second factor.
+    pub b: f64,
+}
+
+/// A calculator: `a * b`.
+pub struct Multiply;
+
+#[async_trait]
+impl Tool for Multiply {
+    type Args = MultiplyArgs;
+    fn name(&self) -> &str {
+        "multiply"
+    }
+    fn description(&self) -> &str {
+        "a times b."
+    }
+    async fn call(&self, a: MultiplyArgs) -> Result<String, ToolError> {
+        Ok(format!("{}", a.a * a.b))
+    }
+}
+
+/// The legal-research agent.
+pub struct LegalAgent;
+
+#[async_trait]
+impl Agent for LegalAgent {
+    fn system_prompt(&self) -> String {
+        "You are a legal research assistant. First call clause_lookup to read the clause; answer only from what the tools return. Contracts: NSA-2021-044, SC-2019-112.".into()
+    }
+    fn tools(&self) -> ToolBox {
+        ToolBox::new().with(ClauseLookup).with(Multiply)
+    }
+}
