@@ -83,6 +83,9 @@ pub enum BenchError {
     /// The scratch store could not be made.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No throwaway signing key could be made.
+    #[error(transparent)]
+    Key(#[from] crate::ledger::KeyError),
     /// The scratch directory could not be made.
     #[error("cannot create a scratch directory: {0}")]
     Io(#[from] std::io::Error),
@@ -114,9 +117,7 @@ async fn run_arm(
 ) -> Result<ArmRun, BenchError> {
     let db = scratch.join(format!("{}-{session}.db", arm.name()));
     // Both arms sign receipts, as every real run does, with a throwaway key.
-    let signer = crate::ledger::Signer::generate()
-        .map_err(crate::ledger::LedgerError::from)
-        .map_err(crate::store::StoreError::from)?;
+    let signer = crate::ledger::Signer::generate()?;
     let pack = StatePack::new(engine, Store::open(&db, signer)?);
     let base = pack.create(&demo::base_text(session)).await?;
     let start = Start {

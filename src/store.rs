@@ -198,7 +198,9 @@ fn tokens_to_blob(tokens: &[u32]) -> Vec<u8> {
     tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
 }
 
-fn blob_to_tokens(b: &[u8]) -> Option<Vec<u32>> {
+/// Token ids from a `states.tokens` blob (u32 little-endian), `None` if its length is not a
+/// multiple of 4.
+pub(crate) fn blob_to_tokens(b: &[u8]) -> Option<Vec<u32>> {
     if !b.len().is_multiple_of(4) {
         return None;
     }

@@ -189,16 +189,14 @@ impl<A: Agent> AgentLoop<A> {
                 "agent step"
             );
             self.agent.after_step(&step).await;
-            let done = matches!(step.action, Ok(Action::Answer(_)));
             if let Ok(Action::Answer(a)) = &step.action {
                 answer = Some(a.clone());
-            }
-            delta = observation(&step);
-            steps.push(step);
-            if done {
+                steps.push(step);
                 stop = StopReason::Answer;
                 break;
             }
+            delta = observation(&step);
+            steps.push(step);
         }
         on_event(AgentEvent::Finished { stop: stop.clone() });
         Ok(AgentReport {
@@ -281,7 +279,8 @@ fn observation(step: &Step) -> String {
                 body.push_str(&format!("{} -> {}\n", r.call.tool, r.output));
             }
         }
-        Ok(Action::Answer(_)) => body.push_str("Noted.\n"),
+        // An answer ends the run; there is no next step to observe it.
+        Ok(Action::Answer(_)) => {}
         Err(e) => body.push_str(&format!("error: {e}\n")),
     }
     format!("\n<|im_start|>user\nObservation:\n{body}{TURN_END}\n<|im_start|>assistant\n")

@@ -168,10 +168,7 @@ pub fn verify_inclusion(
     receipt: &ReceiptHash,
     proof: &[[u8; 32]],
 ) -> bool {
-    let Ok(root) = <[u8; 32]>::try_from(root.as_bytes().as_slice()) else {
-        return false;
-    };
-    let root = RootHash::<Sha256>::new(root.into(), size);
+    let root = RootHash::<Sha256>::new((*root.as_bytes()).into(), size);
     let proof = InclusionProof::<Sha256>::from_bytes(proof.concat());
     root.verify_inclusion(receipt.as_bytes(), seq, &proof)
         .is_ok()

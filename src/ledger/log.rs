@@ -454,7 +454,8 @@ pub fn checkpoints(conn: &Connection) -> Result<Vec<SignedCheckpoint>, LedgerErr
 /// An inclusion proof of receipt `seq` against the latest checkpoint (which must cover it).
 pub fn prove(conn: &Connection, seq: u64) -> Result<ReceiptProof, LedgerError> {
     let stored = receipt(conn, seq)?;
-    let receipt_key = signer_of(&key_schedule(conn)?, seq)
+    let schedule = key_schedule(conn)?;
+    let receipt_key = signer_of(&schedule, seq)
         .ok_or_else(|| LedgerError::Corrupt(format!("no key signs receipt {seq}")))?;
     let signed = checkpoints(conn)?
         .pop()
@@ -473,7 +474,7 @@ pub fn prove(conn: &Connection, seq: u64) -> Result<ReceiptProof, LedgerError> {
     let proof = tree
         .prove(seq)
         .ok_or_else(|| LedgerError::Corrupt(format!("receipts are missing below {}", cp.size)))?;
-    let cp_key = key_schedule(conn)?
+    let cp_key = schedule
         .into_iter()
         .map(|(_, k)| k)
         .find(|k| k.key_id() == cp.key_id)

@@ -488,13 +488,10 @@ impl<'c> Verifier<'c> {
             );
             return Ok(());
         };
-        let tokens: Vec<u32> = row
-            .tokens
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let decoded = crate::store::blob_to_tokens(&row.tokens);
+        let tokens = decoded.as_deref().unwrap_or_default();
         let mut bad = Vec::new();
-        if StateHash::of(&model, &tokens) != out || row.tokens.len() % 4 != 0 {
+        if decoded.is_none() || StateHash::of(&model, tokens) != out {
             bad.push("its tokens do not hash to its address (state row altered)".to_string());
         }
         if Some(model) != r.model {
