@@ -31,8 +31,15 @@ async fn main() -> Result<()> {
             |e| match e {
                 AgentEvent::ToolCall(c) => println!("  call   {} {}", c.tool, c.args),
                 AgentEvent::ToolResult(r) => println!("  result {}", r.output),
-                AgentEvent::StepStarted { number } => println!("step {number}"),
+                AgentEvent::StepStarted { number, context } => {
+                    println!("step {number} ({context} tokens of context)")
+                }
+                AgentEvent::Compacted(c) => println!(
+                    "  compacted {} -> {} tokens ({:?})",
+                    c.tokens_before, c.tokens_after, c.trigger
+                ),
                 AgentEvent::Finished { stop } => println!("finished: {stop:?}"),
+                _ => {}
             },
         )
         .await?;

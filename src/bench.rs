@@ -1,4 +1,5 @@
-//! Naive re-prefill vs state-pack on the demo loop, side by side in one process.
+//! Naive re-prefill vs state-pack, side by side in one process, on the demo loop or on the
+//! agent loop (the legal-research agent with real tool calls, see [`Workload`]).
 //!
 //! Both arms run the same loop (same base, same observations, greedy) through a [`StatePack`]
 //! on an on-disk SQLite store; they differ only in the engine: the naive arm's engine has its
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::agent::legal::LegalAgent;
+use crate::agent::{Agent, AgentLoop, StopReason};
 use crate::demo::{self, Start, StepTotals};
 use crate::engine::Engine;
 use crate::pack::{PackError, StatePack};
@@ -37,6 +40,36 @@ impl Arm {
     }
 }
 
+/// What both arms run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// The demo loop: scripted observations, 8 generated tokens a step.
+    Demo,
+    /// [`AgentLoop`] with the legal-research agent: constrained tool calls, real tools,
+    /// their results as observations (every step but the last must call a tool).
+    Agent,
+}
+
+/// The legal-research agent with a per-run session line first in its prompt, so that no
+/// run starts with a cache warmed by the one before.
+struct BenchAgent {
+    session: String,
+}
+
+#[async_trait::async_trait]
+impl Agent for BenchAgent {
+    fn system_prompt(&self) -> String {
+        format!("Session {}. {}", self.session, LegalAgent.system_prompt())
+    }
+    fn tools(&self) -> crate::agent::ToolBox {
+        LegalAgent.tools()
+    }
+}
+
+/// The agent arm's task.
+pub const AGENT_TASK: &str = "What is the liability cap in clause 14.5 of NSA-2021-044?";
+
 /// One arm's run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmRun {
@@ -53,6 +86,8 @@ pub struct ArmRun {
 /// The side-by-side result.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// What ran.
+    pub workload: Workload,
     /// Steps per run.
     pub steps: usize,
     /// Runs per arm.
@@ -92,6 +127,16 @@ pub enum BenchError {
     /// Nothing to run.
     #[error("steps and runs must be at least 1")]
     Empty,
+    /// The agent loop stopped early.
+    #[error("the {arm} arm's agent loop stopped after {steps} steps: {reason}")]
+    AgentStopped {
+        /// The arm.
+        arm: &'static str,
+        /// Steps done.
+        steps: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -110,15 +155,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn run_arm(
     arm: Arm,
     engine: Arc<dyn Engine>,
+    workload: Workload,
     session: &str,
     steps: usize,
     scratch: &std::path::Path,
-    on_step: &mut impl FnMut(Arm, usize),
+    on_step: &mut (impl FnMut(Arm, usize) + Send),
 ) -> Result<ArmRun, BenchError> {
     let db = scratch.join(format!("{}-{session}.db", arm.name()));
     // Both arms sign receipts, as every real run does, with a throwaway key.
     let signer = crate::ledger::Signer::generate()?;
     let pack = StatePack::new(engine, Store::open(&db, signer)?);
+    if workload == Workload::Agent {
+        return run_agent_arm(arm, pack, session, steps, on_step).await;
+    }
     let base = pack.create(&demo::base_text(session)).await?;
     let start = Start {
         state: base.output,
@@ -139,14 +188,74 @@ async fn run_arm(
     })
 }
 
-/// Runs both arms `runs` times for `steps` steps. `on_step(arm, step)` is called after each
-/// step, for progress display.
+async fn run_agent_arm(
+    arm: Arm,
+    pack: StatePack,
+    session: &str,
+    steps: usize,
+    on_step: &mut (impl FnMut(Arm, usize) + Send),
+) -> Result<ArmRun, BenchError> {
+    let agent = BenchAgent {
+        session: session.to_string(),
+    };
+    let agent_loop = AgentLoop::new(Arc::new(pack), agent)
+        .max_steps(steps)
+        .answer_from_step(steps);
+    let report = agent_loop
+        .run_with_events(AGENT_TASK, |e| {
+            if let crate::agent::AgentEvent::StepFinished(s) = e {
+                on_step(arm, s.number)
+            }
+        })
+        .await?;
+    if matches!(
+        report.stop,
+        StopReason::Error(_) | StopReason::ContextFull { .. }
+    ) {
+        return Err(BenchError::AgentStopped {
+            arm: arm.name(),
+            steps: report.steps.len(),
+            reason: reason_of(&report.stop),
+        });
+    }
+    let mut totals =
+        StepTotals::of(std::iter::once(&report.base).chain(report.steps.iter().map(|s| &s.report)));
+    // Everything the run did: tool calls, turn closings, the loop itself.
+    totals.wall = report.wall;
+    totals.prefilled = report.tokens.prefilled;
+    totals.reused = report.tokens.reused;
+    totals.generated = report.tokens.generated;
+    Ok(ArmRun {
+        arm,
+        totals,
+        step_ms: report
+            .steps
+            .iter()
+            .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
+            .collect(),
+        outputs: report.steps.into_iter().map(|s| s.output).collect(),
+    })
+}
+
+fn reason_of(stop: &StopReason) -> String {
+    match stop {
+        StopReason::ContextFull { needed, window } => {
+            format!("context full ({needed} tokens needed, window {window})")
+        }
+        StopReason::Error(e) => e.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs both arms `runs` times for `steps` steps of `workload`. `on_step(arm, step)` is
+/// called after each step, for progress display.
 pub async fn run(
     statepack_engine: Arc<dyn Engine>,
     naive_engine: Arc<dyn Engine>,
+    workload: Workload,
     steps: usize,
     runs: usize,
-    mut on_step: impl FnMut(Arm, usize),
+    mut on_step: impl FnMut(Arm, usize) + Send,
 ) -> Result<BenchReport, BenchError> {
     if steps == 0 || runs == 0 {
         return Err(BenchError::Empty);
@@ -168,7 +277,18 @@ pub async fn run(
                 Arm::Naive => naive_engine.clone(),
                 Arm::StatePack => statepack_engine.clone(),
             };
-            pair.push(run_arm(arm, engine, &session, steps, scratch.path(), &mut on_step).await?);
+            pair.push(
+                run_arm(
+                    arm,
+                    engine,
+                    workload,
+                    &session,
+                    steps,
+                    scratch.path(),
+                    &mut on_step,
+                )
+                .await?,
+            );
         }
         let wall = |a: Arm| {
             pair.iter()
@@ -193,6 +313,7 @@ pub async fn run(
     let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
     let sp_outputs: Vec<&Vec<String>> = of(Arm::StatePack).map(|x| &x.outputs).collect();
     Ok(BenchReport {
+        workload,
         steps,
         runs,
         speedup: median(ratios),

@@ -11,6 +11,8 @@
 //! - [`ledger`]: signed, hash-linked receipts of every operation, checkpoints and `verify`.
 //! - [`model`]: the pinned default model, fetched with pip.
 //! - [`agent`]: [`Agent`](agent::Agent), typed tools and [`AgentLoop`](agent::AgentLoop).
+//! - [`compaction`]: when (a measured cost model, the window, a period) and how (mask,
+//!   summarize) an agent's context is compacted.
 //! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
 //!   benchmark, behind `state-pack run` and `state-pack bench`.
 //!
@@ -19,6 +21,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod compaction;
 pub mod demo;
 pub mod engine;
 pub mod ledger;

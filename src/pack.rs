@@ -1,6 +1,6 @@
 //! [`StatePack`]: immutable token states over one engine, persisted in SQLite.
 //!
-//! Every operation makes a new state and reports what the engine really did for it: tokens
+//! Every operation (create, merge, infer, compact) makes a new state and reports what the engine really did for it: tokens
 //! prefilled, tokens reused from the engine's prefix cache, tokens generated, and how long the
 //! engine and the pack itself took. Nothing here estimates a saving; the numbers come from the
 //! engine's own counters and clocks.
@@ -45,6 +45,18 @@ pub enum PackError {
         needed: usize,
         /// The window.
         window: usize,
+    },
+    /// Parameters that make no sense (a compaction policy, a strategy).
+    #[error("invalid parameters: {0}")]
+    InvalidParameters(String),
+    /// A caller's view of a state disagrees with the store (a bug in the caller; nothing
+    /// was written).
+    #[error("inconsistent state {state}: {reason}")]
+    Inconsistent {
+        /// The state.
+        state: StateHash,
+        /// What disagrees.
+        reason: String,
     },
     /// The engine failed.
     #[error(transparent)]
@@ -306,8 +318,50 @@ impl StatePack {
                 tokens,
                 outcome,
                 output_text: None,
+                policy: None,
                 started,
                 overhead: Duration::ZERO,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Replaces `state` by a shorter state made of `tokens` (a compacted context: the same
+    /// system prompt and task, with old turns masked or summarized). The new state's parent
+    /// is the state it replaces, and its receipt records `policy` (the policy, strategy,
+    /// trigger and any summary's hash) and the hash of the new tokens. The engine prefills
+    /// only what its prefix cache does not already hold (usually everything after the
+    /// system prompt and task).
+    pub async fn compact_tokens(
+        &self,
+        state: &StateHash,
+        tokens: Vec<u32>,
+        policy: serde_json::Value,
+    ) -> Result<OpReport, PackError> {
+        let span = info_span!("pack.compact", state = %state.short(), tokens = tokens.len());
+        async {
+            let started = Instant::now();
+            if tokens.is_empty() {
+                return Err(PackError::EmptyBase);
+            }
+            let replaced = self.load(state)?;
+            let overhead = started.elapsed();
+            let input_was_hot = self.is_hot(&replaced.tokens);
+            self.check_window(tokens.len() + 1)?;
+            let outcome = self.make_hot(&tokens).await?;
+            self.commit(Pending {
+                op: OpKind::Compact,
+                input: Some(*state),
+                input_was_hot,
+                delta: tokens.len(),
+                delta_hash: DeltaHash::of(&self.engine.info().fingerprint, &tokens),
+                tokens,
+                outcome,
+                output_text: None,
+                policy: Some(policy),
+                started,
+                overhead,
             })
         }
         .instrument(span)
@@ -345,6 +399,7 @@ impl StatePack {
                 delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
                 outcome,
                 output_text: None,
+                policy: None,
                 started,
                 overhead,
             })
@@ -395,6 +450,7 @@ impl StatePack {
                 delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
                 outcome,
                 output_text: Some(generation.text.clone()),
+                policy: None,
                 started,
                 overhead,
             })?;
@@ -455,7 +511,7 @@ impl StatePack {
             delta_tokens: p.delta,
             delta_hash: p.delta_hash,
             input_was_hot: p.input.map(|_| p.input_was_hot),
-            policy: None,
+            policy: p.policy,
             prompt_tokens: usage.prompt_tokens,
             prefilled: usage.prefilled,
             reused: usage.reused,
@@ -510,6 +566,8 @@ struct Pending {
     delta_hash: DeltaHash,
     outcome: Outcome,
     output_text: Option<String>,
+    /// Compaction parameters (compact only).
+    policy: Option<serde_json::Value>,
     started: Instant,
     /// Pack work before the commit (loading the input state).
     overhead: Duration,

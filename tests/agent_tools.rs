@@ -98,7 +98,14 @@ fn outputs_parse_as_calls_or_answers() {
     // The schema is generated from the argument struct, not written by hand.
     let schema = tools.action_schema().to_string();
     assert!(
-        schema.contains(r#""contract""#) && schema.contains(r#""maxLength":16"#),
+        schema.contains(r#""enum":["NSA-2021-044","SC-2019-112"]"#)
+            && schema.contains(r#""pattern":"^[0-9]{1,2}\\.[0-9]{1,2}$""#),
         "{schema}"
+    );
+    // Tool calls only: the answer alternative is left out.
+    let calls = tools.calls_schema().to_string();
+    assert!(
+        schema.contains(r#""answer""#) && !calls.contains(r#""answer""#),
+        "{calls}"
     );
 }

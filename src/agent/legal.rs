@@ -36,14 +36,35 @@ pub const CORPUS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The contracts of [`CORPUS`]. An enum, so the schema lists them and the model cannot
+/// invent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum Contract {
+    /// The network services agreement.
+    #[serde(rename = "NSA-2021-044")]
+    Nsa2021044,
+    /// The supply contract.
+    #[serde(rename = "SC-2019-112")]
+    Sc2019112,
+}
+
+impl Contract {
+    /// Its id in the corpus.
+    pub fn id(self) -> &'static str {
+        match self {
+            Contract::Nsa2021044 => "NSA-2021-044",
+            Contract::Sc2019112 => "SC-2019-112",
+        }
+    }
+}
+
 /// Arguments of `clause_lookup`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ClauseArgs {
-    /// Contract id, e.g. NSA-2021-044.
-    #[schemars(length(max = 16))]
-    pub contract: String,
-    /// Clause number, e.g. 14.5.
-    #[schemars(length(max = 6))]
+    /// The contract.
+    pub contract: Contract,
+    /// Clause number such as 14.5.
+    #[schemars(regex(pattern = r"^[0-9]{1,2}\.[0-9]{1,2}$"))]
     pub clause: String,
 }
 
@@ -62,9 +83,21 @@ impl Tool for ClauseLookup {
     async fn call(&self, a: ClauseArgs) -> Result<String, ToolError> {
         CORPUS
             .iter()
-            .find(|(c, n, _)| c.eq_ignore_ascii_case(a.contract.trim()) && *n == a.clause.trim())
+            .find(|(c, n, _)| *c == a.contract.id() && *n == a.clause.trim())
             .map(|(_, _, text)| text.to_string())
-            .ok_or_else(|| ToolError(format!("no clause {} in contract {}", a.clause, a.contract)))
+            .ok_or_else(|| {
+                let known: Vec<&str> = CORPUS
+                    .iter()
+                    .filter(|(c, _, _)| *c == a.contract.id())
+                    .map(|(_, n, _)| *n)
+                    .collect();
+                ToolError(format!(
+                    "no clause {} in {}; its clauses are {}",
+                    a.clause,
+                    a.contract.id(),
+                    known.join(", ")
+                ))
+            })
     }
 }
 
@@ -100,7 +133,14 @@ pub struct LegalAgent;
 #[async_trait]
 impl Agent for LegalAgent {
     fn system_prompt(&self) -> String {
-        "You are a legal research assistant. First call clause_lookup to read the clause; answer only from what the tools return. Contracts: NSA-2021-044, SC-2019-112.".into()
+        concat!(
+            "You are a legal research assistant. Read clauses with clause_lookup before you ",
+            "answer, and answer only from what the tools return. Contracts: NSA-2021-044 ",
+            "(clauses 9.2, 14.5, 17.1), SC-2019-112 (clauses 4.1, 11.3).\n",
+            "Example: to read clause 9.2 of NSA-2021-044, reply ",
+            r#"{"calls":[{"tool":"clause_lookup","args":{"contract":"NSA-2021-044","clause":"9.2"}}]}"#,
+        )
+        .into()
     }
     fn tools(&self) -> ToolBox {
         ToolBox::new().with(ClauseLookup).with(Multiply)

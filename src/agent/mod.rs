@@ -2,12 +2,14 @@
 //!
 //! The context is append-only: the system prompt and tool list are one base state, and each
 //! step appends exactly one delta (the task, or the tool results) rendered in the chat
-//! template on its own, so every step prefills only its delta. Each step's output is
-//! constrained by a grammar built from the tools' schemas, so it always parses as tool calls
-//! or an answer.
+//! template and tokenized on its own, so every step prefills only its delta. Each step's
+//! output is constrained by a grammar built from the tools' schemas, so it always parses as
+//! tool calls or an answer. When a [`CompactionPolicy`] says so, the loop replaces the
+//! context with a compacted one (a receipted `compact` operation) and goes on from there.
 
 pub mod legal;
 mod tool;
+mod transcript;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,9 +20,11 @@ use tracing::{info_span, Instrument};
 
 pub use tool::{Action, Tool, ToolBox, ToolCall, ToolError, ToolResult, MAX_CALLS_PER_STEP};
 
-use crate::engine::Sampling;
+use crate::compaction::{CompactionPolicy, CompactionStrategy, CostMeter, Trigger};
+use crate::engine::{FinishReason, Grammar, Sampling};
 use crate::pack::{OpReport, PackError, StatePack, TokenCounts};
 use crate::state::StateHash;
+use transcript::Transcript;
 
 /// An agent: what it is told, and what it can do.
 #[async_trait]
@@ -34,6 +38,11 @@ pub trait Agent: Send + Sync {
     async fn before_tool_call(&self, _call: &ToolCall) -> Result<(), String> {
         Ok(())
     }
+    /// Called on a final answer; return `Err(reason)` to send the model back to work (the
+    /// reason becomes the observation and the run goes on).
+    async fn review_answer(&self, _answer: &str, _step: usize) -> Result<(), String> {
+        Ok(())
+    }
     /// Called after each step.
     async fn after_step(&self, _step: &Step) {}
 }
@@ -42,10 +51,18 @@ pub trait Agent: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
 pub enum StopReason {
-    /// The model answered.
+    /// The model answered (and the agent accepted the answer).
     Answer,
     /// `max_steps` ran out.
     MaxSteps,
+    /// The next step would not fit the model's context window (compaction off, or unable to
+    /// free enough).
+    ContextFull {
+        /// Tokens the step needed.
+        needed: usize,
+        /// The window.
+        window: usize,
+    },
     /// The pack or engine failed.
     Error(String),
 }
@@ -61,7 +78,34 @@ pub struct Step {
     pub action: Result<Action, String>,
     /// The tool results (empty for an answer).
     pub results: Vec<ToolResult>,
+    /// Why the agent refused the answer, if it did.
+    pub answer_refused: Option<String>,
     /// The infer that generated the output.
+    pub report: OpReport,
+}
+
+/// One compaction during a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compaction {
+    /// It ran before this step.
+    pub before_step: usize,
+    /// What fired, with the figures it used.
+    pub trigger: Trigger,
+    /// The state it replaced.
+    pub replaced: StateHash,
+    /// Tokens before and after.
+    pub tokens_before: usize,
+    /// Tokens of the compacted state.
+    pub tokens_after: usize,
+    /// Observations masked by this compaction.
+    pub masked: usize,
+    /// Steps summarized (dropped) by this compaction.
+    pub summarized: usize,
+    /// The summary the model wrote, if the strategy summarizes.
+    pub summary: Option<String>,
+    /// The infer that wrote the summary.
+    pub summary_report: Option<OpReport>,
+    /// The `compact` operation.
     pub report: OpReport,
 }
 
@@ -74,10 +118,14 @@ pub struct AgentReport {
     pub stop: StopReason,
     /// Every step.
     pub steps: Vec<Step>,
+    /// Every compaction.
+    pub compactions: Vec<Compaction>,
     /// The base state (system prompt and tools).
     pub base: OpReport,
-    /// Token totals over the base, every step and every observation merge.
+    /// Token totals over the base, every step, observation merge and compaction.
     pub tokens: TokenCounts,
+    /// The longest context any step ran on.
+    pub peak_context: usize,
     /// The state the run ended in.
     pub final_state: StateHash,
     /// First and last receipt written by the run.
@@ -94,11 +142,17 @@ pub enum AgentEvent {
     StepStarted {
         /// Its number.
         number: usize,
+        /// Tokens in its input state.
+        context: usize,
     },
     /// The model asked for a tool.
     ToolCall(ToolCall),
     /// A tool answered.
     ToolResult(ToolResult),
+    /// A step is done.
+    StepFinished(Box<Step>),
+    /// The context was compacted.
+    Compacted(Box<Compaction>),
     /// The run is over.
     Finished {
         /// Why.
@@ -106,8 +160,19 @@ pub enum AgentEvent {
     },
 }
 
+/// How step outputs are constrained.
+#[derive(Debug, Clone)]
+pub enum Decoding {
+    /// The grammar of the agent's tools (the default): outputs always parse.
+    Tools,
+    /// Another grammar (tests, or tools the model may call that the grammar does not list).
+    Grammar(Grammar),
+    /// Unconstrained: outputs may not parse and become error observations.
+    Free,
+}
+
 /// Chat template pieces (ChatML, as SmolLM2 and many others use).
-const TURN_END: &str = "<|im_end|>";
+pub(crate) const TURN_END: &str = "<|im_end|>";
 
 /// Runs an [`Agent`] over a [`StatePack`].
 pub struct AgentLoop<A> {
@@ -117,17 +182,38 @@ pub struct AgentLoop<A> {
     pub max_steps: usize,
     /// Tokens one step may generate.
     pub max_tokens_per_step: usize,
+    /// When to compact (never, by default).
+    pub policy: CompactionPolicy,
+    /// How to compact.
+    pub strategy: CompactionStrategy,
+    /// How outputs are constrained.
+    pub decoding: Decoding,
+    /// The first step that may answer; earlier steps must call tools (with
+    /// [`Decoding::Tools`]).
+    pub answer_from_step: usize,
 }
 
 impl<A: Agent> AgentLoop<A> {
-    /// A loop of at most 8 steps of at most 96 generated tokens.
+    /// A loop of at most 8 steps of at most 96 generated tokens, constrained by the tools'
+    /// grammar, without compaction.
     pub fn new(pack: Arc<StatePack>, agent: A) -> Self {
         Self {
             pack,
             agent,
             max_steps: 8,
             max_tokens_per_step: 96,
+            policy: CompactionPolicy::never(),
+            strategy: CompactionStrategy::default(),
+            decoding: Decoding::Tools,
+            answer_from_step: 1,
         }
+    }
+
+    /// Steps before `step` must call tools: the grammar leaves the answer out. Makes a
+    /// small model look things up before it answers, and soak runs last.
+    pub fn answer_from_step(mut self, step: usize) -> Self {
+        self.answer_from_step = step;
+        self
     }
 
     /// Sets the step limit.
@@ -136,18 +222,37 @@ impl<A: Agent> AgentLoop<A> {
         self
     }
 
+    /// Compacts the context when `policy` says, as `strategy` says.
+    pub fn compaction(mut self, policy: CompactionPolicy, strategy: CompactionStrategy) -> Self {
+        self.policy = policy;
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets how outputs are constrained.
+    pub fn decoding(mut self, decoding: Decoding) -> Self {
+        self.decoding = decoding;
+        self
+    }
+
     /// Runs `task` to an answer or the step limit.
     pub async fn run(&self, task: &str) -> Result<AgentReport, PackError> {
         self.run_with_events(task, |_| {}).await
     }
 
-    /// [`run`](Self::run), calling `on_event` as things happen.
+    /// [`run`](Self::run), calling `on_event` as things happen. Errors before the first
+    /// step (the base state cannot be made, bad compaction parameters) are returned; errors
+    /// during the run end it with [`StopReason::Error`] and the report of what was done.
     pub async fn run_with_events(
         &self,
         task: &str,
         mut on_event: impl FnMut(AgentEvent) + Send,
     ) -> Result<AgentReport, PackError> {
         let started = Instant::now();
+        self.policy
+            .validate()
+            .and_then(|()| self.strategy.validate())
+            .map_err(PackError::InvalidParameters)?;
         let tools = self.agent.tools();
         let base_text = format!(
             "<|im_start|>system\n{}\n{}{TURN_END}\n",
@@ -155,123 +260,314 @@ impl<A: Agent> AgentLoop<A> {
             tools.describe()
         );
         let base = self.pack.create(&base_text).await?;
-        let sampling =
-            Sampling::greedy(self.max_tokens_per_step).constrained(tools.grammar(TURN_END));
-        let mut totals = base.tokens;
-        let mut state = base.output;
-        let mut delta = format!("<|im_start|>user\n{task}{TURN_END}\n<|im_start|>assistant\n");
-        let mut steps = Vec::new();
+        let greedy = Sampling::greedy(self.max_tokens_per_step);
+        let (sampling, calls_only) = match &self.decoding {
+            Decoding::Tools => (
+                greedy.clone().constrained(tools.grammar(TURN_END)),
+                greedy.constrained(tools.calls_grammar(TURN_END)),
+            ),
+            Decoding::Grammar(g) => {
+                let s = greedy.constrained(g.clone());
+                (s.clone(), s)
+            }
+            Decoding::Free => (greedy.clone(), greedy),
+        };
+        let mut run = Run {
+            meter: CostMeter::new(),
+            transcript: Transcript::new(self.pack.clone(), self.pack.tokens(&base.output)?, task)
+                .await?,
+            totals: base.tokens,
+            last_receipt: base.receipt.seq,
+            state: base.output,
+            steps: Vec::new(),
+            compactions: Vec::new(),
+            peak_context: base.tokens.state,
+            since_compaction: 0,
+        };
+        run.meter.observe(&base);
         let mut answer = None;
         let mut stop = StopReason::MaxSteps;
-        let mut last_receipt = base.receipt.seq;
         for number in 1..=self.max_steps {
-            on_event(AgentEvent::StepStarted { number });
             let span = info_span!("agent.step", number);
-            let step = self
-                .step(&tools, number, &state, &delta, &sampling, &mut on_event)
+            let outcome = self
+                .step(
+                    &tools,
+                    number,
+                    if number < self.answer_from_step {
+                        &calls_only
+                    } else {
+                        &sampling
+                    },
+                    &mut run,
+                    &mut on_event,
+                )
                 .instrument(span)
                 .await;
-            let (step, next_state) = match step {
-                Ok(s) => s,
+            match outcome {
+                Ok(Some(a)) => {
+                    answer = Some(a);
+                    stop = StopReason::Answer;
+                    break;
+                }
+                Ok(None) => {}
+                Err(PackError::ContextOverflow { needed, window }) => {
+                    stop = StopReason::ContextFull { needed, window };
+                    break;
+                }
                 Err(e) => {
                     stop = StopReason::Error(e.to_string());
                     break;
                 }
-            };
-            add(&mut totals, &step.report.tokens);
-            last_receipt = step.report.receipt.seq;
-            state = next_state;
-            tracing::info!(
-                number,
-                prefilled = step.report.tokens.prefilled,
-                reused = step.report.tokens.reused,
-                generated = step.report.tokens.generated,
-                "agent step"
-            );
-            self.agent.after_step(&step).await;
-            if let Ok(Action::Answer(a)) = &step.action {
-                answer = Some(a.clone());
-                steps.push(step);
-                stop = StopReason::Answer;
-                break;
             }
-            delta = observation(&step);
-            steps.push(step);
         }
+        tracing::info!(
+            ?stop,
+            steps = run.steps.len(),
+            compactions = run.compactions.len(),
+            "agent run finished"
+        );
         on_event(AgentEvent::Finished { stop: stop.clone() });
         Ok(AgentReport {
             answer,
             stop,
-            steps,
-            tokens: totals,
-            receipts: (base.receipt.seq, last_receipt),
+            steps: run.steps,
+            compactions: run.compactions,
+            tokens: run.totals,
+            peak_context: run.peak_context,
+            receipts: (base.receipt.seq, run.last_receipt),
             base,
-            final_state: state,
+            final_state: run.state,
             wall: started.elapsed(),
         })
     }
 
+    /// One step: compact if the policy says so, infer, run the calls, and queue the
+    /// observation. Returns the accepted answer, if any.
     async fn step(
         &self,
         tools: &ToolBox,
         number: usize,
-        state: &StateHash,
-        delta: &str,
         sampling: &Sampling,
+        run: &mut Run,
         on_event: &mut (impl FnMut(AgentEvent) + Send),
-    ) -> Result<(Step, StateHash), PackError> {
-        let inference = self.pack.infer(state, delta, sampling).await?;
-        let mut next = inference.report.output;
-        let action = tools.parse(&inference.text);
-        let mut results = Vec::new();
-        if let Ok(Action::Calls(calls)) = &action {
-            let mut allowed = Vec::new();
-            for call in calls {
-                on_event(AgentEvent::ToolCall(call.clone()));
-                match self.agent.before_tool_call(call).await {
-                    Ok(()) => allowed.push(call.clone()),
-                    Err(reason) => results.push(ToolResult {
-                        call: call.clone(),
-                        ok: false,
-                        output: format!("error: refused: {reason}"),
-                        elapsed: Duration::ZERO,
-                    }),
-                }
-            }
-            results.extend(tools.run(&allowed).await);
-            for r in &results {
-                on_event(AgentEvent::ToolResult(r.clone()));
-            }
+    ) -> Result<Option<String>, PackError> {
+        if number > 1 {
+            self.maybe_compact(number, run, on_event).await?;
         }
+        let context = run.transcript.len();
+        on_event(AgentEvent::StepStarted { number, context });
+        let delta = run.transcript.pending().to_vec();
+        let inference = self.pack.infer_tokens(&run.state, &delta, sampling).await?;
+        run.record(&inference.report);
+        run.peak_context = run.peak_context.max(inference.report.tokens.state);
+        let mut output_tokens = inference.generated.clone();
+        run.state = inference.report.output;
         // The grammar ends each output with the end-of-turn token; if generation stopped
         // early (the token budget), close the turn so the next delta starts a fresh one.
-        if inference.finish != crate::engine::FinishReason::Stop {
-            next = self.pack.merge(&next, TURN_END).await?.output;
+        if inference.finish != FinishReason::Stop {
+            let close = self.pack.engine().tokenize(TURN_END).await?;
+            let merged = self.pack.merge_tokens(&run.state, &close).await?;
+            run.record(&merged);
+            run.state = merged.output;
+            output_tokens.extend_from_slice(&close);
         }
-        Ok((
-            Step {
-                number,
-                output: inference.text,
-                action,
-                results,
-                report: inference.report,
-            },
-            next,
-        ))
+        let action = tools.parse(&inference.text);
+        let mut results = Vec::new();
+        let mut answer_refused = None;
+        match &action {
+            Ok(Action::Calls(calls)) => {
+                let mut allowed = Vec::new();
+                for call in calls {
+                    on_event(AgentEvent::ToolCall(call.clone()));
+                    match self.agent.before_tool_call(call).await {
+                        Ok(()) => allowed.push(call.clone()),
+                        Err(reason) => results.push(ToolResult {
+                            call: call.clone(),
+                            ok: false,
+                            output: format!("error: refused: {reason}"),
+                            elapsed: Duration::ZERO,
+                        }),
+                    }
+                }
+                results.extend(tools.run(&allowed).await);
+                for r in &results {
+                    on_event(AgentEvent::ToolResult(r.clone()));
+                }
+            }
+            Ok(Action::Answer(a)) => {
+                answer_refused = self.agent.review_answer(a, number).await.err();
+            }
+            Err(_) => {}
+        }
+        let step = Step {
+            number,
+            output: inference.text,
+            action,
+            results,
+            answer_refused,
+            report: inference.report,
+        };
+        let t = &step.report.tokens;
+        tracing::info!(
+            number,
+            context = t.state,
+            prefilled = t.prefilled,
+            reused = t.reused,
+            generated = t.generated,
+            parsed = step.action.is_ok(),
+            "agent step"
+        );
+        self.agent.after_step(&step).await;
+        on_event(AgentEvent::StepFinished(Box::new(step.clone())));
+        let accepted = match (&step.action, &step.answer_refused) {
+            (Ok(Action::Answer(a)), None) => Some(a.clone()),
+            _ => None,
+        };
+        if accepted.is_none() {
+            run.transcript
+                .push_turn(number, output_tokens, &observation_body(&step))
+                .await?;
+        }
+        run.steps.push(step);
+        run.since_compaction += 1;
+        Ok(accepted)
+    }
+
+    /// Compacts the context if the policy fires.
+    async fn maybe_compact(
+        &self,
+        number: usize,
+        run: &mut Run,
+        on_event: &mut (impl FnMut(AgentEvent) + Send),
+    ) -> Result<(), PackError> {
+        let plan = run.transcript.plan(&self.strategy).await?;
+        let ctx = crate::compaction::ContextStats {
+            next_step_tokens: run.transcript.len()
+                + run.transcript.pending().len()
+                + self.max_tokens_per_step,
+            window: self.pack.engine().info().context_window,
+            steps_since_compaction: run.since_compaction,
+            removable_tokens: plan.removable,
+            rebuild_tokens: plan.rebuild,
+            summary_tokens: self.strategy.summary_tokens().unwrap_or(0)
+                * usize::from(plan.summarized > 0),
+            remaining_steps: self.max_steps + 1 - number,
+        };
+        let Some(trigger) = self.policy.decide(&ctx, &run.meter) else {
+            return Ok(());
+        };
+        let span = info_span!("agent.compact", before_step = number);
+        async {
+            // Compaction rebuilds the context from the transcript: make sure it is the state.
+            let tokens = self.pack.tokens(&run.state)?;
+            if tokens != run.transcript.tokens() {
+                return Err(PackError::Inconsistent {
+                    state: run.state,
+                    reason: format!(
+                        "the agent's transcript ({} tokens) is not the state's tokens ({})",
+                        run.transcript.len(),
+                        tokens.len()
+                    ),
+                });
+            }
+            let tokens_before = tokens.len();
+            let replaced = run.state;
+            // The summary is written from the full current context, as an ordinary
+            // (receipted) infer on a branch that the compacted state then replaces.
+            let mut summary = None;
+            let mut summary_report = None;
+            if let (true, Some(max_tokens)) = (plan.summarized > 0, self.strategy.summary_tokens())
+            {
+                let request = run.transcript.summary_request().await?;
+                let s = self
+                    .pack
+                    .infer_tokens(&run.state, &request, &Sampling::greedy(max_tokens))
+                    .await?;
+                run.record(&s.report);
+                summary = Some(s.text.trim().to_string());
+                summary_report = Some(s.report);
+            }
+            let applied = run.transcript.apply(&plan, summary.as_deref()).await?;
+            let policy = serde_json::json!({
+                "policy": self.policy,
+                "strategy": self.strategy,
+                "trigger": trigger,
+                "before_step": number,
+                "masked": applied.masked,
+                "summarized": applied.summarized,
+                "summary_sha256": summary.as_deref().map(sha256_hex),
+                "summary_receipt": summary_report.as_ref().map(|r| r.receipt.seq),
+            });
+            let report = self
+                .pack
+                .compact_tokens(&replaced, run.transcript.tokens().to_vec(), policy)
+                .await?;
+            run.record(&report);
+            run.state = report.output;
+            run.since_compaction = 0;
+            let c = Compaction {
+                before_step: number,
+                trigger,
+                replaced,
+                tokens_before,
+                tokens_after: report.tokens.state,
+                masked: applied.masked,
+                summarized: applied.summarized,
+                summary,
+                summary_report,
+                report,
+            };
+            tracing::info!(
+                before = c.tokens_before,
+                after = c.tokens_after,
+                prefilled = c.report.tokens.prefilled,
+                masked = c.masked,
+                summarized = c.summarized,
+                "compacted"
+            );
+            on_event(AgentEvent::Compacted(Box::new(c.clone())));
+            run.compactions.push(c);
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 }
 
-fn add(t: &mut TokenCounts, s: &TokenCounts) {
-    t.delta += s.delta;
-    t.state = s.state;
-    t.prefilled += s.prefilled;
-    t.reused += s.reused;
-    t.generated += s.generated;
+/// The mutable state of one run.
+struct Run {
+    meter: CostMeter,
+    transcript: Transcript,
+    totals: TokenCounts,
+    last_receipt: u64,
+    state: StateHash,
+    steps: Vec<Step>,
+    compactions: Vec<Compaction>,
+    peak_context: usize,
+    since_compaction: usize,
 }
 
-/// The next step's delta: the tool results (or why the output could not be used), as a
-/// user turn, and the opening of the assistant's turn.
-fn observation(step: &Step) -> String {
+impl Run {
+    fn record(&mut self, r: &OpReport) {
+        self.meter.observe(r);
+        let t = &mut self.totals;
+        t.delta += r.tokens.delta;
+        t.state = r.tokens.state;
+        t.prefilled += r.tokens.prefilled;
+        t.reused += r.tokens.reused;
+        t.generated += r.tokens.generated;
+        self.last_receipt = r.receipt.seq;
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The body of the observation that follows a step: the tool results, or why the output
+/// could not be used.
+fn observation_body(step: &Step) -> String {
     let mut body = String::new();
     match &step.action {
         Ok(Action::Calls(_)) => {
@@ -279,9 +575,29 @@ fn observation(step: &Step) -> String {
                 body.push_str(&format!("{} -> {}\n", r.call.tool, r.output));
             }
         }
-        // An answer ends the run; there is no next step to observe it.
-        Ok(Action::Answer(_)) => {}
+        Ok(Action::Answer(_)) => {
+            if let Some(reason) = &step.answer_refused {
+                body.push_str(&format!("error: answer not accepted: {reason}\n"));
+            }
+        }
         Err(e) => body.push_str(&format!("error: {e}\n")),
     }
-    format!("\n<|im_start|>user\nObservation:\n{body}{TURN_END}\n<|im_start|>assistant\n")
+    body
+}
+
+/// This process's memory: (resident now, peak resident) in bytes, from `/proc/self/status`
+/// (`None` where that file does not exist).
+pub fn memory_usage() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

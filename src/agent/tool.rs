@@ -112,6 +112,12 @@ impl<T: Tool> DynTool for Typed<T> {
             o.remove("$schema");
             o.remove("title");
             o.remove("definitions");
+            // Arguments the tool does not read are not generated: every token the model
+            // spends goes to an argument that matters.
+            if o.get("type") == Some(&Value::from("object")) {
+                o.entry("additionalProperties")
+                    .or_insert(Value::Bool(false));
+            }
         }
         v
     }
@@ -158,6 +164,15 @@ impl ToolBox {
     /// each tool's own argument schema, or `{"answer":"..."}`. Compact JSON only, so the
     /// model spends no tokens on whitespace.
     pub fn action_schema(&self) -> Value {
+        self.schema_of(true)
+    }
+
+    /// [`action_schema`](Self::action_schema) without the answer: tool calls only.
+    pub fn calls_schema(&self) -> Value {
+        self.schema_of(false)
+    }
+
+    fn schema_of(&self, allow_answer: bool) -> Value {
         let calls: Vec<Value> = self
             .tools
             .values()
@@ -170,12 +185,15 @@ impl ToolBox {
                 })
             })
             .collect();
-        let mut alternatives = vec![json!({
-            "type": "object",
-            "properties": {"answer": {"type": "string", "maxLength": 160}},
-            "required": ["answer"],
-            "additionalProperties": false
-        })];
+        let mut alternatives = Vec::new();
+        if allow_answer || calls.is_empty() {
+            alternatives.push(json!({
+                "type": "object",
+                "properties": {"answer": {"type": "string", "maxLength": 160}},
+                "required": ["answer"],
+                "additionalProperties": false
+            }));
+        }
         if !calls.is_empty() {
             alternatives.insert(
                 0,
@@ -198,9 +216,17 @@ impl ToolBox {
     /// The grammar for one step: an action as JSON, then the chat template's end-of-turn
     /// token, so the turn closes itself and generation stops there.
     pub fn grammar(&self, end_of_turn: &str) -> Grammar {
+        Self::lark(end_of_turn, &self.action_schema())
+    }
+
+    /// [`grammar`](Self::grammar) for tool calls only (no answer yet).
+    pub fn calls_grammar(&self, end_of_turn: &str) -> Grammar {
+        Self::lark(end_of_turn, &self.calls_schema())
+    }
+
+    fn lark(end_of_turn: &str, schema: &Value) -> Grammar {
         Grammar::Lark(format!(
-            "start: action {end_of_turn}\naction: %json {}\n",
-            self.action_schema()
+            "start: action {end_of_turn}\naction: %json {schema}\n"
         ))
     }
 

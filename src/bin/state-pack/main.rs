@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+mod agent;
 mod ledger;
 
 use state_pack::bench::{self, Arm};
@@ -48,6 +49,9 @@ enum Command {
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
+    /// Run the legal-research agent (typed tools, constrained tool calls, compaction) and
+    /// print every step, compaction and the process's memory.
+    Agent(agent::AgentArgs),
     /// Time the demo loop naive (whole context prefilled every step) vs state-pack.
     Bench {
         /// Steps per run.
@@ -56,6 +60,9 @@ enum Command {
         /// Runs per arm; figures are medians over runs.
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// What to run: the demo loop, or the legal-research agent with real tool calls.
+        #[arg(long, value_enum, default_value_t = WorkloadArg::Demo)]
+        workload: WorkloadArg,
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -86,6 +93,14 @@ enum Command {
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WorkloadArg {
+    /// The demo loop (scripted observations).
+    Demo,
+    /// The legal-research agent: constrained tool calls, real tools.
+    Agent,
 }
 
 #[derive(Subcommand)]
@@ -152,9 +167,26 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             let engine = load(model_path, &cache, MistralRsOptions::default()).await?;
             println!("{}", serde_json::to_string_pretty(engine.info())?);
         }
+        Command::Agent(args) => {
+            agent::run(
+                load(model_path, &cache, MistralRsOptions::default()).await?,
+                &key,
+                args,
+            )
+            .await?
+        }
         Command::Run { steps, db } => run(model_path, &cache, &key, steps, &db).await?,
-        Command::Bench { steps, runs, json } => {
-            bench_cmd(model_path, &cache, steps, runs, json).await?
+        Command::Bench {
+            steps,
+            runs,
+            workload,
+            json,
+        } => {
+            let workload = match workload {
+                WorkloadArg::Demo => bench::Workload::Demo,
+                WorkloadArg::Agent => bench::Workload::Agent,
+            };
+            bench_cmd(model_path, &cache, workload, steps, runs, json).await?
         }
         Command::State { hash, db } => {
             let hash: StateHash = hash.parse()?;
@@ -166,7 +198,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
     Ok(true)
 }
 
-async fn load(
+pub(crate) async fn load(
     model: Option<&Path>,
     cache: &Path,
     options: MistralRsOptions,
@@ -316,6 +348,7 @@ async fn run(
 async fn bench_cmd(
     model: Option<&Path>,
     cache: &Path,
+    workload: bench::Workload,
     steps: usize,
     runs: usize,
     json: bool,
@@ -338,6 +371,7 @@ async fn bench_cmd(
     let report = bench::run(
         Arc::new(reuse),
         Arc::new(naive),
+        workload,
         steps,
         runs,
         |arm, step| {
@@ -353,8 +387,13 @@ async fn bench_cmd(
     }
     let of = |a: Arm| report.arm_runs.iter().filter(move |r| r.arm == a);
     println!(
-        "demo loop, {} steps x {} run(s), both arms in this process",
-        report.steps, report.runs
+        "{} loop, {} steps x {} run(s), both arms in this process",
+        match report.workload {
+            bench::Workload::Demo => "demo",
+            bench::Workload::Agent => "agent (legal research, real tool calls)",
+        },
+        report.steps,
+        report.runs
     );
     println!("arm          prefilled  reused  wall (s)  per step (ms)");
     for arm in [Arm::Naive, Arm::StatePack] {
