@@ -1,5 +1,5 @@
 //! The legal-research agent with real tools (clause lookup over a bundled corpus, a
-//! calculator), constrained tool calls, and per-step token accounting.
+//! calculator), constrained tool calls, auto-compaction, and per-step token accounting.
 //!
 //! ```text
 //! cargo run --release --example legal_agent
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use state_pack::agent::legal::LegalAgent;
 use state_pack::agent::{AgentEvent, AgentLoop};
+use state_pack::compaction::{CompactionPolicy, CompactionStrategy};
 use state_pack::engine::{MistralRsEngine, MistralRsOptions};
 use state_pack::ledger::Signer;
 use state_pack::{model, StatePack, Store};
@@ -24,7 +25,11 @@ async fn main() -> Result<()> {
         Arc::new(engine),
         Store::open(&db, Signer::generate()?)?,
     ));
-    let agent = AgentLoop::new(pack.clone(), LegalAgent).max_steps(6);
+    let agent = AgentLoop::new(pack.clone(), LegalAgent)
+        .max_steps(6)
+        // A 135M model answers from memory if it may: make step 1 look the clause up.
+        .answer_from_step(2)
+        .compaction(CompactionPolicy::default(), CompactionStrategy::default());
     let report = agent
         .run_with_events(
             "What is the liability cap in clause 14.5 of NSA-2021-044?",

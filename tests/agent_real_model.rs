@@ -7,12 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use common::tools::Panics;
 use common::*;
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde_json::json;
 use state_pack::agent::legal::{LegalAgent, Multiply};
-use state_pack::agent::{Action, Agent, AgentLoop, Decoding, StopReason, Tool, ToolBox, ToolError};
+use state_pack::agent::{Action, Agent, AgentLoop, Decoding, StopReason, ToolBox};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy};
 use state_pack::engine::Grammar;
 use state_pack::ledger::{verify_file, Receipt, ReceiptOp, VerifyOptions};
@@ -186,24 +185,6 @@ async fn fifty_constrained_steps_all_parse_and_compaction_is_receipted() {
     drop(agent);
     close(pack);
     verify_ok(&db, report.receipts.1);
-}
-
-#[derive(Deserialize, JsonSchema)]
-struct Nothing {}
-
-struct Panics;
-#[async_trait]
-impl Tool for Panics {
-    type Args = Nothing;
-    fn name(&self) -> &str {
-        "panics"
-    }
-    fn description(&self) -> &str {
-        "always panics"
-    }
-    async fn call(&self, _: Nothing) -> Result<String, ToolError> {
-        panic!("tool bug")
-    }
 }
 
 struct Clumsy;

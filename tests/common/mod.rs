@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod synthetic;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
