@@ -218,13 +218,18 @@ async fn run_agent_arm(
             reason: reason_of(&report.stop),
         });
     }
-    let mut totals =
-        StepTotals::of(std::iter::once(&report.base).chain(report.steps.iter().map(|s| &s.report)));
     // Everything the run did: tool calls, turn closings, the loop itself.
-    totals.wall = report.wall;
-    totals.prefilled = report.tokens.prefilled;
-    totals.reused = report.tokens.reused;
-    totals.generated = report.tokens.generated;
+    let totals = StepTotals {
+        steps: 1 + report.steps.len(),
+        prefilled: report.tokens.prefilled,
+        reused: report.tokens.reused,
+        generated: report.tokens.generated,
+        wall: report.wall,
+        overhead: std::iter::once(&report.base)
+            .chain(report.steps.iter().map(|s| &s.report))
+            .map(|r| r.timings.overhead)
+            .sum(),
+    };
     Ok(ArmRun {
         arm,
         totals,

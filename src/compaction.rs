@@ -257,8 +257,8 @@ pub enum Trigger {
 /// The cost model's figures at one decision, from measurements of this run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CostEstimate {
-    /// Measured extra seconds one step pays per context token (slope of per-token prefill
-    /// and decode time against context length, times the mean tokens per step).
+    /// Measured extra seconds one step pays per context token (Theil–Sen slope of per-token
+    /// prefill and decode time against context length, times the mean tokens per step).
     pub seconds_per_context_token: f64,
     /// Measured seconds per token of a bulk prefill.
     pub prefill_seconds_per_token: f64,
@@ -299,6 +299,8 @@ struct StepSample {
 const WINDOW: usize = 48;
 /// A prefill of at least this many tokens counts as bulk.
 const BULK: usize = 64;
+/// Context lengths (tokens) two samples must differ by to give a slope.
+const MIN_SPREAD: f64 = 8.0;
 
 impl CostMeter {
     /// An empty meter.
@@ -375,18 +377,31 @@ impl CostMeter {
     }
 }
 
-/// Least-squares slope of `ys` against `xs`; `None` when the xs do not spread.
+/// Theil–Sen slope of `ys` against `xs`: the median of the slopes between all pairs of
+/// samples at least [`MIN_SPREAD`] tokens of context apart. One step slowed by another
+/// process on the machine moves a least-squares fit; it hardly moves the median. `None`
+/// when no pair spreads far enough.
 fn slope(xs: &[f64], ys: impl Iterator<Item = f64>) -> Option<f64> {
     let ys: Vec<f64> = ys.collect();
-    let n = xs.len() as f64;
-    let mx = xs.iter().sum::<f64>() / n;
-    let my = ys.iter().sum::<f64>() / n;
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    if sxx < 1.0 {
+    let mut slopes = Vec::with_capacity(xs.len() * xs.len() / 2);
+    for i in 0..xs.len() {
+        for j in i + 1..xs.len() {
+            let dx = xs[j] - xs[i];
+            if dx.abs() >= MIN_SPREAD {
+                slopes.push((ys[j] - ys[i]) / dx);
+            }
+        }
+    }
+    if slopes.is_empty() {
         return None;
     }
-    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    Some(sxy / sxx)
+    slopes.sort_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 {
+        slopes[mid]
+    } else {
+        (slopes[mid - 1] + slopes[mid]) / 2.0
+    })
 }
 
 #[cfg(test)]
@@ -491,6 +506,31 @@ mod tests {
             policy.decide(&ctx(3000), &m),
             Some(Trigger::Cost(_))
         ));
+    }
+
+    #[test]
+    fn a_step_slowed_by_the_machine_does_not_move_the_slope() {
+        let mut m = meter();
+        // One step at a larger context took five times as long (another process ran).
+        let per_token_ms = 5.0 * (20.0 + 0.01 * 1300.0);
+        m.observe(&report(
+            OpKind::Infer,
+            1320,
+            30,
+            20,
+            300,
+            (per_token_ms * 20.0) as u64,
+        ));
+        let model = CostModel {
+            horizon_steps: 10,
+            min_samples: 6,
+        };
+        let e = m.estimate(&ctx(1000), &model).unwrap();
+        // A least-squares fit would more than double the slope; the median stays near it.
+        assert!(
+            (e.seconds_per_context_token - 0.0002).abs() < 0.00004,
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -425,7 +425,7 @@ impl<A: Agent> AgentLoop<A> {
         };
         if accepted.is_none() {
             run.transcript
-                .push_turn(number, output_tokens, &observation_body(&step))
+                .push_turn(output_tokens, &observation_body(&step))
                 .await?;
         }
         run.steps.push(step);
@@ -440,7 +440,8 @@ impl<A: Agent> AgentLoop<A> {
         run: &mut Run,
         on_event: &mut (impl FnMut(AgentEvent) + Send),
     ) -> Result<(), PackError> {
-        let plan = run.transcript.plan(&self.strategy).await?;
+        let current = run.transcript.tokens();
+        let plan = run.transcript.plan(&self.strategy, &current).await?;
         let ctx = crate::compaction::ContextStats {
             next_step_tokens: run.transcript.len()
                 + run.transcript.pending().len()
@@ -459,18 +460,17 @@ impl<A: Agent> AgentLoop<A> {
         let span = info_span!("agent.compact", before_step = number);
         async {
             // Compaction rebuilds the context from the transcript: make sure it is the state.
-            let tokens = self.pack.tokens(&run.state)?;
-            if tokens != run.transcript.tokens() {
+            let fingerprint = &self.pack.engine().info().fingerprint;
+            if StateHash::of(fingerprint, &current) != run.state {
                 return Err(PackError::Inconsistent {
                     state: run.state,
                     reason: format!(
-                        "the agent's transcript ({} tokens) is not the state's tokens ({})",
-                        run.transcript.len(),
-                        tokens.len()
+                        "the agent's transcript ({} tokens) does not hash to the state",
+                        current.len()
                     ),
                 });
             }
-            let tokens_before = tokens.len();
+            let tokens_before = current.len();
             let replaced = run.state;
             // The summary is written from the full current context, as an ordinary
             // (receipted) infer on a branch that the compacted state then replaces.
@@ -500,7 +500,7 @@ impl<A: Agent> AgentLoop<A> {
             });
             let report = self
                 .pack
-                .compact_tokens(&replaced, run.transcript.tokens().to_vec(), policy)
+                .compact_tokens(&replaced, run.transcript.tokens(), policy)
                 .await?;
             run.record(&report);
             run.state = report.output;

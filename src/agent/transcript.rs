@@ -141,7 +141,6 @@ impl Transcript {
     /// the next step will send.
     pub async fn push_turn(
         &mut self,
-        _step: usize,
         output: Vec<u32>,
         observation_body: &str,
     ) -> Result<(), PackError> {
@@ -170,7 +169,11 @@ impl Transcript {
     }
 
     /// What `strategy` would do now.
-    pub async fn plan(&self, strategy: &CompactionStrategy) -> Result<Plan, PackError> {
+    pub async fn plan(
+        &self,
+        strategy: &CompactionStrategy,
+        current: &[u32],
+    ) -> Result<Plan, PackError> {
         let n = self.turns.len();
         // The last step always stays: its observation is the next step's delta.
         let kept = strategy.turns_kept().map_or(n, |k| k.max(1)).min(n);
@@ -184,7 +187,6 @@ impl Transcript {
             .copied()
             .filter(|&i| !self.turns[i].masked)
             .collect();
-        let current = self.tokens();
         let task_turn = if drop > 0 {
             self.pack
                 .engine()
