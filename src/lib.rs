@@ -13,6 +13,8 @@
 //! - [`agent`]: [`Agent`](agent::Agent), typed tools and [`AgentLoop`](agent::AgentLoop).
 //! - [`compaction`]: when (a measured cost model, the window, a period) and how (mask,
 //!   summarize) an agent's context is compacted.
+//! - [`graph`]: LangGraph-style [`StateGraph`](graph::StateGraph)s of nodes and agents, with
+//!   checkpoints, interrupts, resume and time travel in the same SQLite database.
 //! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
 //!   benchmark, behind `state-pack run` and `state-pack bench`.
 //!
@@ -24,6 +26,7 @@ pub mod bench;
 pub mod compaction;
 pub mod demo;
 pub mod engine;
+pub mod graph;
 pub mod ledger;
 pub mod model;
 pub mod pack;

@@ -23,6 +23,7 @@ use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_states", include_str!("../migrations/0001_states.sql")),
     ("0002_ledger", include_str!("../migrations/0002_ledger.sql")),
+    ("0003_graph", include_str!("../migrations/0003_graph.sql")),
 ];
 
 /// Errors from the store.
@@ -187,7 +188,7 @@ pub struct Store {
     ledger: Option<Ledger>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -283,6 +284,21 @@ impl Store {
         self.conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
         )
+    }
+
+    /// The connection, for the modules that keep their own tables here (graph checkpoints).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Receipts in the log: the next receipt's seq.
+    pub fn receipt_count(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(n as u64)
     }
 
     /// The database file, if on disk.
