@@ -48,6 +48,7 @@
 mod checkpoint;
 mod node;
 pub mod reduce;
+pub mod research;
 mod run;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 mod agent;
+mod graph;
 mod ledger;
 
 use state_pack::bench::{self, Arm};
@@ -52,6 +53,12 @@ enum Command {
     /// Run the legal-research agent (typed tools, constrained tool calls, compaction) and
     /// print every step, compaction and the process's memory.
     Agent(agent::AgentArgs),
+    /// A LangGraph-style workflow: researcher and reviewer agents in a loop, with
+    /// checkpoints, interrupts, resume and history in SQLite.
+    Graph {
+        #[command(subcommand)]
+        command: graph::GraphCommand,
+    },
     /// Time the demo loop naive (whole context prefilled every step) vs state-pack.
     Bench {
         /// Steps per run.
@@ -172,6 +179,17 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 load(model_path, &cache, MistralRsOptions::default()).await?,
                 &key,
                 args,
+            )
+            .await?
+        }
+        Command::Graph {
+            command: graph::GraphCommand::History(w),
+        } => graph::history(&w)?,
+        Command::Graph { command } => {
+            graph::run(
+                load(model_path, &cache, MistralRsOptions::default()).await?,
+                &key,
+                command,
             )
             .await?
         }
