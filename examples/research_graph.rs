@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use state_pack::engine::{MistralRsEngine, MistralRsOptions};
 use state_pack::graph::research::{self, BaseLog, Research, ResearchUpdate};
-use state_pack::graph::{Checkpointer, GraphEvent};
+use state_pack::graph::{Checkpointer, GraphEvent, RunStatus, Source};
 use state_pack::ledger::Signer;
 use state_pack::{model, StatePack, Store};
 
@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
     };
     let mut run = graph.resume_stream("case-1", Some(note), print).await?;
     // Every later visit to the reviewer pauses too; go on without input.
-    while run.status != state_pack::graph::RunStatus::Finished {
+    while run.status != RunStatus::Finished {
         run = graph.resume_stream("case-1", None, print).await?;
     }
     println!("final state: {}", serde_json::to_string_pretty(&run.state)?);
@@ -69,25 +69,23 @@ async fn main() -> Result<()> {
         );
     }
 
-    // Time travel: back to the first researcher step, pretending two rounds were done, so
-    // the reviewer's verdict ends the graph. The original history stays as it was.
-    if let Some(first) = history.iter().find(|c| c.step == 0) {
-        let fork = graph.fork(
-            first.id,
-            Some(ResearchUpdate {
-                rounds: Some(1),
-                ..ResearchUpdate::default()
-            }),
-        )?;
-        println!("forked {} from {}", fork, first.id);
+    // Time travel: back to the researcher's first checkpoint, before the human's note, and
+    // on from there without it. The original history stays as it was.
+    let first = history
+        .iter()
+        .find(|c| c.step == 0 && c.source == Source::Loop)
+        .map(|c| c.id);
+    if let Some(first) = first {
+        let fork = graph.fork(first, None)?;
+        println!("forked {fork} from {first}");
         let mut forked = graph.resume("case-1", None).await?;
-        while forked.status != state_pack::graph::RunStatus::Finished {
+        while forked.status != RunStatus::Finished {
             forked = graph.resume("case-1", None).await?;
         }
+        println!("the fork's reviews: {:?}", forked.state.reviews);
         println!(
-            "fork ended with {} rounds; the original final state is still {} rounds",
-            forked.state.rounds,
-            graph.state_at(run.checkpoint)?.rounds
+            "the original's reviews, still: {:?}",
+            graph.state_at(run.checkpoint)?.reviews
         );
     }
 

@@ -428,6 +428,31 @@ async fn an_interrupt_pauses_before_a_node_and_resumes_with_human_input() {
 }
 
 #[tokio::test]
+async fn an_interrupt_after_a_node_keeps_its_update_and_resumes_without_input() {
+    let (_dir, c) = checkpointer();
+    let g = review_loop()
+        .interrupt_after(&["researcher"])
+        .compile(c)
+        .unwrap();
+    let mut run = g.invoke("a", Notes::default()).await.unwrap();
+    let mut pauses = 0;
+    while let RunStatus::InterruptedAfter(nodes) = &run.status {
+        assert_eq!(nodes, &["researcher"]);
+        // The researcher's update is in the state and the checkpoint before the pause.
+        assert_eq!(
+            run.state.log.last().unwrap(),
+            &format!("draft {}", pauses + 1)
+        );
+        assert_eq!(g.state("a").unwrap().0, run.state);
+        pauses += 1;
+        run = g.resume("a", None).await.unwrap();
+    }
+    assert_eq!(run.status, RunStatus::Finished);
+    assert_eq!(pauses, 3);
+    assert_eq!(run.state.log.len(), 6);
+}
+
+#[tokio::test]
 async fn forking_an_earlier_checkpoint_leaves_the_original_history_intact() {
     let (_dir, c) = checkpointer();
     let g = review_loop().compile(c).unwrap();

@@ -58,7 +58,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use checkpoint::{CheckpointId, CheckpointInfo, Checkpointer};
+pub use checkpoint::{CheckpointId, CheckpointInfo, Checkpointer, Source};
 pub use node::{AgentNode, FnNode, Node, NodeContext, NodeError, NodeInput};
 pub use run::{GraphEvent, GraphRun, RunStatus};
 
