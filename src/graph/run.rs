@@ -306,18 +306,9 @@ impl<S: GraphState> CompiledGraph<S> {
                 receipts,
             })?;
             steps += 1;
-            on_event(GraphEvent::StateUpdated(CheckpointInfo {
-                id: checkpoint,
-                thread: thread.to_string(),
-                parent: Some(at.checkpoint),
-                step: at.step,
-                source: Source::Loop,
-                wrote: writes.iter().map(|(n, _)| n.clone()).collect(),
-                next: next.iter().map(|t| t.0.clone()).collect(),
-                receipts,
-                bytes: 0,
-                created_at: crate::store::now_ms(),
-            }));
+            // As stored (with its size), so what a UI shows is what a resume will read.
+            let stored = self.checkpointer.get(checkpoint)?;
+            on_event(GraphEvent::StateUpdated(CheckpointInfo::from(&stored)));
             let after = self.nodes_in(&at.next, &self.graph.interrupt_after);
             at = Position {
                 checkpoint,
