@@ -46,6 +46,8 @@ fn seal(c: &mut Criterion) {
         }),
         input_was_hot: Some(true),
         policy: None,
+        sampling: None,
+        replay_of: None,
         public_key: None,
         prev: ReceiptHash::from_bytes([9; 32]),
         key_id: signer.key_id(),

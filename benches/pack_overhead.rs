@@ -68,6 +68,9 @@ fn durable_record(c: &mut Criterion) {
                     decode: Duration::from_millis(250),
                     total: Duration::from_millis(760),
                     output_text: Some("clause_lookup(NSA-2021-044, 14.5)".into()),
+                    sampling: None,
+                    finish: None,
+                    replay_of: None,
                 };
                 store.record(&state, &op).expect("record")
             })

@@ -432,6 +432,7 @@ mod tests {
             output: StateHash::from_bytes([0; 32]),
             input_was_hot: true,
             engine_called: true,
+            replay_of: None,
             tokens: TokenCounts {
                 delta: prefilled,
                 state,

@@ -30,6 +30,7 @@ pub mod graph;
 pub mod ledger;
 pub mod model;
 pub mod pack;
+pub mod server;
 pub mod state;
 pub mod store;
 

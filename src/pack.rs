@@ -109,8 +109,11 @@ pub struct OpReport {
     pub output: StateHash,
     /// Whether the input state was hot (see [`StateView::hot`]) when the operation started.
     pub input_was_hot: bool,
-    /// Whether the engine was called at all (not when the output was already hot).
+    /// Whether the engine was called at all (not when the output was already hot, nor for
+    /// a replay).
     pub engine_called: bool,
+    /// For an infer answered from the store: the receipt of the infer it repeats.
+    pub replay_of: Option<u64>,
     /// Token counts.
     pub tokens: TokenCounts,
     /// Timings.
@@ -319,6 +322,8 @@ impl StatePack {
                 outcome,
                 output_text: None,
                 policy: None,
+                sampling: None,
+                replay_of: None,
                 started,
                 overhead: Duration::ZERO,
             })
@@ -360,6 +365,8 @@ impl StatePack {
                 outcome,
                 output_text: None,
                 policy: Some(policy),
+                sampling: None,
+                replay_of: None,
                 started,
                 overhead,
             })
@@ -400,6 +407,8 @@ impl StatePack {
                 outcome,
                 output_text: None,
                 policy: None,
+                sampling: None,
+                replay_of: None,
                 started,
                 overhead,
             })
@@ -451,6 +460,8 @@ impl StatePack {
                 outcome,
                 output_text: Some(generation.text.clone()),
                 policy: None,
+                sampling: Some((sampling_record(sampling)?, generation.finish)),
+                replay_of: None,
                 started,
                 overhead,
             })?;
@@ -463,6 +474,97 @@ impl StatePack {
         }
         .instrument(span)
         .await
+    }
+
+    /// [`infer`](Self::infer), except that a deterministic request (same state, same delta,
+    /// same sampling parameters) that was already answered is answered again from the store:
+    /// the engine is not called, and the receipt names the receipt it repeats (`replay_of`)
+    /// with nothing prefilled, reused or generated.
+    pub async fn infer_or_replay(
+        &self,
+        state: &StateHash,
+        delta_text: &str,
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        let delta = self.engine.tokenize(delta_text).await?;
+        self.infer_tokens_or_replay(state, &delta, sampling).await
+    }
+
+    /// [`infer_or_replay`](Self::infer_or_replay) with an already tokenized delta.
+    pub async fn infer_tokens_or_replay(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        match self.replay_tokens(state, delta, sampling)? {
+            Some(answer) => Ok(answer),
+            None => self.infer_tokens(state, delta, sampling).await,
+        }
+    }
+
+    /// Answers a deterministic infer from the store if the same request (state, delta,
+    /// sampling) was answered before, recording the replay with its receipt; `None` if it
+    /// was not (or the sampling is not deterministic). Never calls the engine.
+    pub fn replay_tokens(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Option<Inference>, PackError> {
+        if !sampling.is_deterministic() || delta.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let key = sampling_record(sampling)?;
+        let delta_hash = DeltaHash::of(&self.engine.info().fingerprint, delta);
+        let Some(earlier) = self.store().find_infer(state, &delta_hash, &key)? else {
+            return Ok(None);
+        };
+        let span = info_span!("pack.replay", state = %state.short(), of = earlier.receipt_seq);
+        let _enter = span.enter();
+        let Extension {
+            tokens: prompt,
+            input_was_hot,
+            overhead,
+        } = self.extend(state, delta, 0, started)?;
+        let output = self.load(&earlier.output)?;
+        if !output.tokens.starts_with(&prompt)
+            || output.tokens.len() - prompt.len() > sampling.max_tokens
+        {
+            return Err(PackError::Inconsistent {
+                state: earlier.output,
+                reason: format!(
+                    "receipt {} records it as the answer to this request, but its tokens do not extend the request's",
+                    earlier.receipt_seq
+                ),
+            });
+        }
+        let generated = output.tokens[prompt.len()..].to_vec();
+        let report = self.commit(Pending {
+            op: OpKind::Infer,
+            input: Some(*state),
+            input_was_hot,
+            tokens: output.tokens,
+            delta: delta.len(),
+            delta_hash,
+            outcome: Outcome {
+                usage: EngineUsage::default(),
+                engine_called: false,
+            },
+            output_text: Some(earlier.text.clone()),
+            policy: None,
+            sampling: Some((key, earlier.finish)),
+            replay_of: Some(earlier.receipt_seq),
+            started,
+            overhead,
+        })?;
+        Ok(Some(Inference {
+            text: earlier.text,
+            generated,
+            finish: earlier.finish,
+            report,
+        }))
     }
 
     /// `state ++ delta`, checked: the delta is not empty, the state exists on this model, and
@@ -521,6 +623,9 @@ impl StatePack {
             // The stored total cannot include its own write; the report's does.
             total: p.started.elapsed(),
             output_text: p.output_text,
+            sampling: p.sampling.as_ref().map(|(s, _)| s.clone()),
+            finish: p.sampling.as_ref().map(|(_, f)| *f),
+            replay_of: p.replay_of,
         };
         let recorded = self.store().record(&stored, &record)?;
         Ok(OpReport {
@@ -531,6 +636,7 @@ impl StatePack {
             output: hash,
             input_was_hot: p.input_was_hot,
             engine_called: p.outcome.engine_called,
+            replay_of: p.replay_of,
             tokens: TokenCounts {
                 delta: p.delta,
                 state: state_len,
@@ -546,6 +652,11 @@ impl StatePack {
             },
         })
     }
+}
+
+/// Sampling parameters as recorded in receipts and keying replays.
+fn sampling_record(sampling: &Sampling) -> Result<serde_json::Value, PackError> {
+    serde_json::to_value(sampling).map_err(|e| PackError::InvalidParameters(e.to_string()))
 }
 
 /// A parent state's tokens with a delta appended, before the engine runs.
@@ -568,6 +679,10 @@ struct Pending {
     output_text: Option<String>,
     /// Compaction parameters (compact only).
     policy: Option<serde_json::Value>,
+    /// Sampling parameters and why generation stopped (infer only).
+    sampling: Option<(serde_json::Value, FinishReason)>,
+    /// The receipt a replayed infer repeats.
+    replay_of: Option<u64>,
     started: Instant,
     /// Pack work before the commit (loading the input state).
     overhead: Duration,

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
+use crate::engine::FinishReason;
 use crate::ledger::log::{self as ledger_log, ReceiptDraft, StoredReceipt};
+use crate::ledger::receipt::canonical_bytes;
 use crate::ledger::receipt::{ReceiptOp, ReceiptTimings, ReceiptTokens};
 use crate::ledger::{
     Checkpoint, Ledger, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint, Signer,
@@ -24,6 +26,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_states", include_str!("../migrations/0001_states.sql")),
     ("0002_ledger", include_str!("../migrations/0002_ledger.sql")),
     ("0003_graph", include_str!("../migrations/0003_graph.sql")),
+    ("0004_replay", include_str!("../migrations/0004_replay.sql")),
 ];
 
 /// Errors from the store.
@@ -156,6 +159,26 @@ pub struct OperationRecord {
     pub total: Duration,
     /// Generated text (infer only).
     pub output_text: Option<String>,
+    /// Sampling parameters (infer only), recorded in the receipt and keying replays.
+    pub sampling: Option<serde_json::Value>,
+    /// Why generation stopped (infer only).
+    pub finish: Option<FinishReason>,
+    /// The receipt of the infer whose result this one repeats (an infer answered from the
+    /// store without running the engine).
+    pub replay_of: Option<u64>,
+}
+
+/// A recorded infer that a deterministic request with the same key can repeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedInfer {
+    /// Its receipt.
+    pub receipt_seq: u64,
+    /// The state it made.
+    pub output: StateHash,
+    /// The text it generated.
+    pub text: String,
+    /// Why generation stopped.
+    pub finish: FinishReason,
 }
 
 /// Totals over all operations in a store.
@@ -400,14 +423,24 @@ impl Store {
                 }),
                 input_was_hot: op.input_was_hot,
                 policy: op.policy.clone(),
+                sampling: op.sampling.clone(),
+                replay_of: op.replay_of,
                 public_key: None,
             },
         )?;
+        let sampling = op
+            .sampling
+            .as_ref()
+            .map(canonical_bytes)
+            .transpose()
+            .map_err(LedgerError::from)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
         tx.execute(
             "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
                  reused, generated, prefill_us, decode_us, total_us, output_text, created_at,
-                 receipt_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 receipt_seq, delta_hash, sampling, finish, replay_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18)",
             params![
                 op.op.as_str(),
                 op.input.map(|h| h.as_bytes().to_vec()),
@@ -423,6 +456,10 @@ impl Store {
                 op.output_text,
                 now_ms(),
                 receipt.seq as i64,
+                op.delta_hash.as_bytes().as_slice(),
+                sampling,
+                op.finish.map(finish_name),
+                op.replay_of.map(|s| s as i64),
             ],
         )?;
         let operation = tx.last_insert_rowid() as u64;
@@ -476,6 +513,61 @@ impl Store {
             self.checkpoint()?;
         }
         Ok(ledger_log::prove(&self.conn, seq)?)
+    }
+
+    /// The newest infer (not itself a replay) from `input` with delta `delta` under
+    /// `sampling`, if one was recorded: a deterministic request with the same key would
+    /// produce the same tokens, so its result can be repeated without the engine.
+    pub fn find_infer(
+        &self,
+        input: &StateHash,
+        delta: &DeltaHash,
+        sampling: &serde_json::Value,
+    ) -> Result<Option<RecordedInfer>, StoreError> {
+        let sampling = canonical_bytes(sampling).map_err(LedgerError::from)?;
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT receipt_seq, output, output_text, finish FROM operations
+                 WHERE op = 'infer' AND replay_of IS NULL
+                   AND input = ?1 AND delta_hash = ?2 AND sampling = ?3
+                   AND receipt_seq IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    input.as_bytes().as_slice(),
+                    delta.as_bytes().as_slice(),
+                    String::from_utf8_lossy(&sampling),
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((seq, output, text, finish)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(RecordedInfer {
+            receipt_seq: seq as u64,
+            output: digest(output, "operations").map(StateHash::from_bytes)?,
+            text: text.unwrap_or_default(),
+            finish: match finish.as_deref() {
+                Some("stop") => FinishReason::Stop,
+                Some("length") => FinishReason::Length,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        table: "operations",
+                        reason: format!("infer receipt {seq} has no finish reason"),
+                    })
+                }
+            },
+        }))
     }
 
     /// Number of stored states.
@@ -538,6 +630,13 @@ impl Drop for Store {
     }
 }
 
+fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
 fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError> {
     tx.execute(
         "INSERT OR IGNORE INTO states (hash, model, parent, op, token_count, tokens, created_at)
@@ -595,6 +694,9 @@ mod tests {
             decode: Duration::ZERO,
             total: Duration::from_millis(4),
             output_text: None,
+            sampling: None,
+            finish: None,
+            replay_of: None,
         }
     }
 

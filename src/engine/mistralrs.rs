@@ -492,6 +492,10 @@ impl Engine for MistralRsEngine {
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
         self.mirror().longest_match(tokens)
     }
+
+    fn hot_entries(&self) -> usize {
+        self.mirror().entries.len()
+    }
 }
 
 #[cfg(test)]

@@ -200,4 +200,9 @@ pub trait Engine: Send + Sync {
     /// How many leading tokens of `tokens` the engine holds KV for right now (0 when it
     /// holds none).
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
+
+    /// How many token sequences the engine holds KV for right now.
+    fn hot_entries(&self) -> usize {
+        0
+    }
 }

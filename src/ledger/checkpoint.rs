@@ -67,7 +67,7 @@ pub struct Checkpoint {
 }
 
 /// A checkpoint with its canonical body and signature, as stored and as exchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCheckpoint {
     /// The canonical body, verbatim (a JSON text).
@@ -176,7 +176,7 @@ pub fn verify_inclusion(
 
 /// Everything an auditor needs to check one receipt offline: its body and signature, the
 /// signer's public key, an inclusion proof and the signed checkpoint it leads to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptProof {
     /// The receipt's position.

@@ -81,6 +81,10 @@ pub struct ReceiptDraft {
     pub input_was_hot: Option<bool>,
     /// Compaction policy.
     pub policy: Option<serde_json::Value>,
+    /// Sampling parameters (infer).
+    pub sampling: Option<serde_json::Value>,
+    /// The receipt an infer answered from the store repeats.
+    pub replay_of: Option<u64>,
     /// Public key carried by key events.
     pub public_key: Option<String>,
 }
@@ -97,6 +101,8 @@ impl ReceiptDraft {
             timings: None,
             input_was_hot: None,
             policy: None,
+            sampling: None,
+            replay_of: None,
             public_key: Some(key.to_hex()),
         }
     }
@@ -225,6 +231,8 @@ impl Ledger {
             timings: d.timings,
             input_was_hot: d.input_was_hot,
             policy: d.policy,
+            sampling: d.sampling,
+            replay_of: d.replay_of,
             public_key: d.public_key,
             prev,
             key_id: self.signer.key_id(),

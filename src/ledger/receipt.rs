@@ -160,6 +160,13 @@ pub struct Receipt {
     /// Policy and strategy parameters of a compaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Value>,
+    /// Sampling parameters of an infer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<serde_json::Value>,
+    /// For an infer answered from the store: the receipt of the infer whose result it
+    /// repeats (same input state, delta and sampling; nothing was prefilled or generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<u64>,
     /// The Ed25519 public key (hex) of the log's first signer (open_log) or of the next
     /// signer (rotate_key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +250,8 @@ mod tests {
             }),
             input_was_hot: Some(true),
             policy: None,
+            sampling: None,
+            replay_of: None,
             public_key: None,
             prev: ReceiptHash::from_bytes([9; 32]),
             key_id: KeyId::from_bytes([8; 32]),

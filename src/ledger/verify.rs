@@ -374,6 +374,9 @@ impl<'c> Verifier<'c> {
             self.check_state(seq, &r)?;
             self.check_operation(seq, &r);
         }
+        if let Some(of) = r.replay_of {
+            self.check_replay(seq, &r, of)?;
+        }
         Ok(())
     }
 
@@ -520,6 +523,56 @@ impl<'c> Verifier<'c> {
             self.fail(
                 Some(seq),
                 format!("receipt {seq}: state {}: {}", out.short(), bad.join("; ")),
+            );
+        }
+        Ok(())
+    }
+
+    /// A replayed infer repeats an earlier, engine-computed infer with the same key (input
+    /// state, delta, sampling) and the same output, and claims no engine work.
+    fn check_replay(&mut self, seq: u64, r: &Receipt, of: u64) -> Result<(), LedgerError> {
+        let mut bad = Vec::new();
+        if r.op != ReceiptOp::Infer {
+            bad.push(format!("a {} cannot be a replay", r.op.as_str()));
+        }
+        if r.tokens
+            .is_none_or(|t| t.prefilled != 0 || t.reused != 0 || t.generated != 0)
+        {
+            bad.push("it claims engine work".into());
+        }
+        let earlier = if of < seq {
+            self.conn
+                .prepare_cached("SELECT body FROM receipts WHERE seq = ?1")?
+                .query_row([of as i64], |row| row.get::<_, Vec<u8>>(0))
+                .optional()?
+                .and_then(|b| Receipt::from_body(&b).ok())
+        } else {
+            None
+        };
+        match earlier {
+            None => bad.push(format!(
+                "receipt {of} is not an earlier receipt of this log"
+            )),
+            Some(e) => {
+                if e.op != ReceiptOp::Infer || e.replay_of.is_some() {
+                    bad.push(format!("receipt {of} is not an engine-computed infer"));
+                }
+                if (e.input_state, e.delta_hash, &e.sampling, e.model)
+                    != (r.input_state, r.delta_hash, &r.sampling, r.model)
+                {
+                    bad.push(format!(
+                        "receipt {of} answered a different request (input, delta, sampling or model differ)"
+                    ));
+                }
+                if e.output_state != r.output_state {
+                    bad.push(format!("receipt {of} made a different output state"));
+                }
+            }
+        }
+        if !bad.is_empty() {
+            self.fail(
+                Some(seq),
+                format!("receipt {seq}: replay of {of}: {}", bad.join("; ")),
             );
         }
         Ok(())

@@ -57,6 +57,9 @@ impl Chain {
             decode: Duration::ZERO,
             total: Duration::from_micros(1300),
             output_text: None,
+            sampling: None,
+            finish: None,
+            replay_of: None,
         };
         let recorded = store.record(&state, &record).expect("record");
         self.head = Some(hash);

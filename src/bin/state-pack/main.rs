@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod agent;
 mod graph;
 mod ledger;
+mod serve;
 
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
@@ -59,7 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: graph::GraphCommand,
     },
-    /// Time the demo loop naive (whole context prefilled every step) vs state-pack.
+    /// Serve the stateless HTTP protocol (create, merge, infer, compact, receipts, proofs)
+    /// with bearer-token authentication, a fair engine queue and Prometheus metrics.
+    Serve(serve::ServeArgs),
+    /// Time the demo loop naive (whole context prefilled every step) vs state-pack; or, with
+    /// `--workload serve`, load-test the HTTP server with concurrent clients.
     Bench {
         /// Steps per run.
         #[arg(long, default_value_t = 20)]
@@ -67,9 +72,13 @@ enum Command {
         /// Runs per arm; figures are medians over runs.
         #[arg(long, default_value_t = 1)]
         runs: usize,
-        /// What to run: the demo loop, or the legal-research agent with real tool calls.
+        /// What to run: the demo loop, the legal-research agent with real tool calls, or
+        /// concurrent HTTP clients against a server on a loopback port.
         #[arg(long, value_enum, default_value_t = WorkloadArg::Demo)]
         workload: WorkloadArg,
+        /// Concurrent clients (`--workload serve`).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -108,6 +117,8 @@ enum WorkloadArg {
     Demo,
     /// The legal-research agent: constrained tool calls, real tools.
     Agent,
+    /// Concurrent clients over HTTP against an in-process server.
+    Serve,
 }
 
 #[derive(Subcommand)]
@@ -194,15 +205,21 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             .await?
         }
         Command::Run { steps, db } => run(model_path, &cache, &key, steps, &db).await?,
+        Command::Serve(args) => serve::serve(model_path, &cache, &key, args).await?,
         Command::Bench {
             steps,
             runs,
             workload,
+            clients,
             json,
         } => {
             let workload = match workload {
                 WorkloadArg::Demo => bench::Workload::Demo,
                 WorkloadArg::Agent => bench::Workload::Agent,
+                WorkloadArg::Serve => {
+                    serve::bench(model_path, &cache, clients, steps, json).await?;
+                    return Ok(true);
+                }
             };
             bench_cmd(model_path, &cache, workload, steps, runs, json).await?
         }

@@ -1,0 +1,257 @@
+//! `state-pack serve` and the HTTP load benchmark.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use state_pack::engine::MistralRsOptions;
+use state_pack::ledger::Signer;
+use state_pack::server::{self, load, Auth, Server, ServerConfig};
+use state_pack::{StatePack, Store};
+
+/// Options of `state-pack serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// The SQLite database (states, receipts).
+    #[arg(long, default_value = "state-pack.db")]
+    pub db: PathBuf,
+    /// File of accepted bearer tokens, one per line: `token` or `name:token`.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// Accepted bearer tokens, comma-separated (`name:token` or `token`).
+    #[arg(long, env = "STATE_PACK_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// Serve without authentication (only on a loopback address).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Token sequences whose KV the engine keeps (each costs its length x the model's
+    /// KV bytes per token); set above the number of agents that run at once.
+    #[arg(long, default_value_t = 64)]
+    pub hot_states: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest delta or base, tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub max_delta_tokens: usize,
+    /// Largest `sampling.max_tokens`.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Requests allowed to wait for the engine; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub queue_depth: usize,
+    /// Longest one operation may use the engine, e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub engine_timeout: Duration,
+}
+
+fn auth(args: &ServeArgs) -> Result<Auth> {
+    let mut tokens = Vec::new();
+    if let Some(f) = &args.tokens_file {
+        tokens.extend(server::load_tokens(f)?);
+    }
+    if let Some(t) = &args.tokens {
+        tokens.extend(server::parse_tokens(t)?);
+    }
+    match (tokens.is_empty(), args.insecure_no_auth) {
+        (false, false) => Ok(Auth::Tokens(tokens)),
+        (true, true) if args.addr.ip().is_loopback() => Ok(Auth::Disabled),
+        (true, true) => anyhow::bail!(
+            "--insecure-no-auth is only allowed on a loopback address, not {}",
+            args.addr
+        ),
+        (false, true) => anyhow::bail!("give either tokens or --insecure-no-auth, not both"),
+        (true, false) => anyhow::bail!(
+            "no bearer tokens: pass --tokens-file FILE or set STATE_PACK_TOKENS (or --insecure-no-auth on loopback)"
+        ),
+    }
+}
+
+fn config(args: &ServeArgs, auth: Auth) -> ServerConfig {
+    ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_delta_tokens: args.max_delta_tokens,
+        max_new_tokens: args.max_new_tokens,
+        queue_depth: args.queue_depth,
+        engine_timeout: args.engine_timeout,
+        auth,
+        ..ServerConfig::default()
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `state-pack serve`.
+pub async fn serve(model: Option<&Path>, cache: &Path, key: &Path, args: ServeArgs) -> Result<()> {
+    let auth = auth(&args)?;
+    let (signer, created) = Signer::load_or_create(key)?;
+    if created {
+        eprintln!("created signing key {}", key.display());
+    }
+    let public_key = signer.public_key().to_hex();
+    let store = Store::open(&args.db, signer)?;
+    let engine = crate::load(
+        model,
+        cache,
+        MistralRsOptions {
+            prefix_cache_entries: args.hot_states,
+            ..MistralRsOptions::default()
+        },
+    )
+    .await?;
+    let pack = Arc::new(StatePack::new(Arc::new(engine), store));
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let authn = match &auth {
+        Auth::Disabled => "no authentication (loopback only)".to_string(),
+        Auth::Tokens(t) => format!("{} bearer token(s)", t.len()),
+    };
+    eprintln!(
+        "state-pack serving http://{} ({authn}); database {}; OpenAPI at /openapi.json; Ctrl-C or SIGTERM to stop",
+        listener.local_addr()?,
+        args.db.display()
+    );
+    let done = Server::new(pack, config(&args, auth))
+        .serve(listener, shutdown_signal())
+        .await?;
+    eprintln!(
+        "stopped; final checkpoint covers {} receipts. verify with: state-pack verify --db {} --pubkey {public_key}",
+        done.receipts,
+        args.db.display()
+    );
+    Ok(())
+}
+
+/// `state-pack bench --workload serve`: a server on a loopback port, in this process, driven
+/// by `clients` concurrent HTTP clients.
+pub async fn bench(
+    model: Option<&Path>,
+    cache: &Path,
+    clients: usize,
+    steps: usize,
+    json: bool,
+) -> Result<()> {
+    if clients == 0 || steps == 0 {
+        anyhow::bail!("--clients and --steps must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("serve-bench.db");
+    let store = Store::open(&db, Signer::generate()?)?;
+    let engine = crate::load(
+        model,
+        cache,
+        MistralRsOptions {
+            // Every client's state stays hot, plus the base and the states being replaced.
+            prefix_cache_entries: 2 * clients + 2,
+            ..MistralRsOptions::default()
+        },
+    )
+    .await?;
+    let pack = Arc::new(StatePack::new(Arc::new(engine), store));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let token = "bench-token-0123456789abcdef".to_string();
+    let config = ServerConfig {
+        auth: Auth::Tokens(server::parse_tokens(&token)?),
+        ..ServerConfig::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(Server::new(pack, config).serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let bar = ProgressBar::new((clients * steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let tick = bar.clone();
+    let report = load::run(
+        &load::LoadConfig {
+            url: url.clone(),
+            token: Some(token),
+            clients,
+            steps,
+            max_tokens: state_pack::demo::TOKENS_PER_STEP,
+        },
+        move || tick.inc(1),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let _ = stop_tx.send(());
+    let shutdown = server.await.context("server task")??;
+    let verified = state_pack::ledger::verify_file(&db, &Default::default())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "load": report,
+                "receipts": shutdown.receipts,
+                "verify_ok": verified.ok(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} clients x {} steps over HTTP on loopback ({url}), {} tokens generated per step",
+        clients,
+        steps,
+        state_pack::demo::TOKENS_PER_STEP
+    );
+    println!(
+        "wall {:.1} s, {:.2} steps/s, {} requests, {} errors ({} overloaded)",
+        report.wall_s, report.steps_per_s, report.requests, report.errors, report.overloaded
+    );
+    for e in &report.error_samples {
+        println!("  error: {e}");
+    }
+    println!(
+        "infer latency p50 {:.0} ms, p99 {:.0} ms (client side; queue wait p50 {:.0} ms, engine p50 {:.0} ms)",
+        report.infer_p50_ms, report.infer_p99_ms, report.queued_p50_ms, report.engine_p50_ms
+    );
+    println!(
+        "shared base: prefilled by {} of {} creates ({} tokens in all)",
+        report.base_prefills, clients, report.base_prefilled_tokens
+    );
+    println!(
+        "infers: {} tokens prefilled, {} reused ({:.1}% never recomputed), {} answered from the store",
+        report.prefilled,
+        report.reused,
+        100.0 * report.reused as f64 / (report.prefilled + report.reused).max(1) as f64,
+        report.replays
+    );
+    println!(
+        "ledger: {} receipts, verify {}",
+        shutdown.receipts,
+        if verified.ok() { "OK" } else { "FAILED" }
+    );
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! The wire types of the HTTP protocol. The OpenAPI document (`/openapi.json`) is generated
+//! from these same types, so the two cannot drift apart.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{FinishReason, Grammar, Sampling};
+use crate::ledger::log::StoredReceipt;
+use crate::pack::{OpReport, Timings, TokenCounts};
+use crate::state::StateHash;
+
+use super::error::ApiError;
+
+/// `POST /states`: a base state from text.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// The base text (system prompt, tools, task), in the model's chat template.
+    pub base_text: String,
+}
+
+/// `POST /merge`: append a delta without generating.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    /// The state to extend (64 lowercase hex characters).
+    pub state_hash: String,
+    /// Text to append, tokenized on its own.
+    pub delta_text: String,
+}
+
+/// `POST /infer`: append a delta and generate.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferRequest {
+    /// The state to extend (64 lowercase hex characters).
+    pub state_hash: String,
+    /// Text to append before generating, tokenized on its own.
+    pub delta_text: String,
+    /// How to generate (greedy, 64 tokens when absent).
+    #[serde(default)]
+    pub sampling: Option<SamplingRequest>,
+}
+
+/// Sampling parameters. Without `temperature` (or with 0) decoding is greedy; with it,
+/// tokens are drawn by a sampler seeded with `seed`, so the same request always gives the
+/// same output. Either way a request that was already answered is answered from the store.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingRequest {
+    /// The most tokens to generate (1 ..= the server's limit; default 64).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// Softmax temperature, 0 ..= 2; 0 or absent is greedy.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus mass kept, in (0, 1] (default 1).
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// The sampler's seed (default 0).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// A JSON Schema the output must satisfy (greedy decoding only).
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+impl SamplingRequest {
+    /// The engine's parameters, checked against the server's `max_tokens` limit.
+    pub fn to_sampling(&self, limit: usize) -> Result<Sampling, ApiError> {
+        let max_tokens = self.max_tokens.unwrap_or(64.min(limit));
+        if max_tokens == 0 || max_tokens > limit {
+            return Err(ApiError::invalid(format!(
+                "sampling.max_tokens must be 1..={limit}, got {max_tokens}"
+            )));
+        }
+        let temperature = self.temperature.unwrap_or(0.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(format!(
+                "sampling.temperature must be in 0..=2, got {temperature}"
+            )));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(format!(
+                "sampling.top_p must be in (0, 1], got {top_p}"
+            )));
+        }
+        let sampling = if temperature == 0.0 {
+            if self.seed.is_some() || self.top_p.is_some() {
+                return Err(ApiError::invalid(
+                    "sampling.seed and sampling.top_p need a temperature above 0".into(),
+                ));
+            }
+            Sampling::greedy(max_tokens)
+        } else {
+            Sampling::seeded(self.seed.unwrap_or(0), temperature, top_p, max_tokens)
+        };
+        match &self.json_schema {
+            None => Ok(sampling),
+            Some(_) if temperature != 0.0 => Err(ApiError::invalid(
+                "sampling.json_schema needs greedy decoding (no temperature)".into(),
+            )),
+            Some(schema) if !schema.is_object() && !schema.is_boolean() => Err(ApiError::invalid(
+                "sampling.json_schema must be a JSON Schema object".into(),
+            )),
+            Some(schema) => Ok(sampling.constrained(Grammar::JsonSchema(schema.clone()))),
+        }
+    }
+}
+
+/// `POST /compact`: replace a long chat-template state by a shorter one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactRequest {
+    /// The state to compact (64 lowercase hex characters).
+    pub state_hash: String,
+    /// What to keep (defaults when absent).
+    #[serde(default)]
+    pub policy: Option<CompactPolicy>,
+}
+
+/// Which turns of a chat-template (`<|im_start|>` ... `<|im_end|>`) state survive compaction.
+/// The first `keep_first` turns (system prompt, task) and the last `keep_last` turns stay
+/// verbatim; the turns between are folded into one note: a summary the model writes in at
+/// most `summary_tokens` tokens, or, with `summary_tokens` 0, a placeholder naming how many
+/// turns were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactPolicy {
+    /// Leading turns kept (default 2).
+    #[serde(default = "default_keep_first")]
+    pub keep_first: usize,
+    /// Trailing turns kept (default 4).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// Token budget of the summary of the folded turns; 0 drops them (default 0).
+    #[serde(default)]
+    pub summary_tokens: usize,
+}
+
+fn default_keep_first() -> usize {
+    2
+}
+fn default_keep_last() -> usize {
+    4
+}
+
+impl Default for CompactPolicy {
+    fn default() -> Self {
+        Self {
+            keep_first: default_keep_first(),
+            keep_last: default_keep_last(),
+            summary_tokens: 0,
+        }
+    }
+}
+
+/// Token counts of one operation, as the engine reported them.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+pub struct WireTokens {
+    /// Tokens the request added (the delta; for create, the base).
+    pub delta: usize,
+    /// Tokens in the output state.
+    pub state: usize,
+    /// Tokens the engine ran through the model.
+    pub prefilled: usize,
+    /// Tokens whose KV the engine already held.
+    pub reused: usize,
+    /// Tokens the engine generated.
+    pub generated: usize,
+}
+
+impl From<TokenCounts> for WireTokens {
+    fn from(t: TokenCounts) -> Self {
+        Self {
+            delta: t.delta,
+            state: t.state,
+            prefilled: t.prefilled,
+            reused: t.reused,
+            generated: t.generated,
+        }
+    }
+}
+
+/// Measured times of one operation, milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+pub struct WireTimings {
+    /// Engine prefill.
+    pub prefill_ms: f64,
+    /// Engine decode.
+    pub decode_ms: f64,
+    /// The pack's own work (hashing, SQLite).
+    pub overhead_ms: f64,
+    /// The whole operation, queueing excluded.
+    pub total_ms: f64,
+    /// Time waiting for the engine queue.
+    pub queued_ms: f64,
+}
+
+impl WireTimings {
+    /// From the pack's timings and the time spent queueing.
+    pub fn new(t: &Timings, queued: std::time::Duration) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        Self {
+            prefill_ms: ms(t.prefill),
+            decode_ms: ms(t.decode),
+            overhead_ms: ms(t.overhead),
+            total_ms: ms(t.total),
+            queued_ms: ms(queued),
+        }
+    }
+}
+
+/// A signed receipt exactly as stored: check it with `signature` over SHA-256 of
+/// `"state-pack/receipt/v1\0" || body` (see docs/RECEIPTS.md), or fetch its inclusion proof.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WireReceipt {
+    /// Position in the log.
+    pub seq: u64,
+    /// Receipt hash, hex.
+    pub hash: String,
+    /// The canonical (RFC 8785) body, verbatim.
+    pub body: String,
+    /// Ed25519 signature over the hash, hex.
+    pub signature: String,
+}
+
+impl From<&StoredReceipt> for WireReceipt {
+    fn from(r: &StoredReceipt) -> Self {
+        Self {
+            seq: r.seq,
+            hash: r.hash().to_hex(),
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+            signature: hex::encode(&r.signature),
+        }
+    }
+}
+
+/// Answer to `POST /states` and `POST /merge`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StateResponse {
+    /// The state made (for merge, the new state).
+    #[schemars(with = "String")]
+    pub state_hash: StateHash,
+    /// Same as `state_hash` (the seed protocol's name for merge results).
+    #[schemars(with = "String")]
+    pub new_state_hash: StateHash,
+    /// Token counts.
+    pub tokens: WireTokens,
+    /// Times.
+    pub timings: WireTimings,
+    /// Whether the engine ran (not when it already held every token).
+    pub engine_called: bool,
+    /// The signed receipt of this operation.
+    pub receipt: WireReceipt,
+}
+
+impl StateResponse {
+    /// From a pack report.
+    pub fn new(r: &OpReport, queued: std::time::Duration, receipt: WireReceipt) -> Self {
+        Self {
+            state_hash: r.output,
+            new_state_hash: r.output,
+            tokens: r.tokens.into(),
+            timings: WireTimings::new(&r.timings, queued),
+            engine_called: r.engine_called,
+            receipt,
+        }
+    }
+}
+
+/// Answer to `POST /infer`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InferResponse {
+    /// The state made: input, delta and generated tokens.
+    #[schemars(with = "String")]
+    pub new_state_hash: StateHash,
+    /// The generated text.
+    pub output: String,
+    /// Why generation stopped.
+    #[schemars(with = "String")]
+    pub finish: FinishReason,
+    /// Token counts (all engine counts are 0 for an answer from the store).
+    pub tokens: WireTokens,
+    /// Times.
+    pub timings: WireTimings,
+    /// Whether the engine ran.
+    pub engine_called: bool,
+    /// When the answer came from the store: the receipt of the infer it repeats.
+    pub replay_of: Option<u64>,
+    /// The signed receipt of this operation.
+    pub receipt: WireReceipt,
+}
+
+/// Answer to `POST /compact`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CompactResponse {
+    /// The compacted state.
+    #[schemars(with = "String")]
+    pub new_state_hash: StateHash,
+    /// Turns folded into the note.
+    pub steps_folded: usize,
+    /// Tokens before compaction.
+    pub tokens_before: usize,
+    /// The summary the model wrote, if the policy asked for one.
+    pub summary: Option<String>,
+    /// Token counts of the compaction.
+    pub tokens: WireTokens,
+    /// Times (the summary's generation included).
+    pub timings: WireTimings,
+    /// The policy applied.
+    pub policy: CompactPolicy,
+    /// The receipt of the summary's generation, if there was one.
+    pub summary_receipt: Option<WireReceipt>,
+    /// The signed receipt of the compaction.
+    pub receipt: WireReceipt,
+}
+
+/// Answer to `GET /states/{hash}`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StateInfo {
+    /// Its hash.
+    #[schemars(with = "String")]
+    pub state_hash: StateHash,
+    /// Its length in tokens.
+    pub tokens: usize,
+    /// KV bytes it occupies in the engine when hot.
+    pub kv_bytes: usize,
+    /// Whether the engine holds its KV now (extending it prefills only the delta).
+    pub hot: bool,
+    /// The state it was made from.
+    #[schemars(with = "Option<String>")]
+    pub parent: Option<StateHash>,
+    /// The operation that made it.
+    pub op: String,
+}
+
+/// What the server runs.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ModelSummary {
+    /// Name from the model file.
+    pub name: String,
+    /// SHA-256 of the weights file, hex.
+    pub fingerprint: String,
+    /// The context window in tokens.
+    pub context_window: usize,
+}
+
+/// Answer to `GET /health`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    /// "ok", or "draining" during shutdown.
+    pub status: String,
+    /// Token sequences whose KV the engine holds now.
+    pub states_hot: usize,
+    /// States in the store.
+    pub states_cached: u64,
+    /// Receipts in the ledger.
+    pub receipts: u64,
+    /// The model.
+    pub model: ModelSummary,
+    /// The engine queue.
+    pub queue: super::queue::QueueStats,
+}
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable machine-readable `code` and a message for people.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable code (see docs/SERVER.md): invalid_json, invalid_hash, invalid_parameters,
+    /// empty_text, unauthorized, not_found, unknown_state, unknown_receipt,
+    /// method_not_allowed, payload_too_large, unsupported_media_type, context_overflow,
+    /// wrong_model, overloaded, timeout, shutting_down, engine_failed, internal.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// Parses a state hash strictly: exactly 64 lowercase hex characters.
+pub fn parse_hash(field: &str, s: &str) -> Result<StateHash, ApiError> {
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_hash",
+            format!("{field} must be 64 lowercase hex characters"),
+        ));
+    }
+    s.parse().map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_hash",
+            format!("{field}: {e}"),
+        )
+    })
+}

@@ -1,0 +1,749 @@
+//! `state-pack serve`: the pack behind a stateless HTTP protocol (axum on tokio).
+//!
+//! Any client may continue any state in the store by its hash; the server keeps no session.
+//! Every mutating answer carries its signed receipt. Engine work goes through one bounded,
+//! per-client round-robin queue ([`queue::FairQueue`]); a full queue answers 503 with
+//! `Retry-After`. Every error is JSON with a stable `code` ([`api::ErrorBody`]).
+//!
+//! ```text
+//! POST /states   {base_text}                       -> StateResponse
+//! POST /merge    {state_hash, delta_text}          -> StateResponse
+//! POST /infer    {state_hash, delta_text, sampling?} -> InferResponse
+//! POST /compact  {state_hash, policy?}             -> CompactResponse
+//! GET  /states/{hash}   GET /health   GET /metrics   GET /openapi.json
+//! GET  /receipts/{seq}  GET /receipts/{seq}/proof  GET /checkpoint
+//! ```
+
+pub mod api;
+mod compact;
+pub mod error;
+pub mod load;
+mod metrics;
+mod openapi;
+pub mod queue;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use self::api::*;
+use self::error::ApiError;
+use self::metrics::Metrics;
+use self::queue::{FairQueue, Permit};
+use crate::pack::StatePack;
+
+/// Limits and settings of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Largest delta (or base) accepted, tokens.
+    pub max_delta_tokens: usize,
+    /// Largest `sampling.max_tokens` accepted.
+    pub max_new_tokens: usize,
+    /// Requests using the engine at once.
+    pub queue_capacity: usize,
+    /// Requests allowed to wait for the engine; beyond, 503.
+    pub queue_depth: usize,
+    /// The longest one operation may use the engine (queueing excluded).
+    pub engine_timeout: Duration,
+    /// Who may call.
+    pub auth: Auth,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_delta_tokens: 4096,
+            max_new_tokens: 512,
+            queue_capacity: 1,
+            queue_depth: 256,
+            engine_timeout: Duration::from_secs(300),
+            auth: Auth::Disabled,
+        }
+    }
+}
+
+/// Authentication.
+#[derive(Clone)]
+pub enum Auth {
+    /// Anyone on the network may call (only for a loopback address you control).
+    Disabled,
+    /// `Authorization: Bearer <token>` with one of these tokens; `/health` and
+    /// `/openapi.json` stay open.
+    Tokens(Vec<ApiToken>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Disabled => f.write_str("Disabled"),
+            Auth::Tokens(t) => write!(f, "Tokens({} tokens)", t.len()),
+        }
+    }
+}
+
+/// One accepted bearer token and the client name it stands for (used for queue fairness
+/// and logs; the token itself is never logged).
+#[derive(Clone)]
+pub struct ApiToken {
+    /// The client's name.
+    pub name: Arc<str>,
+    secret: Vec<u8>,
+}
+
+impl ApiToken {
+    /// A token; it must be at least 16 characters of visible ASCII.
+    pub fn new(name: &str, secret: &str) -> Result<Self, ServerError> {
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ServerError::Tokens(format!(
+                "token for {name:?} must be at least 16 visible ASCII characters"
+            )));
+        }
+        Ok(Self {
+            name: Arc::from(name),
+            secret: secret.as_bytes().to_vec(),
+        })
+    }
+}
+
+/// Parses tokens, one per line (or comma-separated): `token` or `name:token`; blank lines
+/// and lines starting with `#` are skipped.
+pub fn parse_tokens(text: &str) -> Result<Vec<ApiToken>, ServerError> {
+    let mut out = Vec::new();
+    for (i, entry) in text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+    {
+        let (name, secret) = match entry.split_once(':') {
+            Some((n, s)) => (n.trim().to_string(), s.trim()),
+            None => (format!("client-{}", i + 1), entry),
+        };
+        out.push(ApiToken::new(&name, secret)?);
+    }
+    Ok(out)
+}
+
+/// Reads tokens from a file (see [`parse_tokens`]).
+pub fn load_tokens(path: &Path) -> Result<Vec<ApiToken>, ServerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServerError::Tokens(format!("cannot read {}: {e}", path.display())))?;
+    let tokens = parse_tokens(&text)?;
+    if tokens.is_empty() {
+        return Err(ServerError::Tokens(format!(
+            "{} holds no token",
+            path.display()
+        )));
+    }
+    Ok(tokens)
+}
+
+/// Errors starting or running a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad token configuration.
+    #[error("tokens: {0}")]
+    Tokens(String),
+    /// A socket error.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The final checkpoint could not be written.
+    #[error(transparent)]
+    Pack(#[from] crate::pack::PackError),
+}
+
+struct AppState {
+    pack: Arc<StatePack>,
+    queue: FairQueue,
+    metrics: Metrics,
+    config: ServerConfig,
+    draining: AtomicBool,
+    openapi: serde_json::Value,
+}
+
+/// The client a request is made for (its token's name).
+#[derive(Clone)]
+struct Client(Arc<str>);
+
+/// A state-pack HTTP server over one pack.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+/// What a server did before it stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Shutdown {
+    /// Receipts in the ledger, all covered by the final checkpoint.
+    pub receipts: u64,
+}
+
+impl Server {
+    /// A server for `pack`.
+    pub fn new(pack: Arc<StatePack>, config: ServerConfig) -> Self {
+        Self {
+            state: Arc::new(AppState {
+                queue: FairQueue::new(config.queue_capacity, config.queue_depth),
+                pack,
+                metrics: Metrics::default(),
+                config,
+                draining: AtomicBool::new(false),
+                openapi: openapi::document(),
+            }),
+        }
+    }
+
+    /// The routes, with authentication, limits, metrics and JSON errors.
+    pub fn router(&self) -> Router {
+        let s = self.state.clone();
+        Router::new()
+            .route("/states", post(create))
+            .route("/states/{hash}", get(state_info))
+            .route("/merge", post(merge))
+            .route("/infer", post(infer))
+            .route("/compact", post(compact_state))
+            .route("/receipts/{seq}", get(receipt))
+            .route("/receipts/{seq}/proof", get(proof))
+            .route("/checkpoint", get(checkpoint))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_text))
+            .route("/openapi.json", get(openapi_doc))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(s.clone(), authenticate))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                s.config.max_body_bytes,
+            ))
+            .layer(middleware::from_fn(json_errors))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+            .layer(middleware::from_fn_with_state(s.clone(), observe))
+            .with_state(s)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops taking connections,
+    /// finishes the requests in flight and writes a final signed checkpoint.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Shutdown, ServerError> {
+        let state = self.state.clone();
+        let draining = self.state.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                draining.draining.store(true, Ordering::SeqCst);
+                tracing::info!("shutting down: draining requests in flight");
+            })
+            .await?;
+        state.pack.close()?;
+        let receipts = state
+            .pack
+            .with_store(|s| s.receipt_count())
+            .map_err(crate::pack::PackError::from)?;
+        tracing::info!(receipts, "final checkpoint written");
+        Ok(Shutdown { receipts })
+    }
+}
+
+/// JSON bodies whose rejections are [`ApiError`]s.
+struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            )),
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body over the server's limit",
+                ))
+            }
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+impl AppState {
+    /// Waits for the engine, or refuses when the queue is full.
+    async fn engine(&self, client: &Client) -> Result<(Permit<'_>, Duration), ApiError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ));
+        }
+        let queued = Instant::now();
+        match self.queue.acquire(&client.0).await {
+            Ok(p) => Ok((p, queued.elapsed())),
+            Err(full) => {
+                self.metrics.queue_full();
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!("{full}: retry later"),
+                );
+                e.retry_after = Some(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs engine work under the configured time limit.
+    async fn timed<T>(
+        &self,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(self.config.engine_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the operation took longer than the server's limit of {} s",
+                        self.config.engine_timeout.as_secs()
+                    ),
+                ))
+            })
+    }
+
+    fn receipt(&self, seq: u64) -> Result<WireReceipt, ApiError> {
+        self.pack
+            .with_store(|s| s.receipt(seq))
+            .map(|r| WireReceipt::from(&r))
+            .map_err(|e| ApiError::internal("cannot read the receipt just written", &e))
+    }
+
+    /// Tokenizes a request's text and checks its size.
+    async fn tokenize(&self, field: &str, text: &str) -> Result<Vec<u32>, ApiError> {
+        // A token is at least one byte: a text this long cannot be within the limit.
+        if text.len() > self.config.max_delta_tokens.saturating_mul(64) {
+            return Err(too_long(field, self.config.max_delta_tokens));
+        }
+        let tokens = self
+            .pack
+            .engine()
+            .tokenize(text)
+            .await
+            .map_err(crate::pack::PackError::from)?;
+        if tokens.len() > self.config.max_delta_tokens {
+            return Err(too_long(field, self.config.max_delta_tokens));
+        }
+        Ok(tokens)
+    }
+}
+
+fn too_long(field: &str, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("{field} is over the server's limit of {limit} tokens"),
+    )
+}
+
+async fn create(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(client): axum::Extension<Client>,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> Result<Json<StateResponse>, ApiError> {
+    let tokens = s.tokenize("base_text", &req.base_text).await?;
+    if tokens.is_empty() {
+        return Err(crate::pack::PackError::EmptyBase.into());
+    }
+    let (_permit, queued) = s.engine(&client).await?;
+    let report = s
+        .timed(async { Ok(s.pack.create(&req.base_text).await?) })
+        .await?;
+    s.metrics.operation(&report);
+    Ok(Json(StateResponse::new(
+        &report,
+        queued,
+        s.receipt(report.receipt.seq)?,
+    )))
+}
+
+async fn merge(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(client): axum::Extension<Client>,
+    ApiJson(req): ApiJson<MergeRequest>,
+) -> Result<Json<StateResponse>, ApiError> {
+    let state = parse_hash("state_hash", &req.state_hash)?;
+    let delta = s.tokenize("delta_text", &req.delta_text).await?;
+    s.pack.state(&state)?;
+    let (_permit, queued) = s.engine(&client).await?;
+    let report = s
+        .timed(async { Ok(s.pack.merge_tokens(&state, &delta).await?) })
+        .await?;
+    s.metrics.operation(&report);
+    Ok(Json(StateResponse::new(
+        &report,
+        queued,
+        s.receipt(report.receipt.seq)?,
+    )))
+}
+
+async fn infer(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(client): axum::Extension<Client>,
+    ApiJson(req): ApiJson<InferRequest>,
+) -> Result<Json<InferResponse>, ApiError> {
+    let state = parse_hash("state_hash", &req.state_hash)?;
+    let sampling = req
+        .sampling
+        .unwrap_or_default()
+        .to_sampling(s.config.max_new_tokens)?;
+    let delta = s.tokenize("delta_text", &req.delta_text).await?;
+    s.pack.state(&state)?;
+    // An answer already computed needs no engine, so no queue.
+    let (answer, queued) = match s.pack.replay_tokens(&state, &delta, &sampling)? {
+        Some(a) => (a, Duration::ZERO),
+        None => {
+            let (_permit, queued) = s.engine(&client).await?;
+            let a = s
+                .timed(async {
+                    Ok(s.pack
+                        .infer_tokens_or_replay(&state, &delta, &sampling)
+                        .await?)
+                })
+                .await?;
+            (a, queued)
+        }
+    };
+    let r = &answer.report;
+    s.metrics.operation(r);
+    Ok(Json(InferResponse {
+        new_state_hash: r.output,
+        finish: answer.finish,
+        tokens: r.tokens.into(),
+        timings: WireTimings::new(&r.timings, queued),
+        engine_called: r.engine_called,
+        replay_of: r.replay_of,
+        receipt: s.receipt(r.receipt.seq)?,
+        output: answer.text,
+    }))
+}
+
+async fn compact_state(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(client): axum::Extension<Client>,
+    ApiJson(req): ApiJson<CompactRequest>,
+) -> Result<Json<CompactResponse>, ApiError> {
+    let state = parse_hash("state_hash", &req.state_hash)?;
+    let policy = req.policy.unwrap_or_default();
+    if policy.summary_tokens > s.config.max_new_tokens {
+        return Err(ApiError::invalid(format!(
+            "policy.summary_tokens must be at most {}",
+            s.config.max_new_tokens
+        )));
+    }
+    s.pack.state(&state)?;
+    let (_permit, queued) = s.engine(&client).await?;
+    let done = s
+        .timed(async {
+            compact::compact(&s.pack, &state, policy)
+                .await
+                .map_err(|e| match e {
+                    compact::CompactError::Pack(p) => ApiError::from(p),
+                    other => ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "nothing_to_compact",
+                        other.to_string(),
+                    ),
+                })
+        })
+        .await?;
+    if let Some(sum) = &done.summary {
+        s.metrics.operation(&sum.report);
+    }
+    s.metrics.operation(&done.report);
+    let mut timings = WireTimings::new(&done.report.timings, queued);
+    if let Some(sum) = &done.summary {
+        timings.total_ms += sum.report.timings.total.as_secs_f64() * 1e3;
+    }
+    Ok(Json(CompactResponse {
+        new_state_hash: done.report.output,
+        steps_folded: done.folded,
+        tokens_before: done.before,
+        tokens: done.report.tokens.into(),
+        timings,
+        policy,
+        summary_receipt: done
+            .summary
+            .as_ref()
+            .map(|sum| s.receipt(sum.report.receipt.seq))
+            .transpose()?,
+        summary: done.summary.map(|sum| sum.text),
+        receipt: s.receipt(done.report.receipt.seq)?,
+    }))
+}
+
+async fn state_info(
+    State(s): State<Arc<AppState>>,
+    UrlPath(hash): UrlPath<String>,
+) -> Result<Json<StateInfo>, ApiError> {
+    let hash = parse_hash("the path's state hash", &hash)?;
+    let v = s.pack.state(&hash)?;
+    Ok(Json(StateInfo {
+        state_hash: v.hash,
+        tokens: v.tokens,
+        kv_bytes: v.kv_bytes,
+        hot: v.hot,
+        parent: v.parent,
+        op: v.op.as_str().to_string(),
+    }))
+}
+
+fn parse_seq(s: &str) -> Result<u64, ApiError> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(
+            "a receipt number is a non-negative decimal integer".into(),
+        ));
+    }
+    s.parse()
+        .map_err(|_| ApiError::invalid("receipt number out of range".into()))
+}
+
+fn known_receipt(s: &AppState, seq: u64) -> Result<(), ApiError> {
+    let count = s
+        .pack
+        .with_store(|st| st.receipt_count())
+        .map_err(|e| ApiError::internal("cannot count receipts", &e))?;
+    if seq >= count {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_receipt",
+            format!("no receipt {seq}: the log holds {count} (0..{count})"),
+        ));
+    }
+    Ok(())
+}
+
+async fn receipt(
+    State(s): State<Arc<AppState>>,
+    UrlPath(seq): UrlPath<String>,
+) -> Result<Json<WireReceipt>, ApiError> {
+    let seq = parse_seq(&seq)?;
+    known_receipt(&s, seq)?;
+    Ok(Json(s.receipt(seq)?))
+}
+
+async fn proof(
+    State(s): State<Arc<AppState>>,
+    UrlPath(seq): UrlPath<String>,
+) -> Result<Json<crate::ledger::ReceiptProof>, ApiError> {
+    let seq = parse_seq(&seq)?;
+    known_receipt(&s, seq)?;
+    s.pack
+        .with_store(|st| st.prove(seq))
+        .map(Json)
+        .map_err(|e| ApiError::internal("cannot build the proof", &e))
+}
+
+/// The newest signed checkpoint, written now if the log has grown since the last one.
+async fn checkpoint(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<crate::ledger::SignedCheckpoint>, ApiError> {
+    s.pack
+        .with_store(|st| {
+            st.checkpoint()?;
+            st.latest_checkpoint()
+        })
+        .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("no checkpoint", &"the log is empty"))
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+    let (states, receipts) = s
+        .pack
+        .with_store(|st| {
+            Ok::<_, crate::store::StoreError>((st.state_count()?, st.receipt_count()?))
+        })
+        .map_err(|e| ApiError::internal("cannot read the store", &e))?;
+    let info = s.pack.engine().info();
+    Ok(Json(Health {
+        status: if s.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else {
+            "ok"
+        }
+        .into(),
+        states_hot: s.pack.engine().hot_entries(),
+        states_cached: states,
+        receipts,
+        model: ModelSummary {
+            name: info.name.clone(),
+            fingerprint: info.fingerprint.to_hex(),
+            context_window: info.context_window,
+        },
+        queue: s.queue.stats(),
+    }))
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let q = s.queue.stats();
+    let body = s
+        .metrics
+        .render(s.pack.engine().hot_entries(), q.running, q.waiting);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn openapi_doc(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(s.openapi.clone())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see /openapi.json)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (see /openapi.json)",
+    )
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
+}
+
+/// Paths anyone may call.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/health" | "/openapi.json")
+}
+
+/// Checks the bearer token and names the client.
+async fn authenticate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let client = match &s.config.auth {
+        Auth::Disabled => Client(Arc::from("anonymous")),
+        Auth::Tokens(_) if is_open(req.uri().path()) => Client(Arc::from("anonymous")),
+        Auth::Tokens(tokens) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::as_bytes);
+            // Compare against every token in constant time, so timing tells nothing.
+            let mut found = None;
+            if let Some(p) = presented {
+                for t in tokens {
+                    if bool::from(t.secret.as_slice().ct_eq(p)) {
+                        found = Some(t.name.clone());
+                    }
+                }
+            }
+            match (presented, found) {
+                (_, Some(name)) => Client(name),
+                (None, None) => {
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "send Authorization: Bearer <token>",
+                    )
+                    .into_response()
+                }
+                (Some(_), None) => {
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "the bearer token is not accepted",
+                    )
+                    .into_response()
+                }
+            }
+        }
+    };
+    req.extensions_mut().insert(client);
+    next.run(req).await
+}
+
+/// Rewrites any error answer that is not JSON yet (one made by axum or hyper) as JSON with
+/// a stable code.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match axum::body::to_bytes(response.into_body(), 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    ApiError::new(status, ApiError::code_for(status), message).into_response()
+}
+
+/// Counts every request by route and status, with its latency.
+async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route: &'static str = match req.extensions().get::<MatchedPath>().map(|p| p.as_str()) {
+        Some("/states") => "/states",
+        Some("/states/{hash}") => "/states/{hash}",
+        Some("/merge") => "/merge",
+        Some("/infer") => "/infer",
+        Some("/compact") => "/compact",
+        Some("/receipts/{seq}") => "/receipts/{seq}",
+        Some("/receipts/{seq}/proof") => "/receipts/{seq}/proof",
+        Some("/checkpoint") => "/checkpoint",
+        Some("/health") => "/health",
+        Some("/metrics") => "/metrics",
+        Some("/openapi.json") => "/openapi.json",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    s.metrics
+        .request(route, response.status().as_u16(), started.elapsed());
+    response
+}

@@ -1,0 +1,210 @@
+//! The OpenAPI 3.0 document, with every schema generated (schemars) from the wire types the
+//! handlers use.
+
+use schemars::gen::{SchemaGenerator, SchemaSettings};
+use schemars::JsonSchema;
+use serde_json::{json, Value};
+
+use super::api::*;
+use crate::ledger::{ReceiptProof, SignedCheckpoint};
+
+fn body<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    json!({
+        "required": true,
+        "content": {"application/json": {"schema": g.subschema_for::<T>()}}
+    })
+}
+
+fn ok<T: JsonSchema>(g: &mut SchemaGenerator, what: &str) -> Value {
+    json!({"description": what, "content": {"application/json": {"schema": g.subschema_for::<T>()}}})
+}
+
+/// The document served at `/openapi.json`.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let err = g.subschema_for::<ErrorBody>();
+    let error = |what: &str| json!({"description": what, "content": {"application/json": {"schema": err.clone()}}});
+    let errors = |codes: &[(&str, &str)]| {
+        let mut m = serde_json::Map::new();
+        for (status, what) in codes {
+            m.insert(status.to_string(), error(what));
+        }
+        m.insert(
+            "401".into(),
+            error("unauthorized: missing or wrong bearer token"),
+        );
+        m.insert("500".into(), error("internal or engine_failed"));
+        m
+    };
+    let hash_param = json!([{
+        "name": "hash", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+    }]);
+    let seq_param = json!([{
+        "name": "seq", "in": "path", "required": true,
+        "schema": {"type": "integer", "format": "int64", "minimum": 0}
+    }]);
+    let mutating = [
+        (
+            "400",
+            "invalid_json, invalid_hash, invalid_parameters or empty_text",
+        ),
+        ("404", "unknown_state"),
+        ("409", "wrong_model"),
+        ("413", "payload_too_large"),
+        ("415", "unsupported_media_type"),
+        ("422", "context_overflow or nothing_to_compact"),
+        ("503", "overloaded (see Retry-After) or shutting_down"),
+        ("504", "timeout"),
+    ];
+    let op = |g: &mut SchemaGenerator, summary: &str, req: Value, resp: Value| {
+        let _ = g;
+        let mut responses = errors(&mutating);
+        responses.insert("200".into(), resp);
+        json!({"post": {"summary": summary, "requestBody": req, "responses": responses,
+                        "security": [{"bearer": []}]}})
+    };
+    let create = {
+        let (req, resp) = (
+            body::<CreateRequest>(&mut g),
+            ok::<StateResponse>(&mut g, "the state"),
+        );
+        op(
+            &mut g,
+            "Create a base state (idempotent: the same text is the same state)",
+            req,
+            resp,
+        )
+    };
+    let merge = {
+        let (req, resp) = (
+            body::<MergeRequest>(&mut g),
+            ok::<StateResponse>(&mut g, "the new state"),
+        );
+        op(&mut g, "Append a delta without generating", req, resp)
+    };
+    let infer = {
+        let (req, resp) = (
+            body::<InferRequest>(&mut g),
+            ok::<InferResponse>(&mut g, "the generation"),
+        );
+        op(
+            &mut g,
+            "Append a delta and generate (repeated requests answered from the store)",
+            req,
+            resp,
+        )
+    };
+    let compact = {
+        let (req, resp) = (
+            body::<CompactRequest>(&mut g),
+            ok::<CompactResponse>(&mut g, "the compacted state"),
+        );
+        op(
+            &mut g,
+            "Fold the middle turns of a chat-template state",
+            req,
+            resp,
+        )
+    };
+    let get = |g: &mut SchemaGenerator,
+               summary: &str,
+               resp: Value,
+               params: Option<&Value>,
+               open: bool| {
+        let _ = g;
+        let mut responses = errors(&[
+            ("400", "invalid_hash or invalid_parameters"),
+            ("404", "unknown_state or unknown_receipt"),
+        ]);
+        responses.insert("200".into(), resp);
+        let mut o = json!({"summary": summary, "responses": responses});
+        if let Some(p) = params {
+            o["parameters"] = p.clone();
+        }
+        o["security"] = if open {
+            json!([])
+        } else {
+            json!([{"bearer": []}])
+        };
+        json!({"get": o})
+    };
+    let state = {
+        let r = ok::<StateInfo>(&mut g, "the state");
+        get(
+            &mut g,
+            "A stored state: length, KV bytes, whether the engine holds it",
+            r,
+            Some(&hash_param),
+            false,
+        )
+    };
+    let receipt = {
+        let r = ok::<WireReceipt>(&mut g, "the receipt as stored");
+        get(&mut g, "A signed receipt", r, Some(&seq_param), false)
+    };
+    let proof = {
+        let r = ok::<ReceiptProof>(&mut g, "the proof");
+        get(
+            &mut g,
+            "An inclusion proof of a receipt in a signed checkpoint",
+            r,
+            Some(&seq_param),
+            false,
+        )
+    };
+    let checkpoint = {
+        let r = ok::<SignedCheckpoint>(&mut g, "the checkpoint");
+        get(
+            &mut g,
+            "The newest signed checkpoint (written now if the log grew)",
+            r,
+            None,
+            false,
+        )
+    };
+    let health = {
+        let r = ok::<Health>(&mut g, "health");
+        get(&mut g, "Liveness, hot states, queue", r, None, true)
+    };
+    let metrics = get(
+        &mut g,
+        "Prometheus metrics",
+        json!({"description": "text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+        None,
+        false,
+    );
+    let openapi = get(
+        &mut g,
+        "This document",
+        json!({"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}),
+        None,
+        true,
+    );
+    let schemas = g.take_definitions();
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "state-pack",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Token-exact KV-state reuse with signed receipts. Every error is {\"error\": {\"code\", \"message\"}} with a stable code."
+        },
+        "paths": {
+            "/states": create,
+            "/states/{hash}": state,
+            "/merge": merge,
+            "/infer": infer,
+            "/compact": compact,
+            "/receipts/{seq}": receipt,
+            "/receipts/{seq}/proof": proof,
+            "/checkpoint": checkpoint,
+            "/health": health,
+            "/metrics": metrics,
+            "/openapi.json": openapi,
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        }
+    })
+}
