@@ -474,6 +474,7 @@ async fn compact_state(
                 .await
                 .map_err(|e| match e {
                     compact::CompactError::Pack(p) => ApiError::from(p),
+                    compact::CompactError::KeepLast => ApiError::invalid(e.to_string()),
                     other => ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "nothing_to_compact",
