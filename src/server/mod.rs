@@ -337,6 +337,20 @@ impl AppState {
             })
     }
 
+    /// The answer to a create or merge, counted in the metrics.
+    fn state_answer(
+        &self,
+        report: &crate::pack::OpReport,
+        queued: Duration,
+    ) -> Result<Json<StateResponse>, ApiError> {
+        self.metrics.operation(report);
+        Ok(Json(StateResponse::new(
+            report,
+            queued,
+            self.receipt(report.receipt.seq)?,
+        )))
+    }
+
     fn receipt(&self, seq: u64) -> Result<WireReceipt, ApiError> {
         self.pack
             .with_store(|s| s.receipt(seq))
@@ -384,12 +398,7 @@ async fn create(
     let report = s
         .timed(async { Ok(s.pack.create(&req.base_text).await?) })
         .await?;
-    s.metrics.operation(&report);
-    Ok(Json(StateResponse::new(
-        &report,
-        queued,
-        s.receipt(report.receipt.seq)?,
-    )))
+    s.state_answer(&report, queued)
 }
 
 async fn merge(
@@ -404,12 +413,7 @@ async fn merge(
     let report = s
         .timed(async { Ok(s.pack.merge_tokens(&state, &delta).await?) })
         .await?;
-    s.metrics.operation(&report);
-    Ok(Json(StateResponse::new(
-        &report,
-        queued,
-        s.receipt(report.receipt.seq)?,
-    )))
+    s.state_answer(&report, queued)
 }
 
 async fn infer(
