@@ -38,11 +38,13 @@ fn seal(c: &mut Criterion) {
             prefilled: 31,
             reused: 569,
             generated: 8,
+            restored: None,
         }),
         timings: Some(ReceiptTimings {
             prefill_us: 500_000,
             decode_us: 250_000,
             total_us: 760_000,
+            restore_us: None,
         }),
         input_was_hot: Some(true),
         policy: None,

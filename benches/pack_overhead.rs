@@ -71,6 +71,8 @@ fn durable_record(c: &mut Criterion) {
                     sampling: None,
                     finish: None,
                     replay_of: None,
+                    restored: 0,
+                    restore: Duration::ZERO,
                 };
                 store.record(&state, &op).expect("record")
             })

@@ -86,6 +86,8 @@ pub struct ArmRun {
 /// The side-by-side result.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// The engine both arms ran on.
+    pub engine: String,
     /// What ran.
     pub workload: Workload,
     /// Steps per run.
@@ -127,6 +129,12 @@ pub enum BenchError {
     /// Nothing to run.
     #[error("steps and runs must be at least 1")]
     Empty,
+    /// The restore benchmark needs an engine that exports KV.
+    #[error("this engine cannot save KV states (mistral.rs has no such API): run the restore benchmark with --engine llamacpp")]
+    NoKvExport,
+    /// The restore arm prefilled the state instead of loading its blob.
+    #[error("the state was not restored from its KV blob (see the warnings above)")]
+    NotRestored,
     /// The agent loop stopped early.
     #[error("the {arm} arm's agent loop stopped after {steps} steps: {reason}")]
     AgentStopped {
@@ -265,6 +273,7 @@ pub async fn run(
     if steps == 0 || runs == 0 {
         return Err(BenchError::Empty);
     }
+    let statepack_engine_name = statepack_engine.engine_name().to_string();
     let scratch = tempfile::tempdir()?;
     let mut arm_runs = Vec::with_capacity(2 * runs);
     let mut ratios = Vec::with_capacity(runs);
@@ -318,6 +327,7 @@ pub async fn run(
     let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
     let sp_outputs: Vec<&Vec<String>> = of(Arm::StatePack).map(|x| &x.outputs).collect();
     Ok(BenchReport {
+        engine: statepack_engine_name,
         workload,
         steps,
         runs,
@@ -329,6 +339,156 @@ pub async fn run(
         outputs_identical: naive_outputs == sp_outputs,
         arm_runs,
     })
+}
+
+/// Restoring a cold state from its KV blob vs prefilling it again, measured on fresh
+/// engines (a new process would do the same: nothing of the state is in memory).
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The engine.
+    pub engine: String,
+    /// Tokens in the cold state.
+    pub state_tokens: usize,
+    /// Its KV as the engine serialized it, bytes.
+    pub kv_bytes: u64,
+    /// Its blob on disk (compressed, with header), bytes.
+    pub blob_bytes: u64,
+    /// Runs (each arm once per run, on a freshly loaded engine).
+    pub runs: usize,
+    /// Per run: reading, checking and loading the blob into the engine, milliseconds.
+    pub restore_ms: Vec<f64>,
+    /// Per run: the engine prefilling the state's tokens again, milliseconds.
+    pub reprefill_ms: Vec<f64>,
+    /// Per run: the whole infer (8 greedy tokens after a short delta) after a restore, ms.
+    pub restored_infer_ms: Vec<f64>,
+    /// Per run: the same infer when the state is prefilled again, ms.
+    pub reprefilled_infer_ms: Vec<f64>,
+    /// Median of reprefill / restore.
+    pub speedup: f64,
+    /// Median of the two infers' wall-time ratio.
+    pub infer_speedup: f64,
+    /// Whether the infer gave the same text after a restore as after a re-prefill, in every
+    /// run (greedy decoding over the same KV must).
+    pub outputs_identical: bool,
+}
+
+/// A base text of at least `tokens` tokens: the demo base, then clauses until long enough.
+async fn long_base(
+    engine: &dyn Engine,
+    session: &str,
+    tokens: usize,
+) -> Result<String, BenchError> {
+    let mut text = demo::base_text(session);
+    text.push_str("<|im_start|>user\nThe contract, clause by clause:\n");
+    let mut i = 0;
+    while engine.tokenize(&text).await.map_err(PackError::from)?.len() < tokens {
+        let (tool, obs) = demo::OBSERVATIONS[i % demo::OBSERVATIONS.len()];
+        text.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));
+        i += 1;
+    }
+    Ok(text)
+}
+
+/// Creates a state of about `tokens` tokens with its KV blob, then `runs` times, each on a
+/// freshly loaded engine: an infer on it with the blob (restored) and without (prefilled
+/// again). `load` loads a fresh engine of the kind measured; it must export KV.
+pub async fn restore_vs_prefill<F, Fut>(
+    load: F,
+    tokens: usize,
+    runs: usize,
+    mut on_run: impl FnMut(usize) + Send,
+) -> Result<RestoreReport, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<dyn Engine>, crate::engine::EngineError>>,
+{
+    if runs == 0 || tokens == 0 {
+        return Err(BenchError::Empty);
+    }
+    let scratch = tempfile::tempdir()?;
+    let db = scratch.path().join("restore.db");
+    let signer = crate::ledger::Signer::generate()?;
+    let session = format!("{}-{}", std::process::id(), rand_suffix());
+    let engine = load().await.map_err(PackError::from)?;
+    let pack = StatePack::new(engine.clone(), Store::open(&db, signer.clone())?);
+    let Some(blobs) = pack.kv_blobs().cloned() else {
+        return Err(BenchError::NoKvExport);
+    };
+    let text = long_base(engine.as_ref(), &session, tokens).await?;
+    let base = pack.create(&text).await?;
+    let state = base.output;
+    let state_tokens = base.tokens.state;
+    let blob_path = blobs.dir().join(format!("{}.kv", state.to_hex()));
+    let blob_bytes = std::fs::metadata(&blob_path)?.len();
+    let model = engine.info().fingerprint;
+    let kv_bytes = blobs
+        .get(&state, &model)
+        .map_err(|e| BenchError::Io(std::io::Error::other(e)))?
+        .map_or(0, |b| b.raw.len() as u64);
+    let engine_name = engine.engine_name().to_string();
+    pack.close()?;
+    drop(pack);
+    drop(engine);
+
+    let delta = "<|im_start|>user\nWhich clause caps liability?<|im_end|>\n<|im_start|>assistant\n";
+    let sampling = crate::engine::Sampling::greedy(8);
+    let mut r = RestoreReport {
+        engine: engine_name,
+        state_tokens,
+        kv_bytes,
+        blob_bytes,
+        runs,
+        restore_ms: Vec::new(),
+        reprefill_ms: Vec::new(),
+        restored_infer_ms: Vec::new(),
+        reprefilled_infer_ms: Vec::new(),
+        speedup: 0.0,
+        infer_speedup: 0.0,
+        outputs_identical: false,
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut texts = Vec::with_capacity(2 * runs);
+    for run in 0..runs {
+        // Alternate which arm goes first.
+        for restore in [run % 2 == 0, run % 2 != 0] {
+            let engine = load().await.map_err(PackError::from)?;
+            let mut pack = StatePack::new(engine, Store::open(&db, signer.clone())?);
+            if !restore {
+                pack = pack.with_kv_blobs(None);
+            }
+            let out = pack.infer(&state, delta, &sampling).await?;
+            let t = &out.report;
+            if restore {
+                if t.tokens.restored == 0 {
+                    return Err(BenchError::NotRestored);
+                }
+                r.restore_ms.push(ms(t.timings.restore));
+                r.restored_infer_ms.push(ms(t.timings.total));
+            } else {
+                r.reprefill_ms.push(ms(t.timings.prefill));
+                r.reprefilled_infer_ms.push(ms(t.timings.total));
+            }
+            pack.close()?;
+            texts.push(out.text);
+        }
+        on_run(run);
+    }
+    r.outputs_identical = texts.windows(2).all(|w| w[0] == w[1]);
+    r.speedup = median(
+        r.reprefill_ms
+            .iter()
+            .zip(&r.restore_ms)
+            .map(|(p, s)| p / s.max(1e-9))
+            .collect(),
+    );
+    r.infer_speedup = median(
+        r.reprefilled_infer_ms
+            .iter()
+            .zip(&r.restored_infer_ms)
+            .map(|(p, s)| p / s.max(1e-9))
+            .collect(),
+    );
+    Ok(r)
 }
 
 fn rand_suffix() -> u64 {

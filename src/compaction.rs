@@ -439,6 +439,7 @@ mod tests {
                 prefilled,
                 reused: 0,
                 generated,
+                restored: 0,
             },
             timings: Timings {
                 prefill: Duration::from_millis(pre_ms),

@@ -27,6 +27,7 @@ pub mod compaction;
 pub mod demo;
 pub mod engine;
 pub mod graph;
+pub mod kv_blob;
 pub mod ledger;
 pub mod model;
 pub mod pack;

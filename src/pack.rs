@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{info_span, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::engine::{Engine, EngineError, EngineUsage, FinishReason, Sampling};
+use crate::kv_blob::{KvBlobStore, DEFAULT_BUDGET_BYTES};
 use crate::ledger::ReceiptRef;
 use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoreError, StoredState};
@@ -79,6 +80,9 @@ pub struct TokenCounts {
     pub reused: usize,
     /// Tokens generated.
     pub generated: usize,
+    /// Of `reused`, tokens whose KV was loaded from the state's KV blob on disk (the engine
+    /// no longer held it; see [`crate::kv_blob`]) instead of being prefilled again.
+    pub restored: usize,
 }
 
 /// Time spent in one operation.
@@ -88,6 +92,8 @@ pub struct Timings {
     pub prefill: Duration,
     /// Engine decode time, as the engine measured it.
     pub decode: Duration,
+    /// Time spent reading a KV blob and loading it into the engine.
+    pub restore: Duration,
     /// The pack's own work: hashing and SQLite reads and writes.
     pub overhead: Duration,
     /// Wall time of the whole operation.
@@ -175,20 +181,57 @@ pub struct StateView {
 pub struct StatePack {
     engine: Arc<dyn Engine>,
     store: Mutex<Store>,
+    blobs: Option<KvBlobStore>,
 }
 
 struct Outcome {
     usage: EngineUsage,
     engine_called: bool,
+    /// KV loaded from a blob before the engine ran: tokens, and time it took.
+    restored: Restored,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Restored {
+    tokens: usize,
+    time: Duration,
 }
 
 impl StatePack {
     /// A pack over `engine`, persisting into `store`.
+    ///
+    /// When the engine can export KV ([`Engine::kv_export`]) and the store is on disk, every
+    /// state the engine computes is also written as a KV blob to `<database>.kv/` (see
+    /// [`crate::kv_blob`]), and a state the engine no longer holds is loaded from its blob
+    /// instead of being prefilled again; [`with_kv_blobs`](Self::with_kv_blobs) changes
+    /// that.
     pub fn new(engine: Arc<dyn Engine>, store: Store) -> Self {
+        let blobs = match store.path() {
+            Some(db) if engine.kv_export() => {
+                let dir = KvBlobStore::dir_for_database(db);
+                KvBlobStore::open(&dir, DEFAULT_BUDGET_BYTES)
+                    .map_err(|e| warn!(error = %e, "KV blobs disabled"))
+                    .ok()
+            }
+            _ => None,
+        };
         Self {
             engine,
             store: Mutex::new(store),
+            blobs,
         }
+    }
+
+    /// The same pack with KV blobs kept in `blobs`, or with none (`None`: states the engine
+    /// no longer holds are prefilled again).
+    pub fn with_kv_blobs(mut self, blobs: Option<KvBlobStore>) -> Self {
+        self.blobs = blobs.filter(|_| self.engine.kv_export());
+        self
+    }
+
+    /// Where KV blobs are kept, if they are.
+    pub fn kv_blobs(&self) -> Option<&KvBlobStore> {
+        self.blobs.as_ref()
     }
 
     /// The engine.
@@ -281,8 +324,16 @@ impl StatePack {
         Ok(())
     }
 
-    /// Makes the engine hold `tokens`, unless it already does.
-    async fn make_hot(&self, tokens: &[u32]) -> Result<Outcome, PackError> {
+    /// Makes the engine hold `tokens`, unless it already does. `source` is a state whose
+    /// tokens begin `tokens` (the input state, or for create and compact the output state
+    /// itself): if the engine does not hold it but its KV blob exists, the blob is loaded
+    /// first and only the rest is prefilled.
+    async fn make_hot(
+        &self,
+        tokens: &[u32],
+        source: (&StateHash, usize),
+    ) -> Result<Outcome, PackError> {
+        let restored = self.restore_kv(source.0, &tokens[..source.1]).await;
         if self.is_fully_cached(tokens) {
             return Ok(Outcome {
                 usage: EngineUsage {
@@ -291,11 +342,13 @@ impl StatePack {
                     ..EngineUsage::default()
                 },
                 engine_called: false,
+                restored,
             });
         }
         Ok(Outcome {
             usage: self.engine.prefill(tokens).await?,
             engine_called: true,
+            restored,
         })
     }
 
@@ -311,7 +364,8 @@ impl StatePack {
             }
             // Leave room for at least one more token.
             self.check_window(tokens.len() + 1)?;
-            let outcome = self.make_hot(&tokens).await?;
+            let output = StateHash::of(&self.engine.info().fingerprint, &tokens);
+            let outcome = self.make_hot(&tokens, (&output, tokens.len())).await?;
             self.commit(Pending {
                 op: OpKind::Create,
                 input: None,
@@ -327,6 +381,7 @@ impl StatePack {
                 started,
                 overhead: Duration::ZERO,
             })
+            .await
         }
         .instrument(span)
         .await
@@ -354,7 +409,8 @@ impl StatePack {
             let overhead = started.elapsed();
             let input_was_hot = self.is_hot(&replaced.tokens);
             self.check_window(tokens.len() + 1)?;
-            let outcome = self.make_hot(&tokens).await?;
+            let output = StateHash::of(&self.engine.info().fingerprint, &tokens);
+            let outcome = self.make_hot(&tokens, (&output, tokens.len())).await?;
             self.commit(Pending {
                 op: OpKind::Compact,
                 input: Some(*state),
@@ -370,6 +426,7 @@ impl StatePack {
                 started,
                 overhead,
             })
+            .await
         }
         .instrument(span)
         .await
@@ -396,7 +453,8 @@ impl StatePack {
                 input_was_hot,
                 overhead,
             } = self.extend(state, delta, 1, started)?;
-            let outcome = self.make_hot(&tokens).await?;
+            let parent_len = tokens.len() - delta.len();
+            let outcome = self.make_hot(&tokens, (state, parent_len)).await?;
             self.commit(Pending {
                 op: OpKind::Merge,
                 input: Some(*state),
@@ -412,6 +470,7 @@ impl StatePack {
                 started,
                 overhead,
             })
+            .await
         }
         .instrument(span)
         .await
@@ -444,27 +503,33 @@ impl StatePack {
                 input_was_hot,
                 overhead,
             } = self.extend(state, delta, sampling.max_tokens, started)?;
+            let restored = self
+                .restore_kv(state, &tokens[..tokens.len() - delta.len()])
+                .await;
             let generation = self.engine.generate(&tokens, sampling).await?;
             tokens.extend_from_slice(&generation.tokens);
             let outcome = Outcome {
                 usage: generation.usage,
                 engine_called: true,
+                restored,
             };
-            let report = self.commit(Pending {
-                op: OpKind::Infer,
-                input: Some(*state),
-                input_was_hot,
-                tokens,
-                delta: delta.len(),
-                delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
-                outcome,
-                output_text: Some(generation.text.clone()),
-                policy: None,
-                sampling: Some((sampling_record(sampling)?, generation.finish)),
-                replay_of: None,
-                started,
-                overhead,
-            })?;
+            let report = self
+                .commit(Pending {
+                    op: OpKind::Infer,
+                    input: Some(*state),
+                    input_was_hot,
+                    tokens,
+                    delta: delta.len(),
+                    delta_hash: DeltaHash::of(&self.engine.info().fingerprint, delta),
+                    outcome,
+                    output_text: Some(generation.text.clone()),
+                    policy: None,
+                    sampling: Some((sampling_record(sampling)?, generation.finish)),
+                    replay_of: None,
+                    started,
+                    overhead,
+                })
+                .await?;
             Ok(Inference {
                 text: generation.text,
                 generated: generation.tokens,
@@ -541,24 +606,27 @@ impl StatePack {
             });
         }
         let generated = output.tokens[prompt.len()..].to_vec();
-        let report = self.commit(Pending {
-            op: OpKind::Infer,
-            input: Some(*state),
-            input_was_hot,
-            tokens: output.tokens,
-            delta: delta.len(),
-            delta_hash,
-            outcome: Outcome {
-                usage: EngineUsage::default(),
-                engine_called: false,
-            },
-            output_text: Some(earlier.text.clone()),
-            policy: None,
-            sampling: Some((key, earlier.finish)),
-            replay_of: Some(earlier.receipt_seq),
-            started,
-            overhead,
-        })?;
+        let report = self
+            .record(Pending {
+                op: OpKind::Infer,
+                input: Some(*state),
+                input_was_hot,
+                tokens: output.tokens,
+                delta: delta.len(),
+                delta_hash,
+                outcome: Outcome {
+                    usage: EngineUsage::default(),
+                    engine_called: false,
+                    restored: Restored::default(),
+                },
+                output_text: Some(earlier.text.clone()),
+                policy: None,
+                sampling: Some((key, earlier.finish)),
+                replay_of: Some(earlier.receipt_seq),
+                started,
+                overhead,
+            })?
+            .0;
         Ok(Some(Inference {
             text: earlier.text,
             generated,
@@ -592,12 +660,127 @@ impl StatePack {
         })
     }
 
-    /// Hashes and stores the output state with its operation, and builds the report.
-    fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
+    /// [`record`](Self::record), then the output state's KV blob if the engine computed it.
+    async fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
+        let (report, tokens) = self.record(p)?;
+        if report.engine_called {
+            // Merge and infer extend their input: its blob holds the start of this one.
+            let parent = match report.op {
+                OpKind::Merge | OpKind::Infer => report.input,
+                _ => None,
+            };
+            self.save_kv(&report.output, &tokens, parent.as_ref()).await;
+        }
+        Ok(report)
+    }
+
+    /// Loads the KV blobs of `state` (whose tokens are `tokens`) into the engine if the
+    /// engine does not hold the state and its blob chain exists. Never fails: a missing,
+    /// unreadable or corrupt blob (a corrupt one is deleted) means the state is prefilled as
+    /// usual.
+    async fn restore_kv(&self, state: &StateHash, tokens: &[u32]) -> Restored {
+        let none = Restored::default();
+        let Some(blobs) = self.blobs.clone() else {
+            return none;
+        };
+        if tokens.is_empty() || self.is_hot(tokens) || !blobs.contains(state) {
+            return none;
+        }
+        let started = Instant::now();
+        let model = self.engine.info().fingerprint;
+        let key = *state;
+        let read = tokio::task::spawn_blocking(move || blobs.chain(&key, &model)).await;
+        let chain = match read {
+            Ok(Ok(Some(chain))) => chain,
+            Ok(Ok(None)) => return none,
+            Ok(Err(e)) => {
+                warn!(state = %state.short(), error = %e, "KV blob unusable: deleting the state's blob and prefilling it");
+                if let Some(b) = &self.blobs {
+                    let _ = b.remove(state);
+                }
+                return none;
+            }
+            Err(e) => {
+                warn!(error = %e, "KV blob reader failed");
+                return none;
+            }
+        };
+        let end = chain.last().map_or(0, |b| b.end);
+        if end == 0 || end > tokens.len() {
+            warn!(state = %state.short(), end, "KV blob does not fit its state; prefilling");
+            return none;
+        }
+        let parts = chain.len();
+        let chunks = chain.into_iter().map(|b| b.raw).collect();
+        match self.engine.import_kv(&tokens[..end], chunks).await {
+            Ok(true) => {
+                let restored = Restored {
+                    tokens: end,
+                    time: started.elapsed(),
+                };
+                debug!(state = %state.short(), tokens = end, parts, ms = restored.time.as_millis() as u64, "state restored from its KV blobs");
+                restored
+            }
+            Ok(false) => none,
+            Err(e) => {
+                warn!(state = %state.short(), error = %e, "engine could not load the KV blobs; prefilling");
+                none
+            }
+        }
+    }
+
+    /// Writes the KV of state `hash` (tokens `tokens`) as a blob, if blobs are kept, the
+    /// engine holds the state and no blob exists yet. When `parent` (a state whose tokens
+    /// begin `tokens`) has a blob, only the positions after it are written. Failures are
+    /// logged, never returned: the operation is already recorded, and a missing blob only
+    /// costs a prefill later.
+    async fn save_kv(&self, hash: &StateHash, tokens: &[u32], parent: Option<&StateHash>) {
+        let Some(blobs) = self.blobs.clone() else {
+            return;
+        };
+        if blobs.contains(hash) {
+            return;
+        }
+        let end = self.engine.hot_prefix_len(tokens);
+        if end == 0 || end + 1 < tokens.len() {
+            return;
+        }
+        let (parent, start) = match parent.and_then(|p| Some((p, blobs.end_of(p)?))) {
+            Some((p, e)) if e < end => (Some(*p), e),
+            _ => (None, 0),
+        };
+        let raw = match self.engine.export_kv(&tokens[..end], start).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(state = %hash.short(), error = %e, "cannot export KV");
+                return;
+            }
+        };
+        let model = self.engine.info().fingerprint;
+        let key = *hash;
+        let put = move || blobs.put(&key, &model, parent.as_ref(), start..end, &raw);
+        match tokio::task::spawn_blocking(put).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(state = %hash.short(), error = %e, "cannot write KV blob"),
+            Err(e) => warn!(error = %e, "KV blob writer failed"),
+        }
+    }
+
+    /// Hashes and stores the output state with its operation, and builds the report; gives
+    /// back the output state's tokens.
+    fn record(&self, p: Pending) -> Result<(OpReport, Vec<u32>), PackError> {
         let pack_work = Instant::now();
         let model = self.engine.info().fingerprint;
         let hash = StateHash::of(&model, &p.tokens);
         let usage = p.outcome.usage;
+        // Never claim more restored tokens than the engine reused.
+        let restored = p.outcome.restored.tokens.min(usage.reused);
+        let restore = if restored > 0 {
+            p.outcome.restored.time
+        } else {
+            Duration::ZERO
+        };
         let state_len = p.tokens.len();
         let stored = StoredState {
             hash,
@@ -626,9 +809,11 @@ impl StatePack {
             sampling: p.sampling.as_ref().map(|(s, _)| s.clone()),
             finish: p.sampling.as_ref().map(|(_, f)| *f),
             replay_of: p.replay_of,
+            restored,
+            restore,
         };
         let recorded = self.store().record(&stored, &record)?;
-        Ok(OpReport {
+        let report = OpReport {
             seq: recorded.operation,
             receipt: recorded.receipt,
             op: p.op,
@@ -643,14 +828,17 @@ impl StatePack {
                 prefilled: usage.prefilled,
                 reused: usage.reused,
                 generated: usage.generated,
+                restored,
             },
             timings: Timings {
                 prefill: usage.prefill_time,
                 decode: usage.decode_time,
+                restore,
                 overhead: p.overhead + pack_work.elapsed(),
                 total: p.started.elapsed(),
             },
-        })
+        };
+        Ok((report, stored.tokens))
     }
 }
 

@@ -27,6 +27,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_ledger", include_str!("../migrations/0002_ledger.sql")),
     ("0003_graph", include_str!("../migrations/0003_graph.sql")),
     ("0004_replay", include_str!("../migrations/0004_replay.sql")),
+    (
+        "0005_kv_blobs",
+        include_str!("../migrations/0005_kv_blobs.sql"),
+    ),
 ];
 
 /// Errors from the store.
@@ -151,6 +155,10 @@ pub struct OperationRecord {
     pub reused: usize,
     /// Tokens generated.
     pub generated: usize,
+    /// Of `reused`, tokens whose KV was loaded from a KV blob (see [`crate::kv_blob`]).
+    pub restored: usize,
+    /// Time spent loading that blob.
+    pub restore: Duration,
     /// Engine prefill time.
     pub prefill: Duration,
     /// Engine decode time.
@@ -415,11 +423,13 @@ impl Store {
                     prefilled: op.prefilled as u64,
                     reused: op.reused as u64,
                     generated: op.generated as u64,
+                    restored: (op.restored > 0).then_some(op.restored as u64),
                 }),
                 timings: Some(ReceiptTimings {
                     prefill_us: us(op.prefill),
                     decode_us: us(op.decode),
                     total_us: us(op.total),
+                    restore_us: (op.restored > 0).then(|| us(op.restore)),
                 }),
                 input_was_hot: op.input_was_hot,
                 policy: op.policy.clone(),
@@ -438,9 +448,9 @@ impl Store {
         tx.execute(
             "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
                  reused, generated, prefill_us, decode_us, total_us, output_text, created_at,
-                 receipt_seq, delta_hash, sampling, finish, replay_of)
+                 receipt_seq, delta_hash, sampling, finish, replay_of, restored, restore_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18)",
+                 ?17, ?18, ?19, ?20)",
             params![
                 op.op.as_str(),
                 op.input.map(|h| h.as_bytes().to_vec()),
@@ -460,6 +470,8 @@ impl Store {
                 sampling,
                 op.finish.map(finish_name),
                 op.replay_of.map(|s| s as i64),
+                op.restored as i64,
+                op.restore.as_micros() as i64,
             ],
         )?;
         let operation = tx.last_insert_rowid() as u64;
@@ -697,6 +709,8 @@ mod tests {
             sampling: None,
             finish: None,
             replay_of: None,
+            restored: 0,
+            restore: Duration::ZERO,
         }
     }
 

@@ -57,6 +57,12 @@ pub struct MistralRsOptions {
     pub prefix_cache_entries: usize,
     /// Activation / KV precision.
     pub dtype: ActivationDType,
+    /// Requantize weight types that candle multiplies with a scalar loop on x86 (Q4_1,
+    /// Q5_0, Q5_1: the default model is Q4_1) to Q8_0, which has an AVX2 kernel, when the
+    /// model is loaded. The weights then hold the same values to within Q8_0's rounding
+    /// (a step of 1/127 of each 32-weight block's largest magnitude), so outputs can differ
+    /// from the file's exact weights; `docs/PERFORMANCE.md` has the measured effect.
+    pub requantize_q8: bool,
 }
 
 impl Default for MistralRsOptions {
@@ -64,6 +70,7 @@ impl Default for MistralRsOptions {
         Self {
             prefix_cache_entries: 8,
             dtype: ActivationDType::F32,
+            requantize_q8: std::env::var("STATE_PACK_MISTRALRS_Q8").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -198,6 +205,8 @@ impl MistralRsEngine {
             ActivationDType::Bf16 => ModelDType::BF16,
         };
         let started = Instant::now();
+        // A process-wide switch in our mistral.rs patch, read while the weights load.
+        mistralrs::core::set_gguf_requantize(options.requantize_q8);
         let pipeline = loader
             .load_model_from_hf(
                 None,
@@ -435,6 +444,10 @@ fn secs(s: f32) -> Duration {
 impl Engine for MistralRsEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    fn engine_name(&self) -> &'static str {
+        super::EngineKind::MistralRs.name()
     }
 
     async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {

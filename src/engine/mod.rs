@@ -13,9 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::state::ModelFingerprint;
 
 pub mod gguf;
+#[cfg(feature = "llamacpp")]
+pub mod llamacpp;
 pub mod mistralrs;
 mod sampler;
 
+#[cfg(feature = "llamacpp")]
+pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
 pub use self::mistralrs::{MistralRsEngine, MistralRsOptions};
 
 /// What the engine is running.
@@ -179,6 +183,12 @@ pub trait Engine: Send + Sync {
     /// What model this engine runs.
     fn info(&self) -> &ModelInfo;
 
+    /// Which engine this is, for reports: `mistralrs`, `llamacpp`, or `custom` for any other
+    /// implementation.
+    fn engine_name(&self) -> &'static str {
+        "custom"
+    }
+
     /// Token ids of `text`, without adding BOS/EOS; special-token markup in the text (such as
     /// `<|im_start|>`) becomes its special token.
     async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError>;
@@ -204,5 +214,149 @@ pub trait Engine: Send + Sync {
     /// How many token sequences the engine holds KV for right now.
     fn hot_entries(&self) -> usize {
         0
+    }
+
+    /// Whether this engine can hand out and take back the KV of a token sequence as bytes
+    /// ([`export_kv`](Self::export_kv), [`import_kv`](Self::import_kv)). mistral.rs cannot:
+    /// a state it no longer holds is prefilled again.
+    fn kv_export(&self) -> bool {
+        false
+    }
+
+    /// The KV of positions `from..tokens.len()` of `tokens` as opaque bytes, if the engine
+    /// holds all of `tokens`; `None` when it does not (or cannot export KV at all).
+    async fn export_kv(
+        &self,
+        _tokens: &[u32],
+        _from: usize,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(None)
+    }
+
+    /// Loads KV that [`export_kv`](Self::export_kv) produced (by this model, in any process)
+    /// for consecutive ranges of `tokens` — the first chunk from position 0, each next one
+    /// from where the previous ended, the last up to `tokens.len()` — so that `tokens` are
+    /// hot again without being prefilled. `Ok(false)` when the engine cannot, or the bytes do
+    /// not restore exactly `tokens` (then nothing is kept).
+    async fn import_kv(&self, _tokens: &[u32], _chunks: Vec<Vec<u8>>) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+}
+
+/// Which engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// mistral.rs ([`MistralRsEngine`]): the default.
+    #[default]
+    #[value(name = "mistralrs")]
+    MistralRs,
+    /// llama.cpp (`LlamaCppEngine`, cargo feature `llamacpp`): faster on CPU, and states
+    /// survive a restart as KV blobs.
+    #[value(name = "llamacpp")]
+    LlamaCpp,
+}
+
+impl EngineKind {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::MistralRs => "mistralrs",
+            EngineKind::LlamaCpp => "llamacpp",
+        }
+    }
+
+    /// Whether this build includes the engine.
+    pub fn available(self) -> bool {
+        match self {
+            EngineKind::MistralRs => true,
+            EngineKind::LlamaCpp => cfg!(feature = "llamacpp"),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mistralrs" | "mistral.rs" => Ok(EngineKind::MistralRs),
+            "llamacpp" | "llama.cpp" => Ok(EngineKind::LlamaCpp),
+            other => Err(format!(
+                "unknown engine {other:?} (expected mistralrs or llamacpp)"
+            )),
+        }
+    }
+}
+
+/// How to load an engine, whichever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSpec {
+    /// The engine.
+    pub kind: EngineKind,
+    /// Token sequences whose KV the engine keeps (mistral.rs prefix-cache entries, llama.cpp
+    /// slots); `0` keeps none, so every prompt is prefilled in full.
+    pub hot_states: usize,
+}
+
+impl EngineSpec {
+    /// `kind` with its default number of hot states (8).
+    pub fn new(kind: EngineKind) -> Self {
+        Self {
+            kind,
+            hot_states: 8,
+        }
+    }
+
+    /// The same spec keeping `n` hot states.
+    pub fn hot_states(self, n: usize) -> Self {
+        Self {
+            hot_states: n,
+            ..self
+        }
+    }
+}
+
+/// Loads the GGUF model at `path` in the engine `spec` names.
+///
+/// Fails with [`EngineError::Load`] if the model cannot be loaded, or if this build does not
+/// include the engine (llama.cpp needs the `llamacpp` cargo feature).
+pub async fn load_engine(
+    path: &std::path::Path,
+    spec: EngineSpec,
+) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
+    match spec.kind {
+        EngineKind::MistralRs => Ok(std::sync::Arc::new(
+            MistralRsEngine::load(
+                path,
+                MistralRsOptions {
+                    prefix_cache_entries: spec.hot_states,
+                    ..MistralRsOptions::default()
+                },
+            )
+            .await?,
+        )),
+        #[cfg(feature = "llamacpp")]
+        EngineKind::LlamaCpp => Ok(std::sync::Arc::new(
+            LlamaCppEngine::load(
+                path,
+                LlamaCppOptions {
+                    slots: spec.hot_states,
+                    ..LlamaCppOptions::default()
+                },
+            )
+            .await?,
+        )),
+        #[cfg(not(feature = "llamacpp"))]
+        EngineKind::LlamaCpp => Err(EngineError::Load {
+            path: path.to_path_buf(),
+            reason: "this build has no llama.cpp engine: rebuild with `--features llamacpp` (needs cmake and a C++ compiler)".into(),
+        }),
     }
 }

@@ -110,6 +110,10 @@ pub struct ReceiptTokens {
     pub reused: u64,
     /// Tokens generated.
     pub generated: u64,
+    /// Of `reused`, tokens whose KV was loaded from a KV blob on disk rather than held in
+    /// memory (absent when none were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
 }
 
 /// Times in microseconds, as measured.
@@ -122,6 +126,9 @@ pub struct ReceiptTimings {
     pub decode_us: u64,
     /// Wall time of the operation up to its commit.
     pub total_us: u64,
+    /// Time spent reading a KV blob and loading it into the engine (absent when none was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_us: Option<u64>,
 }
 
 /// One receipt. Fields that do not apply to an op are absent from its body.
@@ -242,11 +249,13 @@ mod tests {
                 prefilled: 3,
                 reused: 37,
                 generated: 8,
+                restored: None,
             }),
             timings: Some(ReceiptTimings {
                 prefill_us: 1500,
                 decode_us: 2500,
                 total_us: 4100,
+                restore_us: None,
             }),
             input_was_hot: Some(true),
             policy: None,

@@ -587,6 +587,17 @@ impl<'c> Verifier<'c> {
             return;
         };
         let t = r.tokens;
+        if let Some(t) = t {
+            if let Some(restored) = t.restored.filter(|&n| n == 0 || n > t.reused) {
+                self.fail(
+                    Some(seq),
+                    format!(
+                        "receipt {seq}: claims {restored} tokens loaded from a KV blob, but restored tokens must be between 1 and the {} reused",
+                        t.reused
+                    ),
+                );
+            }
+        }
         let mut bad = Vec::new();
         if op.op != r.op.as_str() {
             bad.push(format!("op {} vs {}", op.op, r.op.as_str()));

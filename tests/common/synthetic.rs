@@ -60,6 +60,8 @@ impl Chain {
             sampling: None,
             finish: None,
             replay_of: None,
+            restored: 0,
+            restore: Duration::ZERO,
         };
         let recorded = store.record(&state, &record).expect("record");
         self.head = Some(hash);

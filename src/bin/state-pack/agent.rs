@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use state_pack::agent::legal::LegalAgent;
 use state_pack::agent::{memory_usage, AgentEvent, AgentLoop, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy, CostModel};
-use state_pack::engine::MistralRsEngine;
+use state_pack::engine::Engine;
 use state_pack::ledger::Signer;
 use state_pack::{StatePack, Store};
 
@@ -74,13 +74,10 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-pub async fn run(engine: MistralRsEngine, key: &Path, a: AgentArgs) -> Result<()> {
+pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()> {
     let (signer, _) = Signer::load_or_create(key)?;
     let public_key = signer.public_key().to_hex();
-    let pack = Arc::new(StatePack::new(
-        Arc::new(engine),
-        Store::open(&a.db, signer)?,
-    ));
+    let pack = Arc::new(StatePack::new(engine.clone(), Store::open(&a.db, signer)?));
     let policy = CompactionPolicy {
         window_fraction: Some(a.window_fraction),
         every_steps: a.every,

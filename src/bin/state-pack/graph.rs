@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use state_pack::engine::MistralRsEngine;
+use state_pack::engine::Engine;
 use state_pack::graph::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::graph::{Checkpointer, GraphEvent, GraphRun, RunStatus};
 use state_pack::ledger::Signer;
@@ -109,14 +109,14 @@ pub fn history(w: &Where) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(engine: MistralRsEngine, key: &Path, command: GraphCommand) -> Result<()> {
+pub async fn run(engine: Arc<dyn Engine>, key: &Path, command: GraphCommand) -> Result<()> {
     let (at, options) = match &command {
         GraphCommand::Run(a) => (&a.at, &a.options),
         GraphCommand::Resume(a) => (&a.at, &a.options),
         GraphCommand::History(w) => return history(w),
         GraphCommand::Mermaid { .. } => {
             let pack = Arc::new(StatePack::new(
-                Arc::new(engine),
+                engine.clone(),
                 Store::open_in_memory(Signer::generate()?)?,
             ));
             let graph = research::graph(pack.clone(), 2, BaseLog::default())
@@ -126,10 +126,7 @@ pub async fn run(engine: MistralRsEngine, key: &Path, command: GraphCommand) -> 
         }
     };
     let (signer, _) = Signer::load_or_create(key)?;
-    let pack = Arc::new(StatePack::new(
-        Arc::new(engine),
-        Store::open(&at.db, signer)?,
-    ));
+    let pack = Arc::new(StatePack::new(engine.clone(), Store::open(&at.db, signer)?));
     let bases = BaseLog::default();
     let interrupts: Vec<&str> = options
         .interrupt_before

@@ -14,7 +14,7 @@ mod serve;
 
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
-use state_pack::engine::{Engine, MistralRsEngine, MistralRsOptions};
+use state_pack::engine::{load_engine, Engine, EngineKind, EngineSpec};
 use state_pack::ledger::{default_key_path, Signer};
 use state_pack::model::{self, DEFAULT_MODEL};
 use state_pack::{StateHash, StatePack, Store};
@@ -36,6 +36,10 @@ struct Cli {
     /// ~/.config/state-pack/signing-key.pem; `run` creates it if missing].
     #[arg(long, global = true, env = "STATE_PACK_KEY")]
     key: Option<PathBuf>,
+    /// The engine that runs the model: mistralrs (default) or llamacpp (a build with the
+    /// `llamacpp` cargo feature; faster on CPU, and states survive restarts as KV blobs).
+    #[arg(long, global = true, env = "STATE_PACK_ENGINE", value_enum, default_value_t = EngineKind::MistralRs)]
+    engine: EngineKind,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +83,13 @@ enum Command {
         /// Concurrent clients (`--workload serve`).
         #[arg(long, default_value_t = 32)]
         clients: usize,
+        /// Run the loop on every engine this build has (mistralrs, llamacpp), one after the
+        /// other in this process, and print them side by side.
+        #[arg(long)]
+        compare_engines: bool,
+        /// Tokens in the cold state (`--workload restore`).
+        #[arg(long, default_value_t = 1000)]
+        state_tokens: usize,
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -119,6 +130,8 @@ enum WorkloadArg {
     Agent,
     /// Concurrent clients over HTTP against an in-process server.
     Serve,
+    /// A cold state restored from its KV blob vs prefilled again (llamacpp).
+    Restore,
 }
 
 #[derive(Subcommand)]
@@ -182,12 +195,12 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         Command::Model {
             command: ModelCommand::Info,
         } => {
-            let engine = load(model_path, &cache, MistralRsOptions::default()).await?;
+            let engine = load(model_path, &cache, EngineSpec::new(cli.engine)).await?;
             println!("{}", serde_json::to_string_pretty(engine.info())?);
         }
         Command::Agent(args) => {
             agent::run(
-                load(model_path, &cache, MistralRsOptions::default()).await?,
+                load(model_path, &cache, EngineSpec::new(cli.engine)).await?,
                 &key,
                 args,
             )
@@ -198,35 +211,75 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         } => graph::history(&w)?,
         Command::Graph { command } => {
             graph::run(
-                load(model_path, &cache, MistralRsOptions::default()).await?,
+                load(model_path, &cache, EngineSpec::new(cli.engine)).await?,
                 &key,
                 command,
             )
             .await?
         }
-        Command::Run { steps, db } => run(model_path, &cache, &key, steps, &db).await?,
-        Command::Serve(args) => serve::serve(model_path, &cache, &key, args).await?,
+        Command::Run { steps, db } => run(model_path, &cache, cli.engine, &key, steps, &db).await?,
+        Command::Serve(args) => serve::serve(model_path, &cache, cli.engine, &key, args).await?,
         Command::Bench {
             steps,
             runs,
             workload,
             clients,
+            compare_engines,
+            state_tokens,
             json,
         } => {
             let workload = match workload {
                 WorkloadArg::Demo => bench::Workload::Demo,
                 WorkloadArg::Agent => bench::Workload::Agent,
                 WorkloadArg::Serve => {
-                    serve::bench(model_path, &cache, clients, steps, json).await?;
+                    serve::bench(model_path, &cache, cli.engine, clients, steps, json).await?;
+                    return Ok(true);
+                }
+                WorkloadArg::Restore => {
+                    restore_cmd(model_path, &cache, cli.engine, state_tokens, runs, json).await?;
                     return Ok(true);
                 }
             };
-            bench_cmd(model_path, &cache, workload, steps, runs, json).await?
+            let engines = if compare_engines {
+                vec![EngineKind::MistralRs, EngineKind::LlamaCpp]
+                    .into_iter()
+                    .filter(|k| k.available())
+                    .collect()
+            } else {
+                vec![cli.engine]
+            };
+            let mut reports = Vec::new();
+            for engine in engines {
+                let report = bench_cmd(model_path, &cache, engine, workload, steps, runs).await?;
+                if !json {
+                    print_bench(&report);
+                }
+                reports.push(report);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else if reports.len() > 1 {
+                println!();
+                println!("side by side ({} steps x {} run(s), medians):", steps, runs);
+                println!(
+                    "engine      naive/step (ms)  state-pack/step (ms)  speedup  outputs identical"
+                );
+                for r in &reports {
+                    println!(
+                        "{:<10}  {:>15.0}  {:>20.0}  {:>6.1}x  {}",
+                        r.engine,
+                        r.naive_step_ms,
+                        r.statepack_step_ms,
+                        r.speedup,
+                        if r.outputs_identical { "yes" } else { "NO" }
+                    );
+                }
+            }
         }
         Command::State { hash, db } => {
             let hash: StateHash = hash.parse()?;
-            let engine = load(model_path, &cache, MistralRsOptions::default()).await?;
-            let pack = StatePack::new(Arc::new(engine), Store::open_for_reading(&db)?);
+            let engine = load(model_path, &cache, EngineSpec::new(cli.engine)).await?;
+            let pack = StatePack::new(engine, Store::open_for_reading(&db)?);
             println!("{}", serde_json::to_string_pretty(&pack.state(&hash)?)?);
         }
     }
@@ -236,8 +289,8 @@ async fn dispatch(cli: Cli) -> Result<bool> {
 pub(crate) async fn load(
     model: Option<&Path>,
     cache: &Path,
-    options: MistralRsOptions,
-) -> Result<MistralRsEngine> {
+    spec: EngineSpec,
+) -> Result<Arc<dyn Engine>> {
     let path = match model {
         Some(p) => {
             if !p.is_file() {
@@ -250,9 +303,13 @@ pub(crate) async fn load(
         }
         None => DEFAULT_MODEL.ensure(cache)?,
     };
-    let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
+    let spinner = ProgressBar::new_spinner().with_message(format!(
+        "loading {} on {}",
+        path.display(),
+        spec.kind
+    ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let engine = MistralRsEngine::load(&path, options).await;
+    let engine = load_engine(&path, spec).await;
     spinner.finish_and_clear();
     Ok(engine?)
 }
@@ -264,6 +321,7 @@ fn ms(d: std::time::Duration) -> f64 {
 async fn run(
     model: Option<&Path>,
     cache: &Path,
+    engine: EngineKind,
     key: &Path,
     steps: usize,
     db: &Path,
@@ -278,9 +336,9 @@ async fn run(
     }
     let public_key = signer.public_key().to_hex();
     let store = Store::open(db, signer)?;
-    let engine = load(model, cache, MistralRsOptions::default()).await?;
+    let engine = load(model, cache, EngineSpec::new(engine)).await?;
     let end_of_turn = engine.tokenize("<|im_end|>").await?;
-    let pack = StatePack::new(Arc::new(engine), store);
+    let pack = StatePack::new(engine, store);
     let before = pack.totals()?;
 
     let start = match pack.latest_state()? {
@@ -383,50 +441,36 @@ async fn run(
 async fn bench_cmd(
     model: Option<&Path>,
     cache: &Path,
+    engine: EngineKind,
     workload: bench::Workload,
     steps: usize,
     runs: usize,
-    json: bool,
-) -> Result<()> {
-    let reuse = load(model, cache, MistralRsOptions::default()).await?;
-    let naive = load(
-        model,
-        cache,
-        MistralRsOptions {
-            prefix_cache_entries: 0,
-            ..MistralRsOptions::default()
-        },
-    )
-    .await?;
+) -> Result<bench::BenchReport> {
+    let reuse = load(model, cache, EngineSpec::new(engine)).await?;
+    let naive = load(model, cache, EngineSpec::new(engine).hot_states(0)).await?;
     let bar = ProgressBar::new((2 * steps * runs) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = bench::run(
-        Arc::new(reuse),
-        Arc::new(naive),
-        workload,
-        steps,
-        runs,
-        |arm, step| {
-            bar.set_message(format!("{} step {step}", arm.name()));
-            bar.inc(1);
-        },
-    )
+    let report = bench::run(reuse, naive, workload, steps, runs, |arm, step| {
+        bar.set_message(format!("{engine} {} step {step}", arm.name()));
+        bar.inc(1);
+    })
     .await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
+    Ok(report)
+}
+
+fn print_bench(report: &bench::BenchReport) {
     let of = |a: Arm| report.arm_runs.iter().filter(move |r| r.arm == a);
     println!(
-        "{} loop, {} steps x {} run(s), both arms in this process",
+        "{} on {}, {} steps x {} run(s), both arms in this process",
         match report.workload {
             bench::Workload::Demo => "demo",
             bench::Workload::Agent => "agent (legal research, real tool calls)",
         },
+        report.engine,
         report.steps,
         report.runs
     );
@@ -462,6 +506,78 @@ async fn bench_cmd(
     );
     println!(
         "outputs identical in both arms: {}",
+        if report.outputs_identical {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+}
+
+async fn restore_cmd(
+    model: Option<&Path>,
+    cache: &Path,
+    engine: EngineKind,
+    tokens: usize,
+    runs: usize,
+    json: bool,
+) -> Result<()> {
+    if engine != EngineKind::LlamaCpp {
+        anyhow::bail!(
+            "--workload restore needs --engine llamacpp: mistral.rs cannot save KV states, so a cold state is always prefilled again"
+        );
+    }
+    let path = match model {
+        Some(p) => p.to_path_buf(),
+        None => DEFAULT_MODEL.ensure(cache)?,
+    };
+    let bar = ProgressBar::new(runs as u64);
+    let report = bench::restore_vs_prefill(
+        || load_engine(&path, EngineSpec::new(engine)),
+        tokens,
+        runs,
+        |_| bar.inc(1),
+    )
+    .await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "cold {}-token state on {} ({} runs, a fresh engine for each arm of each run)",
+        report.state_tokens, report.engine, report.runs
+    );
+    println!(
+        "KV {:.1} MB, blob on disk {:.1} MB (zstd)",
+        report.kv_bytes as f64 / 1e6,
+        report.blob_bytes as f64 / 1e6
+    );
+    println!(
+        "restore from blob   {:>8.1} ms (median; read, check, load)",
+        med(&report.restore_ms)
+    );
+    println!(
+        "prefill again       {:>8.1} ms (median)",
+        med(&report.reprefill_ms)
+    );
+    println!(
+        "speedup             {:>8.1}x (median of per-run ratios)",
+        report.speedup
+    );
+    println!(
+        "whole infer (delta + 8 tokens): {:.0} ms restored vs {:.0} ms re-prefilled ({:.1}x)",
+        med(&report.restored_infer_ms),
+        med(&report.reprefilled_infer_ms),
+        report.infer_speedup
+    );
+    println!(
+        "outputs identical: {}",
         if report.outputs_identical {
             "yes"
         } else {

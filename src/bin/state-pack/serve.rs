@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use state_pack::engine::MistralRsOptions;
+use state_pack::engine::{EngineKind, EngineSpec};
 use state_pack::ledger::Signer;
 use state_pack::server::{self, load, Auth, Server, ServerConfig};
 use state_pack::{StatePack, Store};
@@ -110,7 +110,13 @@ async fn shutdown_signal() {
 }
 
 /// `state-pack serve`.
-pub async fn serve(model: Option<&Path>, cache: &Path, key: &Path, args: ServeArgs) -> Result<()> {
+pub async fn serve(
+    model: Option<&Path>,
+    cache: &Path,
+    engine: EngineKind,
+    key: &Path,
+    args: ServeArgs,
+) -> Result<()> {
     let auth = auth(&args)?;
     let (signer, created) = Signer::load_or_create(key)?;
     if created {
@@ -121,13 +127,10 @@ pub async fn serve(model: Option<&Path>, cache: &Path, key: &Path, args: ServeAr
     let engine = crate::load(
         model,
         cache,
-        MistralRsOptions {
-            prefix_cache_entries: args.hot_states,
-            ..MistralRsOptions::default()
-        },
+        EngineSpec::new(engine).hot_states(args.hot_states),
     )
     .await?;
-    let pack = Arc::new(StatePack::new(Arc::new(engine), store));
+    let pack = Arc::new(StatePack::new(engine, store));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -156,6 +159,7 @@ pub async fn serve(model: Option<&Path>, cache: &Path, key: &Path, args: ServeAr
 pub async fn bench(
     model: Option<&Path>,
     cache: &Path,
+    engine: EngineKind,
     clients: usize,
     steps: usize,
     json: bool,
@@ -166,17 +170,14 @@ pub async fn bench(
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("serve-bench.db");
     let store = Store::open(&db, Signer::generate()?)?;
+    // Every client's state stays hot, plus the base and the states being replaced.
     let engine = crate::load(
         model,
         cache,
-        MistralRsOptions {
-            // Every client's state stays hot, plus the base and the states being replaced.
-            prefix_cache_entries: 2 * clients + 2,
-            ..MistralRsOptions::default()
-        },
+        EngineSpec::new(engine).hot_states(2 * clients + 2),
     )
     .await?;
-    let pack = Arc::new(StatePack::new(Arc::new(engine), store));
+    let pack = Arc::new(StatePack::new(engine, store));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let token = "bench-token-0123456789abcdef".to_string();

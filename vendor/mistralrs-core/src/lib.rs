@@ -96,7 +96,7 @@ pub use amoe::{AnyMoeConfig, AnyMoeExpertType};
 pub use device_map::{
     DeviceLayerMapMetadata, DeviceMapMetadata, DeviceMapSetting, LayerDeviceMapper,
 };
-pub use gguf::{GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
+pub use gguf::{set_gguf_requantize, GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
 pub use mistralrs_audio::AudioInput;
 pub use mistralrs_mcp::{
     CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType,

@@ -15,6 +15,27 @@ use crate::DEBUG;
 
 use super::GGUFArchitecture;
 
+// state-pack patch: requantize GGUF tensors whose type has no SIMD dot product in candle
+// (Q4_1, Q5_0, Q5_1 run a scalar loop on x86) to Q8_0, which has an AVX2 one. Off unless
+// `set_gguf_requantize(true)` was called before loading.
+static REQUANTIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// state-pack patch: requantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 at load time.
+pub fn set_gguf_requantize(on: bool) {
+    REQUANTIZE.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn requantize(t: QTensor, device: &Device) -> Result<QTensor> {
+    if !REQUANTIZE.load(std::sync::atomic::Ordering::SeqCst)
+        || !matches!(t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+        || t.shape().dims().last().is_none_or(|n| n % GgmlDType::Q8_0.block_size() != 0)
+    {
+        return Ok(t);
+    }
+    let f = t.dequantize(device)?;
+    QTensor::quantize(&f, GgmlDType::Q8_0)
+}
+
 /// List of all GgmlDType variants from Candle.
 /// This should be kept in sync with candle_core::quantized::GgmlDType.
 /// If Candle adds new dtype variants, add them here to include in error messages.
@@ -184,7 +205,8 @@ impl<'a, R: std::io::Seek + std::io::Read> Content<'a, R> {
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         for (ct, reader) in self.contents.iter().zip(self.readers.iter_mut()) {
             if let Some(tensor_info) = ct.tensor_infos.get(name) {
-                return tensor_info.read(reader, ct.tensor_data_offset, device);
+                let t = tensor_info.read(reader, ct.tensor_data_offset, device)?;
+                return requantize(t, device);
             }
         }
         candle_core::bail!("Cannot find tensor info for {name}")

@@ -6,6 +6,7 @@ use strum::EnumString;
 use anyhow::{Context, Result};
 pub(crate) use chat_template::get_gguf_chat_template;
 pub(crate) use content::Content;
+pub use content::set_gguf_requantize;
 pub(crate) use gguf_tokenizer::{convert_gguf_to_hf_tokenizer, GgufTokenizerConversion};
 use std::str::FromStr;
 

@@ -1,0 +1,480 @@
+//! KV blobs: a state's engine KV cache on disk, so that it survives a restart.
+//!
+//! An engine that can serialize a sequence's KV ([`Engine::kv_export`]; llama.cpp can,
+//! mistral.rs cannot) hands the pack opaque bytes; the pack stores them here under the state
+//! hash, and when a state is needed that the engine no longer holds, loads them back instead
+//! of prefilling the state again.
+//!
+//! A blob holds the KV of a range of its state's token positions, `start..end`. A state made
+//! by extending another (merge, infer) whose blob exists stores only the new positions and
+//! names that state as its `parent`: an agent step writes the KV of its delta, not of its
+//! whole context, and restoring a state loads the chain of blobs from the root (`start` 0)
+//! down. `end` is the state's length, or one less for an infer's state, whose last sampled
+//! token was never run through the model.
+//!
+//! One file per state, `<state hash>.kv`:
+//!
+//! ```text
+//! "SPKV" 0x00 0x01 "\r\n"        8 bytes: magic and format version 1
+//! header length                  u32, little-endian
+//! header                         JSON: state, model, parent, start, end, raw_bytes,
+//!                                raw_sha256, codec
+//! body                           one zstd frame of the raw KV bytes
+//! ```
+//!
+//! A blob is written to a temporary file in the same directory and renamed into place, so a
+//! reader never sees half a blob. It is not fsynced: a blob is a cache of what the ledger
+//! already proves, and one cut short by a crash fails its checksum and is prefilled again.
+//! Reading checks the magic, the state and model it was written for, the size and the
+//! SHA-256 of the decompressed bytes; anything else is [`KvBlobError::Corrupt`]. The
+//! directory is bounded: beyond `budget_bytes`, the least recently used blobs are deleted.
+//!
+//! [`Engine::kv_export`]: crate::engine::Engine::kv_export
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+use crate::state::{ModelFingerprint, StateHash};
+
+const MAGIC: &[u8; 8] = b"SPKV\x00\x01\r\n";
+const MAX_HEADER: u32 = 64 * 1024;
+/// No KV a sane model makes for one sequence comes near this; a header claiming more is
+/// corrupt, not a reason to allocate.
+const MAX_RAW: u64 = 16 << 30;
+/// zstd level 1: KV tensors compress little at any level, and the higher levels cost
+/// several times the time.
+const LEVEL: i32 = 1;
+
+/// Errors reading or writing KV blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum KvBlobError {
+    /// The file system failed.
+    #[error("KV blob {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not an intact blob for this state and model.
+    #[error("KV blob {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    state: StateHash,
+    model: ModelFingerprint,
+    /// The state whose blob holds positions `..start` (none when `start` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<StateHash>,
+    /// First position held.
+    start: usize,
+    /// One past the last position held.
+    end: usize,
+    raw_bytes: u64,
+    raw_sha256: String,
+    codec: String,
+}
+
+/// A blob read back and checked.
+#[derive(Debug)]
+pub struct KvBlob {
+    /// The state whose blob holds positions `..start` (none when `start` is 0).
+    pub parent: Option<StateHash>,
+    /// First token position whose KV it holds.
+    pub start: usize,
+    /// One past the last (the state's length, or one less for an infer's state).
+    pub end: usize,
+    /// The engine's bytes, as exported.
+    pub raw: Vec<u8>,
+}
+
+/// What [`KvBlobStore::put`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// KV bytes before compression.
+    pub raw_bytes: usize,
+    /// Bytes on disk.
+    pub file_bytes: usize,
+}
+
+/// A directory of KV blobs keyed by state hash.
+#[derive(Debug, Clone)]
+pub struct KvBlobStore {
+    dir: PathBuf,
+    budget_bytes: u64,
+}
+
+/// Default bound on a blob directory: 2 GiB.
+pub const DEFAULT_BUDGET_BYTES: u64 = 2 << 30;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KvBlobError + '_ {
+    move |source| KvBlobError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl KvBlobStore {
+    /// The blob directory that belongs to database `db`: `<db>.kv` next to it.
+    pub fn dir_for_database(db: &Path) -> PathBuf {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(".kv");
+        db.with_file_name(name)
+    }
+
+    /// Opens (creating it if needed) the blob directory `dir`, bounded to `budget_bytes`.
+    pub fn open(dir: impl Into<PathBuf>, budget_bytes: u64) -> Result<Self, KvBlobError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(Self { dir, budget_bytes })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, state: &StateHash) -> PathBuf {
+        self.dir.join(format!("{}.kv", state.to_hex()))
+    }
+
+    /// Whether a blob for `state` exists (not whether it is intact).
+    pub fn contains(&self, state: &StateHash) -> bool {
+        self.path(state).is_file()
+    }
+
+    /// Writes the KV of positions `start..end` of `state`, computed by `model`; `parent`
+    /// names the state whose blob holds `..start` (required when `start` > 0). Replaces any
+    /// blob the state had.
+    pub fn put(
+        &self,
+        state: &StateHash,
+        model: &ModelFingerprint,
+        parent: Option<&StateHash>,
+        range: std::ops::Range<usize>,
+        raw: &[u8],
+    ) -> Result<Written, KvBlobError> {
+        let path = self.path(state);
+        if range.start >= range.end || (range.start > 0) != parent.is_some() {
+            return Err(io(&path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad range {range:?} for a blob with parent {parent:?}"),
+            )));
+        }
+        let body = zstd::bulk::compress(raw, LEVEL).map_err(io(&path))?;
+        let header = serde_json::to_vec(&Header {
+            state: *state,
+            model: *model,
+            parent: parent.copied(),
+            start: range.start,
+            end: range.end,
+            raw_bytes: raw.len() as u64,
+            raw_sha256: hex::encode(Sha256::digest(raw)),
+            codec: "zstd".into(),
+        })
+        .map_err(|e| io(&path)(std::io::Error::other(e)))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
+        let f = tmp.as_file_mut();
+        f.write_all(MAGIC).map_err(io(&path))?;
+        f.write_all(&(header.len() as u32).to_le_bytes())
+            .map_err(io(&path))?;
+        f.write_all(&header).map_err(io(&path))?;
+        f.write_all(&body).map_err(io(&path))?;
+        tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
+        let written = Written {
+            raw_bytes: raw.len(),
+            file_bytes: MAGIC.len() + 4 + header.len() + body.len(),
+        };
+        debug!(state = %state.short(), ?range, raw = written.raw_bytes, file = written.file_bytes, "KV blob written");
+        self.enforce_budget();
+        Ok(written)
+    }
+
+    /// Reads and checks the blob of `state`; `None` if there is none.
+    pub fn get(
+        &self,
+        state: &StateHash,
+        model: &ModelFingerprint,
+    ) -> Result<Option<KvBlob>, KvBlobError> {
+        let path = self.path(state);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let corrupt = |reason: String| KvBlobError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(corrupt("not a state-pack KV blob (bad magic)".into()));
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[8..12]);
+        let header_len = u32::from_le_bytes(len);
+        if header_len > MAX_HEADER || 12 + header_len as usize > bytes.len() {
+            return Err(corrupt(format!(
+                "header length {header_len} is out of range"
+            )));
+        }
+        let header_end = 12 + header_len as usize;
+        let header: Header = serde_json::from_slice(&bytes[12..header_end])
+            .map_err(|e| corrupt(format!("header: {e}")))?;
+        if header.state != *state {
+            return Err(corrupt(format!("it holds state {}", header.state.short())));
+        }
+        if header.model != *model {
+            return Err(corrupt("it was written by another model".into()));
+        }
+        if header.start >= header.end || (header.start > 0) != header.parent.is_some() {
+            return Err(corrupt(format!(
+                "range {}..{} with parent {:?}",
+                header.start, header.end, header.parent
+            )));
+        }
+        if header.codec != "zstd" || header.raw_bytes > MAX_RAW {
+            return Err(corrupt(format!(
+                "codec {} / {} raw bytes not supported",
+                header.codec, header.raw_bytes
+            )));
+        }
+        let raw = zstd::bulk::decompress(&bytes[header_end..], header.raw_bytes as usize)
+            .map_err(|e| corrupt(format!("body: {e}")))?;
+        if raw.len() as u64 != header.raw_bytes
+            || hex::encode(Sha256::digest(&raw)) != header.raw_sha256
+        {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        // Mark it used, for the budget's least-recently-used order.
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Ok(Some(KvBlob {
+            parent: header.parent,
+            start: header.start,
+            end: header.end,
+            raw,
+        }))
+    }
+
+    /// Where the blob of `state` ends (one past the last position it holds), read from its
+    /// header alone; `None` if there is no readable blob.
+    pub fn end_of(&self, state: &StateHash) -> Option<usize> {
+        use std::io::Read;
+        let mut f = fs::File::open(self.path(state)).ok()?;
+        let mut head = [0u8; 12];
+        f.read_exact(&mut head).ok()?;
+        if &head[..8] != MAGIC {
+            return None;
+        }
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if len > MAX_HEADER {
+            return None;
+        }
+        let mut header = vec![0u8; len as usize];
+        f.read_exact(&mut header).ok()?;
+        let header: Header = serde_json::from_slice(&header).ok()?;
+        (header.state == *state).then_some(header.end)
+    }
+
+    /// The chain of blobs that restores `state`: from the root blob (start 0) to the
+    /// state's own, each starting where the one before ended. `None` if the state has no
+    /// blob; an error if a blob in the chain is missing or corrupt.
+    pub fn chain(
+        &self,
+        state: &StateHash,
+        model: &ModelFingerprint,
+    ) -> Result<Option<Vec<KvBlob>>, KvBlobError> {
+        let Some(mut blob) = self.get(state, model)? else {
+            return Ok(None);
+        };
+        let mut chain = Vec::new();
+        loop {
+            let parent = blob.parent;
+            let start = blob.start;
+            chain.push(blob);
+            let Some(parent) = parent else {
+                break;
+            };
+            let path = self.path(&parent);
+            blob = self
+                .get(&parent, model)?
+                .ok_or_else(|| KvBlobError::Corrupt {
+                    path: path.clone(),
+                    reason: "missing: a later blob of its chain needs it".into(),
+                })?;
+            if blob.end != start {
+                return Err(KvBlobError::Corrupt {
+                    path,
+                    reason: format!("ends at {} but its child starts at {start}", blob.end),
+                });
+            }
+        }
+        chain.reverse();
+        Ok(Some(chain))
+    }
+
+    /// Deletes the blob of `state`, if any.
+    pub fn remove(&self, state: &StateHash) -> Result<(), KvBlobError> {
+        let path = self.path(state);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Total bytes of blobs in the directory.
+    pub fn total_bytes(&self) -> u64 {
+        self.list().iter().map(|(_, len, _)| len).sum()
+    }
+
+    fn list(&self) -> Vec<(PathBuf, u64, SystemTime)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "kv"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((
+                    e.path(),
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes least recently used blobs until the directory fits its budget.
+    fn enforce_budget(&self) {
+        let mut blobs = self.list();
+        let mut total: u64 = blobs.iter().map(|(_, len, _)| len).sum();
+        if total <= self.budget_bytes {
+            return;
+        }
+        blobs.sort_by_key(|(_, _, modified)| *modified);
+        for (path, len, _) in blobs {
+            if total <= self.budget_bytes {
+                break;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => total -= len,
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot delete KV blob"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(b: u8) -> StateHash {
+        StateHash::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn round_trip_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvBlobStore::open(dir.path(), DEFAULT_BUDGET_BYTES).unwrap();
+        let model = ModelFingerprint::from_bytes([7; 32]);
+        let raw: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        assert!(store.get(&hash(1), &model).unwrap().is_none());
+        let w = store.put(&hash(1), &model, None, 0..42, &raw).unwrap();
+        assert!(w.file_bytes < raw.len());
+        let blob = store.get(&hash(1), &model).unwrap().unwrap();
+        assert_eq!((blob.start, blob.end, blob.parent), (0, 42, None));
+        assert_eq!(blob.raw, raw);
+        assert_eq!(store.end_of(&hash(1)), Some(42));
+        // A child blob extends it; the chain runs root first.
+        store
+            .put(&hash(3), &model, Some(&hash(1)), 42..50, &raw[..100])
+            .unwrap();
+        let chain = store.chain(&hash(3), &model).unwrap().unwrap();
+        assert_eq!(
+            chain.iter().map(|b| (b.start, b.end)).collect::<Vec<_>>(),
+            vec![(0, 42), (42, 50)]
+        );
+        // A range that does not fit its parent, or a start with no parent, is refused.
+        assert!(store.put(&hash(4), &model, None, 5..9, &raw).is_err());
+        store
+            .put(&hash(4), &model, Some(&hash(1)), 40..50, &raw[..10])
+            .unwrap();
+        assert!(matches!(
+            store.chain(&hash(4), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        // Wrong model, wrong state name.
+        let other = ModelFingerprint::from_bytes([8; 32]);
+        assert!(matches!(
+            store.get(&hash(1), &other),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        fs::copy(store.path(&hash(1)), store.path(&hash(2))).unwrap();
+        assert!(matches!(
+            store.get(&hash(2), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        // A flipped byte in the body, a truncated file.
+        let path = store.path(&hash(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 0x55;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.get(&hash(1), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        fs::write(&path, &bytes[..n / 2]).unwrap();
+        assert!(matches!(
+            store.get(&hash(1), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        fs::write(&path, b"SPKV").unwrap();
+        assert!(matches!(
+            store.get(&hash(1), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+        store.remove(&hash(1)).unwrap();
+        assert!(!store.contains(&hash(1)));
+        // A chain whose root is gone.
+        assert!(matches!(
+            store.chain(&hash(3), &model),
+            Err(KvBlobError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn budget_drops_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelFingerprint::from_bytes([7; 32]);
+        // Incompressible-ish bytes so each blob is about 20 kB on disk.
+        let raw: Vec<u8> = (0..20_000u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+            .collect();
+        let store = KvBlobStore::open(dir.path(), 50_000).unwrap();
+        for b in 1..=4 {
+            store.put(&hash(b), &model, None, 0..1, &raw).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(store.total_bytes() <= 50_000);
+        assert!(store.contains(&hash(4)));
+        assert!(!store.contains(&hash(1)));
+    }
+}

@@ -1,0 +1,272 @@
+//! `LlamaCppEngine` on the real default model: reuse, KV blobs across a process restart,
+//! constrained and seeded sampling, bad input.
+#![cfg(feature = "llamacpp")]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{key, model_path, turn, BASE};
+use serde::{Deserialize, Serialize};
+use state_pack::engine::{Engine, Grammar, LlamaCppEngine, LlamaCppOptions, Sampling};
+use state_pack::ledger::verify::{verify_file, VerifyOptions};
+use state_pack::{StateHash, StatePack, Store};
+
+async fn engine() -> Arc<LlamaCppEngine> {
+    Arc::new(
+        LlamaCppEngine::load(&model_path(), LlamaCppOptions::default())
+            .await
+            .expect("load the default model on llama.cpp"),
+    )
+}
+
+const D1: &str = "Which clause caps liability?";
+const D2: &str = "And the notice period?";
+
+/// What the child process reports.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildAnswer {
+    text: String,
+    restored: usize,
+    prefilled: usize,
+    reused: usize,
+}
+
+/// Runs in a separate process (see `same_output_after_restart_from_kv_blob`): a fresh engine
+/// continues a state it has never seen, from its KV blob.
+#[tokio::test]
+#[ignore = "run by same_output_after_restart_from_kv_blob in a child process"]
+async fn child_continues_a_state() {
+    let Ok(db) = std::env::var("STATE_PACK_TEST_DB") else {
+        return;
+    };
+    let state: StateHash = std::env::var("STATE_PACK_TEST_STATE")
+        .expect("state")
+        .parse()
+        .expect("state hash");
+    let delta = std::env::var("STATE_PACK_TEST_DELTA").expect("delta");
+    let pack = StatePack::new(
+        engine().await,
+        Store::open(db.as_ref(), key()).expect("store"),
+    );
+    let out = pack
+        .infer(&state, &turn(&delta), &Sampling::greedy(8))
+        .await
+        .expect("infer");
+    pack.close().expect("close");
+    let answer = ChildAnswer {
+        text: out.text,
+        restored: out.report.tokens.restored,
+        prefilled: out.report.tokens.prefilled,
+        reused: out.report.tokens.reused,
+    };
+    println!(
+        "CHILD-ANSWER {}",
+        serde_json::to_string(&answer).expect("json")
+    );
+}
+
+fn continue_in_child(db: &std::path::Path, state: &StateHash, delta: &str) -> ChildAnswer {
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_continues_a_state",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("STATE_PACK_TEST_DB", db)
+        .env("STATE_PACK_TEST_STATE", state.to_hex())
+        .env("STATE_PACK_TEST_DELTA", delta)
+        .output()
+        .expect("run the child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CHILD-ANSWER "))
+        .unwrap_or_else(|| panic!("no answer from the child: {stdout}"));
+    serde_json::from_str(line).expect("child answer")
+}
+
+#[tokio::test]
+async fn same_output_after_restart_from_kv_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let (s1, a, b) = {
+        let engine = engine().await;
+        let pack = StatePack::new(engine.clone(), Store::open(&db, key()).unwrap());
+        assert!(pack.kv_blobs().is_some(), "llama.cpp packs keep KV blobs");
+        let base = pack.create(BASE).await.unwrap();
+        assert_eq!(base.tokens.prefilled, base.tokens.state);
+        let a = pack
+            .infer(&base.output, &turn(D1), &Sampling::greedy(8))
+            .await
+            .unwrap();
+        // Hot reuse: only the delta was prefilled.
+        assert_eq!(a.report.tokens.reused, base.tokens.state);
+        assert_eq!(a.report.tokens.restored, 0);
+        let b = pack
+            .infer(&a.report.output, &turn(D2), &Sampling::greedy(8))
+            .await
+            .unwrap();
+        // The infer's last sampled token was never run: it is prefilled with the delta.
+        assert_eq!(b.report.tokens.reused, a.report.tokens.state - 1);
+        let blobs = pack.kv_blobs().unwrap();
+        assert!(blobs.contains(&base.output));
+        assert!(blobs.contains(&a.report.output));
+        pack.close().unwrap();
+        (base, a, b)
+    };
+
+    // A fresh process continues the infer-made state from its blob: every token but the
+    // last sampled one restored, the same answer as the warm engine gave.
+    let child = continue_in_child(&db, &a.report.output, D2);
+    assert_eq!(child.text, b.text);
+    assert_eq!(child.restored, a.report.tokens.state - 1);
+    assert_eq!(child.reused, child.restored);
+    assert_eq!(child.prefilled, b.report.tokens.prefilled);
+
+    // And the base state, whose blob holds all of it.
+    let child = continue_in_child(&db, &s1.output, D1);
+    assert_eq!(child.text, a.text);
+    assert_eq!(child.restored, s1.tokens.state);
+    assert_eq!(child.prefilled, a.report.tokens.prefilled);
+
+    // The receipts say so, and verify.
+    let report = verify_file(&db, &VerifyOptions::default()).unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    let restored: Vec<u64> = Store::open_for_reading(&db)
+        .unwrap()
+        .receipts(0, 100)
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.receipt().unwrap().tokens.and_then(|t| t.restored))
+        .collect();
+    assert_eq!(
+        restored,
+        vec![(a.report.tokens.state - 1) as u64, s1.tokens.state as u64]
+    );
+}
+
+#[tokio::test]
+async fn corrupt_blob_is_deleted_and_the_state_prefilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let base = {
+        let pack = StatePack::new(engine().await, Store::open(&db, key()).unwrap());
+        let base = pack.create(BASE).await.unwrap();
+        pack.close().unwrap();
+        base
+    };
+    let path = state_pack::kv_blob::KvBlobStore::dir_for_database(&db)
+        .join(format!("{}.kv", base.output.to_hex()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let pack = StatePack::new(engine().await, Store::open(&db, key()).unwrap());
+    let out = pack
+        .infer(&base.output, &turn(D1), &Sampling::greedy(4))
+        .await
+        .unwrap();
+    assert_eq!(out.report.tokens.restored, 0);
+    assert_eq!(out.report.tokens.reused, 0);
+    assert_eq!(
+        out.report.tokens.prefilled,
+        out.report.tokens.state - out.generated.len()
+    );
+    // The corrupt blob was removed rather than tried again.
+    assert!(!pack.kv_blobs().unwrap().contains(&base.output));
+    pack.close().unwrap();
+}
+
+#[tokio::test]
+async fn constrained_seeded_and_bad_input() {
+    let engine = engine().await;
+    let prompt = engine
+        .tokenize(&format!(
+            "{BASE}{}",
+            turn("Call the lookup tool for clause 14.5.")
+        ))
+        .await
+        .unwrap();
+    // A JSON-schema-constrained tool call parses and matches the schema's shape.
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string", "enum": ["clause_lookup", "search"]},
+            "clause": {"type": "string"}
+        },
+        "required": ["tool", "clause"],
+        "additionalProperties": false
+    });
+    let g = engine
+        .generate(
+            &prompt,
+            &Sampling::greedy(48).constrained(Grammar::JsonSchema(schema)),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&g.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", g.text));
+    assert!(["clause_lookup", "search"].contains(&v["tool"].as_str().unwrap()));
+    assert!(v["clause"].is_string());
+
+    // A Lark grammar.
+    let g = engine
+        .generate(
+            &prompt,
+            &Sampling::greedy(8).constrained(Grammar::Lark(r#"start: "yes" | "no""#.into())),
+        )
+        .await
+        .unwrap();
+    assert!(g.text == "yes" || g.text == "no", "{:?}", g.text);
+
+    // Seeded sampling: the same seed gives the same tokens, hot (prefix reused) or cold.
+    let s = Sampling::seeded(7, 0.9, 0.95, 12);
+    let hot = engine.generate(&prompt, &s).await.unwrap();
+    assert!(hot.usage.reused > 0);
+    let cold_engine = LlamaCppEngine::load(
+        &model_path(),
+        LlamaCppOptions {
+            slots: 0,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cold = cold_engine.generate(&prompt, &s).await.unwrap();
+    assert_eq!(cold.usage.reused, 0);
+    assert_eq!(hot.tokens, cold.tokens);
+
+    // Bad input is an error, never an abort inside llama.cpp.
+    assert!(engine.generate(&[], &Sampling::greedy(4)).await.is_err());
+    assert!(engine
+        .generate(&[1, 2, u32::MAX], &Sampling::greedy(4))
+        .await
+        .is_err());
+    assert!(engine
+        .generate(&prompt, &Sampling::greedy(1_000_000))
+        .await
+        .is_err());
+    assert!(engine
+        .generate(
+            &prompt,
+            &Sampling::greedy(4).constrained(Grammar::Lark("start: (".into()))
+        )
+        .await
+        .is_err());
+    // Bytes that are not a KV state are refused, not loaded.
+    assert!(!engine
+        .import_kv(&prompt, vec![b"not a kv state".to_vec()])
+        .await
+        .unwrap_or(false));
+    // The engine still works afterwards.
+    assert!(engine.generate(&prompt, &Sampling::greedy(2)).await.is_ok());
+}
