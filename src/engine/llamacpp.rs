@@ -64,17 +64,32 @@ pub struct LlamaCppOptions {
     pub context: usize,
     /// Tokens run through the model per `llama_decode` call while prefilling.
     pub batch: usize,
+    /// Flash attention: `None` lets llama.cpp decide (it enables it on CPU), `Some(on)`
+    /// forces it. Off is ~14% faster per step with one hot sequence, but attention then
+    /// spans every cell of the shared pool, so steps slow down as other sequences stay hot
+    /// (2.4x after three agents' runs); `docs/PERFORMANCE.md` has both.
+    pub flash_attention: Option<bool>,
 }
 
 impl Default for LlamaCppOptions {
     fn default() -> Self {
         Self {
             slots: 8,
-            threads: 0,
+            threads: env_usize("STATE_PACK_THREADS").unwrap_or(0),
             context: 0,
-            batch: 512,
+            batch: env_usize("STATE_PACK_LLAMACPP_BATCH").unwrap_or(512),
+            flash_attention: match std::env::var("STATE_PACK_LLAMACPP_FLASH_ATTN").as_deref() {
+                Ok("on") => Some(true),
+                Ok("off") => Some(false),
+                _ => None,
+            },
         }
     }
+}
+
+/// A tuning knob from the environment (see `docs/PERFORMANCE.md`).
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// llama.cpp's backend may be initialized once per process.
@@ -232,7 +247,13 @@ impl LlamaCppEngine {
             batch,
             tok_env_cache: OnceLock::new(),
         };
+        let flash = match options.flash_attention {
+            None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
         let ctx_params = LlamaContextParams::default()
+            .with_flash_attention_policy(flash)
             .with_n_ctx(NonZeroU32::new(n_ctx as u32))
             .with_n_batch(batch as u32)
             .with_n_ubatch(batch as u32)

@@ -40,6 +40,14 @@ struct Cli {
     /// `llamacpp` cargo feature; faster on CPU, and states survive restarts as KV blobs).
     #[arg(long, global = true, env = "STATE_PACK_ENGINE", value_enum, default_value_t = EngineKind::MistralRs)]
     engine: EngineKind,
+    /// CPU threads the engine uses [default: every core]. Sets RAYON_NUM_THREADS for
+    /// mistral.rs and the thread count of llama.cpp.
+    #[arg(long, global = true, env = "STATE_PACK_THREADS")]
+    threads: Option<usize>,
+    /// Do not keep KV blobs (llamacpp): a state the engine no longer holds is prefilled
+    /// again instead of loaded from disk.
+    #[arg(long, global = true)]
+    no_kv_blobs: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,6 +164,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Read by mistral.rs's kernels (candle) and llama.cpp's options when the engine
+        // loads; set before any other thread starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("STATE_PACK_THREADS", n.to_string());
+    }
+    if cli.no_kv_blobs {
+        std::env::set_var("STATE_PACK_NO_KV_BLOBS", "1");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
