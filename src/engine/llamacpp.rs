@@ -378,27 +378,7 @@ impl Engine for LlamaCppEngine {
         prompt: &[u32],
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::Rejected("empty prompt".into()));
-        }
-        if sampling.max_tokens == 0 {
-            return Err(EngineError::Rejected(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
-        if sampling.grammar.is_some() && sampling.mode != SamplingMode::Greedy {
-            return Err(EngineError::Rejected(
-                "a grammar needs greedy sampling (seeded sampling does not see the grammar's token mask)".into(),
-            ));
-        }
-        let window = self.info.context_window;
-        if prompt.len() + sampling.max_tokens > window {
-            return Err(EngineError::Rejected(format!(
-                "{} prompt tokens + {} to generate exceed the context window of {window}",
-                prompt.len(),
-                sampling.max_tokens
-            )));
-        }
+        sampling.check(prompt, self.info.context_window)?;
         self.check_tokens(prompt)?;
         let (prompt, sampling) = (prompt.to_vec(), sampling.clone());
         self.call(|reply| Job::Generate {

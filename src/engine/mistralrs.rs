@@ -292,28 +292,7 @@ impl MistralRsEngine {
     }
 
     async fn run(&self, prompt: &[u32], sampling: &Sampling) -> Result<Generation, EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::Rejected("empty prompt".into()));
-        }
-        if sampling.max_tokens == 0 {
-            return Err(EngineError::Rejected(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
-        if sampling.grammar.is_some() && sampling.mode != SamplingMode::Greedy {
-            // Our seeded sampler picks the token itself; it does not see llguidance's mask.
-            return Err(EngineError::Rejected(
-                "a grammar needs greedy sampling (seeded sampling does not see the grammar's token mask)".into(),
-            ));
-        }
-        let window = self.info.context_window;
-        if prompt.len() + sampling.max_tokens > window {
-            return Err(EngineError::Rejected(format!(
-                "{} prompt tokens + {} to generate exceed the context window of {window}",
-                prompt.len(),
-                sampling.max_tokens
-            )));
-        }
+        sampling.check(prompt, self.info.context_window)?;
         let _turn = self.turn.lock().await;
         let predicted = self.mirror().predicted_reuse(prompt);
         let (hits_before, reused_before) = self.cache_counters()?;

@@ -108,6 +108,33 @@ impl Sampling {
         }
     }
 
+    /// Refuses a request no engine can run: an empty prompt, nothing to generate, a grammar
+    /// with seeded sampling (the seeded sampler picks the token itself and does not see the
+    /// grammar's mask), or more tokens than `window` holds.
+    pub fn check(&self, prompt: &[u32], window: usize) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::Rejected("empty prompt".into()));
+        }
+        if self.max_tokens == 0 {
+            return Err(EngineError::Rejected(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        if self.grammar.is_some() && self.mode != SamplingMode::Greedy {
+            return Err(EngineError::Rejected(
+                "a grammar needs greedy sampling (seeded sampling does not see the grammar's token mask)".into(),
+            ));
+        }
+        if prompt.len() + self.max_tokens > window {
+            return Err(EngineError::Rejected(format!(
+                "{} prompt tokens + {} to generate exceed the context window of {window}",
+                prompt.len(),
+                self.max_tokens
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the same prefix always yields the same tokens under these parameters.
     pub fn is_deterministic(&self) -> bool {
         // Seeded sampling is a pure function of (seed, prefix) by construction.
