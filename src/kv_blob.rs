@@ -464,9 +464,15 @@ mod tests {
     fn budget_drops_least_recently_used() {
         let dir = tempfile::tempdir().unwrap();
         let model = ModelFingerprint::from_bytes([7; 32]);
-        // Incompressible-ish bytes so each blob is about 20 kB on disk.
-        let raw: Vec<u8> = (0..20_000u64)
-            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        // Incompressible bytes (xorshift64), so each blob is about 20 kB on disk.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let raw: Vec<u8> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
             .collect();
         let store = KvBlobStore::open(dir.path(), 50_000).unwrap();
         for b in 1..=4 {
@@ -474,7 +480,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(store.total_bytes() <= 50_000);
-        assert!(store.contains(&hash(4)));
-        assert!(!store.contains(&hash(1)));
+        assert!(store.contains(&hash(4)) && store.contains(&hash(3)));
+        assert!(!store.contains(&hash(1)) && !store.contains(&hash(2)));
     }
 }
