@@ -94,6 +94,9 @@ pub struct Timings {
     pub decode: Duration,
     /// Time spent reading a KV blob and loading it into the engine.
     pub restore: Duration,
+    /// Time spent exporting the output state's KV from the engine and writing its blob.
+    /// Part of `total`; not in the receipt, which is signed before the blob is written.
+    pub save: Duration,
     /// The pack's own work: hashing and SQLite reads and writes.
     pub overhead: Duration,
     /// Wall time of the whole operation.
@@ -664,14 +667,19 @@ impl StatePack {
 
     /// [`record`](Self::record), then the output state's KV blob if the engine computed it.
     async fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
-        let (report, tokens) = self.record(p)?;
+        let (mut report, tokens) = self.record(p)?;
         if report.engine_called {
             // Merge and infer extend their input: its blob holds the start of this one.
             let parent = match report.op {
                 OpKind::Merge | OpKind::Infer => report.input,
                 _ => None,
             };
+            let started = Instant::now();
             self.save_kv(&report.output, &tokens, parent.as_ref()).await;
+            let save = started.elapsed();
+            // The caller waited for the blob too: it belongs in the operation's time.
+            report.timings.save = save;
+            report.timings.total += save;
         }
         Ok(report)
     }
@@ -836,6 +844,7 @@ impl StatePack {
                 prefill: usage.prefill_time,
                 decode: usage.decode_time,
                 restore,
+                save: Duration::ZERO,
                 overhead: p.overhead + pack_work.elapsed(),
                 total: p.started.elapsed(),
             },

@@ -192,6 +192,10 @@ pub struct WireTimings {
     pub decode_ms: f64,
     /// The pack's own work (hashing, SQLite).
     pub overhead_ms: f64,
+    /// Loading the input state's KV blob (llama.cpp engine only).
+    pub restore_ms: f64,
+    /// Exporting and writing the output state's KV blob (llama.cpp engine only).
+    pub save_ms: f64,
     /// The whole operation, queueing excluded.
     pub total_ms: f64,
     /// Time waiting for the engine queue.
@@ -206,6 +210,8 @@ impl WireTimings {
             prefill_ms: ms(t.prefill),
             decode_ms: ms(t.decode),
             overhead_ms: ms(t.overhead),
+            restore_ms: ms(t.restore),
+            save_ms: ms(t.save),
             total_ms: ms(t.total),
             queued_ms: ms(queued),
         }
