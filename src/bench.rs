@@ -20,6 +20,9 @@ use crate::engine::Engine;
 use crate::pack::{PackError, StatePack};
 use crate::store::{Store, StoreError};
 
+mod peer;
+pub use peer::Peer;
+
 /// Which arm a figure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +31,8 @@ pub enum Arm {
     Naive,
     /// state-pack: only the delta prefilled.
     StatePack,
+    /// llama.cpp's `llama-server` with its prompt cache, over HTTP (see [`Peer`]).
+    Peer,
 }
 
 impl Arm {
@@ -36,6 +41,7 @@ impl Arm {
         match self {
             Arm::Naive => "naive",
             Arm::StatePack => "state-pack",
+            Arm::Peer => "llama-server",
         }
     }
 }
@@ -109,6 +115,21 @@ pub struct BenchReport {
     /// Whether both arms generated the same text at every step of every run (they must:
     /// greedy decoding from the same tokens, reused KV or not).
     pub outputs_identical: bool,
+    /// The peer arm, when one ran.
+    pub peer: Option<PeerSummary>,
+}
+
+/// The peer arm's figures, measured in the same runs as the other two.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSummary {
+    /// The server's address.
+    pub url: String,
+    /// Median over runs of the peer's mean wall time per step, milliseconds.
+    pub step_ms: f64,
+    /// Median over runs of state-pack's mean step time / the peer's, both from the same run.
+    pub statepack_over_peer: f64,
+    /// Whether the peer generated state-pack's text at every step of every run.
+    pub outputs_match_statepack: bool,
 }
 
 /// Errors from the benchmark.
@@ -135,6 +156,12 @@ pub enum BenchError {
     /// The restore arm prefilled the state instead of loading its blob.
     #[error("the state was not restored from its KV blob (see the warnings above)")]
     NotRestored,
+    /// The peer server failed or is not there.
+    #[error("peer: {0}")]
+    Peer(String),
+    /// The peer arm runs the demo loop only.
+    #[error("the llama-server peer runs the demo workload only")]
+    PeerWorkload,
     /// The agent loop stopped early.
     #[error("the {arm} arm's agent loop stopped after {steps} steps: {reason}")]
     AgentStopped {
@@ -147,7 +174,8 @@ pub enum BenchError {
     },
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count; 0 for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -260,11 +288,13 @@ fn reason_of(stop: &StopReason) -> String {
     }
 }
 
-/// Runs both arms `runs` times for `steps` steps of `workload`. `on_step(arm, step)` is
-/// called after each step, for progress display.
+/// Runs both arms (and the peer's, if given) `runs` times for `steps` steps of `workload`,
+/// rotating their order from run to run. `on_step(arm, step)` is called after each step, for
+/// progress display.
 pub async fn run(
     statepack_engine: Arc<dyn Engine>,
     naive_engine: Arc<dyn Engine>,
+    peer: Option<&Peer>,
     workload: Workload,
     steps: usize,
     runs: usize,
@@ -273,6 +303,9 @@ pub async fn run(
     if steps == 0 || runs == 0 {
         return Err(BenchError::Empty);
     }
+    if peer.is_some() && workload != Workload::Demo {
+        return Err(BenchError::PeerWorkload);
+    }
     let statepack_engine_name = statepack_engine.engine_name().to_string();
     let scratch = tempfile::tempdir()?;
     let mut arm_runs = Vec::with_capacity(2 * runs);
@@ -280,16 +313,26 @@ pub async fn run(
     let session_root = format!("{}-{}", std::process::id(), rand_suffix());
     for r in 0..runs {
         let session = format!("{session_root}-{r}");
-        let order = if r % 2 == 0 {
-            [Arm::Naive, Arm::StatePack]
-        } else {
-            [Arm::StatePack, Arm::Naive]
-        };
-        let mut pair = Vec::with_capacity(2);
+        let mut order = vec![Arm::Naive, Arm::StatePack];
+        if peer.is_some() {
+            order.push(Arm::Peer);
+        }
+        let n = order.len();
+        order.rotate_left(r % n);
+        let mut pair = Vec::with_capacity(order.len());
         for arm in order {
             let engine = match arm {
                 Arm::Naive => naive_engine.clone(),
                 Arm::StatePack => statepack_engine.clone(),
+                Arm::Peer => {
+                    if let Some(p) = peer {
+                        pair.push(
+                            p.run(statepack_engine.as_ref(), &session, steps, &mut on_step)
+                                .await?,
+                        );
+                    }
+                    continue;
+                }
             };
             pair.push(
                 run_arm(
@@ -326,6 +369,21 @@ pub async fn run(
     let sp_overhead: Duration = of(Arm::StatePack).map(|x| x.totals.overhead).sum();
     let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
     let sp_outputs: Vec<&Vec<String>> = of(Arm::StatePack).map(|x| &x.outputs).collect();
+    let mean_step = |x: &ArmRun| x.step_ms.iter().sum::<f64>() / x.step_ms.len().max(1) as f64;
+    let peer = peer.map(|p| {
+        // Runs are in order, one of each arm per run: pair them up.
+        let ratios = of(Arm::StatePack)
+            .zip(of(Arm::Peer))
+            .map(|(sp, pe)| mean_step(sp) / mean_step(pe).max(1e-9))
+            .collect();
+        let peer_outputs: Vec<&Vec<String>> = of(Arm::Peer).map(|x| &x.outputs).collect();
+        PeerSummary {
+            url: p.url().to_string(),
+            step_ms: per_step(Arm::Peer),
+            statepack_over_peer: median(ratios),
+            outputs_match_statepack: peer_outputs == sp_outputs,
+        }
+    });
     Ok(BenchReport {
         engine: statepack_engine_name,
         workload,
@@ -337,6 +395,7 @@ pub async fn run(
         naive_step_ms: per_step(Arm::Naive),
         overhead_fraction: sp_overhead.as_secs_f64() / sp_wall.as_secs_f64().max(1e-9),
         outputs_identical: naive_outputs == sp_outputs,
+        peer,
         arm_runs,
     })
 }

@@ -128,6 +128,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KvBlobError + '_ {
     }
 }
 
+/// Reads a blob's magic, header length and header; gives back the header and where the body
+/// starts. The error says what is wrong.
+fn read_header(r: &mut impl std::io::Read) -> Result<(Header, usize), String> {
+    let bad_magic = || "not a state-pack KV blob (bad magic)".to_string();
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head).map_err(|_| bad_magic())?;
+    if head[..MAGIC.len()] != MAGIC[..] {
+        return Err(bad_magic());
+    }
+    let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    let out_of_range = || format!("header length {header_len} is out of range");
+    if header_len > MAX_HEADER {
+        return Err(out_of_range());
+    }
+    let mut header = vec![0u8; header_len as usize];
+    r.read_exact(&mut header).map_err(|_| out_of_range())?;
+    let header = serde_json::from_slice(&header).map_err(|e| format!("header: {e}"))?;
+    Ok((header, 12 + header_len as usize))
+}
+
 impl KvBlobStore {
     /// The blob directory that belongs to database `db`: `<db>.kv` next to it.
     pub fn dir_for_database(db: &Path) -> PathBuf {
@@ -220,20 +240,7 @@ impl KvBlobStore {
             path: path.clone(),
             reason,
         };
-        if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(corrupt("not a state-pack KV blob (bad magic)".into()));
-        }
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&bytes[8..12]);
-        let header_len = u32::from_le_bytes(len);
-        if header_len > MAX_HEADER || 12 + header_len as usize > bytes.len() {
-            return Err(corrupt(format!(
-                "header length {header_len} is out of range"
-            )));
-        }
-        let header_end = 12 + header_len as usize;
-        let header: Header = serde_json::from_slice(&bytes[12..header_end])
-            .map_err(|e| corrupt(format!("header: {e}")))?;
+        let (header, header_end) = read_header(&mut &bytes[..]).map_err(corrupt)?;
         if header.state != *state {
             return Err(corrupt(format!("it holds state {}", header.state.short())));
         }
@@ -274,20 +281,8 @@ impl KvBlobStore {
     /// Where the blob of `state` ends (one past the last position it holds), read from its
     /// header alone; `None` if there is no readable blob.
     pub fn end_of(&self, state: &StateHash) -> Option<usize> {
-        use std::io::Read;
         let mut f = fs::File::open(self.path(state)).ok()?;
-        let mut head = [0u8; 12];
-        f.read_exact(&mut head).ok()?;
-        if &head[..8] != MAGIC {
-            return None;
-        }
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if len > MAX_HEADER {
-            return None;
-        }
-        let mut header = vec![0u8; len as usize];
-        f.read_exact(&mut header).ok()?;
-        let header: Header = serde_json::from_slice(&header).ok()?;
+        let (header, _) = read_header(&mut f).ok()?;
         (header.state == *state).then_some(header.end)
     }
 

@@ -180,6 +180,58 @@ fn read_value(r: &mut impl Read, ty: u32) -> io::Result<Option<MetaValue>> {
     }))
 }
 
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// A model file as every engine opens it first: its metadata, the fingerprint receipts name
+/// it by (SHA-256 of the file) and a display name.
+pub(crate) struct ModelFile {
+    /// The GGUF metadata.
+    pub meta: GgufMetadata,
+    /// SHA-256 of the whole file.
+    pub fingerprint: crate::state::ModelFingerprint,
+    /// `general.name`, else the file name.
+    pub name: String,
+}
+
+impl ModelFile {
+    /// Reads the metadata and hashes the file; errors are [`super::EngineError::Load`].
+    pub(crate) fn open(path: &Path) -> Result<Self, super::EngineError> {
+        let meta = GgufMetadata::read(path).map_err(|e| {
+            super::load_err(
+                path,
+                format!("{e} (is it a complete GGUF file? `state-pack model fetch` re-downloads the default model)"),
+            )
+        })?;
+        let fingerprint = crate::state::ModelFingerprint::from_bytes(
+            sha256_file(path).map_err(|e| super::load_err(path, e))?,
+        );
+        let name = meta
+            .str("general.name")
+            .map(str::to_string)
+            .or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        Ok(Self {
+            meta,
+            fingerprint,
+            name,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

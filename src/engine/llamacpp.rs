@@ -42,14 +42,13 @@ use llguidance::{Matcher, ParserFactory};
 use tokio::sync::oneshot;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::gguf::GgufMetadata;
-use super::mistralrs::sha256_file;
+use super::gguf::ModelFile;
 use super::sampler::SeededSampler;
+use super::{common_prefix, load_err};
 use super::{
     Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
     SamplingMode,
 };
-use crate::state::ModelFingerprint;
 
 /// How a [`LlamaCppEngine`] is set up.
 #[derive(Debug, Clone)]
@@ -65,9 +64,8 @@ pub struct LlamaCppOptions {
     /// Tokens run through the model per `llama_decode` call while prefilling.
     pub batch: usize,
     /// Flash attention: `None` lets llama.cpp decide (it enables it on CPU), `Some(on)`
-    /// forces it. Off is ~14% faster per step with one hot sequence, but attention then
-    /// spans every cell of the shared pool, so steps slow down as other sequences stay hot
-    /// (2.4x after three agents' runs); `docs/PERFORMANCE.md` has both.
+    /// forces it. Without it attention spans every used cell of the shared pool, so steps
+    /// slow down as other sequences stay hot; `docs/PERFORMANCE.md` has the figures.
     pub flash_attention: Option<bool>,
 }
 
@@ -102,17 +100,6 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         })
         .as_ref()
         .map_err(|e| EngineError::Failed(format!("llama.cpp backend: {e}")))
-}
-
-fn load_err(path: &Path, reason: impl ToString) -> EngineError {
-    EngineError::Load {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// What each slot's sequence holds, shared with the engine handle so that
@@ -203,19 +190,9 @@ impl LlamaCppEngine {
 
     fn load_blocking(path: &Path, options: LlamaCppOptions) -> Result<Self, EngineError> {
         let started = Instant::now();
-        let meta = GgufMetadata::read(path).map_err(|e| {
-            load_err(
-                path,
-                format!("{e} (is it a complete GGUF file? `state-pack model fetch` re-downloads the default model)"),
-            )
-        })?;
-        let fingerprint =
-            ModelFingerprint::from_bytes(sha256_file(path).map_err(|e| load_err(path, e))?);
-        let name = meta
-            .str("general.name")
-            .map(str::to_string)
-            .or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
+        let ModelFile {
+            fingerprint, name, ..
+        } = ModelFile::open(path)?;
         let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|e| load_err(path, e))?;

@@ -12,8 +12,6 @@
 //! counter and logs a warning if they ever disagree; the counter is what gets reported.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,16 +25,15 @@ use mistralrs::{
     Constraint, CustomLogitsProcessor, Device, Model, NormalRequest, Request, Response,
     SamplingParams,
 };
-use sha2::{Digest, Sha256};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::gguf::GgufMetadata;
+use super::gguf::ModelFile;
 use super::sampler::SeededSampler;
+use super::{common_prefix, load_err};
 use super::{
     Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
     SamplingMode,
 };
-use crate::state::ModelFingerprint;
 
 /// Activation and KV-cache precision on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,10 +84,6 @@ struct PrefixCacheMirror {
     capacity: usize,
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 impl PrefixCacheMirror {
     fn longest_match(&self, tokens: &[u32]) -> usize {
         self.entries
@@ -129,47 +122,17 @@ pub struct MistralRsEngine {
     turn: tokio::sync::Mutex<()>,
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
-}
-
-fn load_err(path: &Path, reason: impl ToString) -> EngineError {
-    EngineError::Load {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 impl MistralRsEngine {
     /// Loads the GGUF file at `path`.
     ///
     /// Fails with [`EngineError::Load`] if the file is missing, unreadable, not GGUF, or a
     /// model mistral.rs cannot run.
     pub async fn load(path: &Path, options: MistralRsOptions) -> Result<Self, EngineError> {
-        let meta = GgufMetadata::read(path).map_err(|e| {
-            load_err(
-                path,
-                format!("{e} (is it a complete GGUF file? `state-pack model fetch` re-downloads the default model)"),
-            )
-        })?;
-        let fingerprint =
-            ModelFingerprint::from_bytes(sha256_file(path).map_err(|e| load_err(path, e))?);
-        let name = meta
-            .str("general.name")
-            .map(str::to_string)
-            .or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
+        let ModelFile {
+            meta,
+            fingerprint,
+            name,
+        } = ModelFile::open(path)?;
         let ctx_meta = meta.arch_usize("context_length");
         let layers = meta.arch_usize("block_count");
         let embd = meta.arch_usize("embedding_length");

@@ -22,6 +22,19 @@ mod sampler;
 pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
 pub use self::mistralrs::{MistralRsEngine, MistralRsOptions};
 
+/// An [`EngineError::Load`] for the model file at `path`.
+pub(crate) fn load_err(path: &std::path::Path, reason: impl ToString) -> EngineError {
+    EngineError::Load {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Length of the common prefix of two token sequences.
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// What the engine is running.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {

@@ -98,6 +98,10 @@ enum Command {
         /// Tokens in the cold state (`--workload restore`).
         #[arg(long, default_value_t = 1000)]
         state_tokens: usize,
+        /// Also time the demo loop on llama.cpp's `llama-server` at this address (e.g.
+        /// `http://127.0.0.1:8080`), serving the same GGUF, in the same runs: a third arm.
+        #[arg(long, value_name = "URL")]
+        peer: Option<String>,
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -243,6 +247,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             clients,
             compare_engines,
             state_tokens,
+            peer,
             json,
         } => {
             let workload = match workload {
@@ -265,9 +270,22 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             } else {
                 vec![cli.engine]
             };
+            let peer = match &peer {
+                Some(url) => Some(bench::Peer::connect(url).await?),
+                None => None,
+            };
             let mut reports = Vec::new();
             for engine in engines {
-                let report = bench_cmd(model_path, &cache, engine, workload, steps, runs).await?;
+                let report = bench_cmd(
+                    model_path,
+                    &cache,
+                    engine,
+                    peer.as_ref(),
+                    workload,
+                    steps,
+                    runs,
+                )
+                .await?;
                 if !json {
                     print_bench(&report);
                 }
@@ -459,18 +477,20 @@ async fn bench_cmd(
     model: Option<&Path>,
     cache: &Path,
     engine: EngineKind,
+    peer: Option<&bench::Peer>,
     workload: bench::Workload,
     steps: usize,
     runs: usize,
 ) -> Result<bench::BenchReport> {
     let reuse = load(model, cache, EngineSpec::new(engine)).await?;
     let naive = load(model, cache, EngineSpec::new(engine).hot_states(0)).await?;
-    let bar = ProgressBar::new((2 * steps * runs) as u64);
+    let arms = 2 + usize::from(peer.is_some());
+    let bar = ProgressBar::new((arms * steps * runs) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = bench::run(reuse, naive, workload, steps, runs, |arm, step| {
+    let report = bench::run(reuse, naive, peer, workload, steps, runs, |arm, step| {
         bar.set_message(format!("{engine} {} step {step}", arm.name()));
         bar.inc(1);
     })
@@ -491,11 +511,11 @@ fn print_bench(report: &bench::BenchReport) {
         report.steps,
         report.runs
     );
-    println!("arm          prefilled  reused  wall (s)  per step (ms)");
-    for arm in [Arm::Naive, Arm::StatePack] {
+    println!("arm           prefilled  reused  wall (s)  per step (ms)");
+    for arm in [Arm::Naive, Arm::StatePack, Arm::Peer] {
         for r in of(arm) {
             println!(
-                "{:<11} {:>10}  {:>6}  {:>8.1}  {:>13.0}",
+                "{:<12} {:>10}  {:>6}  {:>8.1}  {:>13.0}",
                 arm.name(),
                 r.totals.prefilled,
                 r.totals.reused,
@@ -529,6 +549,20 @@ fn print_bench(report: &bench::BenchReport) {
             "NO"
         }
     );
+    if let Some(p) = &report.peer {
+        println!(
+            "llama-server at {}: {:.0} ms per step (median); state-pack/llama-server per step, \
+             same runs: {:.2}x (median); same outputs as state-pack: {}",
+            p.url,
+            p.step_ms,
+            p.statepack_over_peer,
+            if p.outputs_match_statepack {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
 }
 
 async fn restore_cmd(
@@ -561,11 +595,7 @@ async fn restore_cmd(
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let med = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let med = |v: &[f64]| bench::median(v.to_vec());
     println!(
         "cold {}-token state on {} ({} runs, a fresh engine for each arm of each run)",
         report.state_tokens, report.engine, report.runs
