@@ -5,7 +5,7 @@
 # llama.cpp sources inside llama-cpp-python's sdist on PyPI (the package registries are the
 # only network this project assumes), caches the build, and runs it in the foreground:
 #
-#   benches/llama-server.sh [PORT]            # first run builds: ~25 min on 2 cores
+#   benches/llama-server.sh [PORT]            # first run builds it: 15-25 min on 2 cores
 #   target/release/state-pack --engine llamacpp bench --steps 20 --runs 3 \
 #       --peer http://127.0.0.1:8080           # in another shell
 #
@@ -22,7 +22,7 @@ if [ ! -x "$BIN" ]; then
     mkdir -p "$CACHE"
     if ! ls "$CACHE"/llama_cpp_python-"$VERSION".tar.gz >/dev/null 2>&1; then
         echo "downloading llama-cpp-python $VERSION (sources only) ..." >&2
-        python3 -m pip download --quiet --no-deps --no-binary :all: \
+        python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python \
             "llama-cpp-python==$VERSION" -d "$CACHE"
     fi
     SRC="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
