@@ -89,6 +89,13 @@ pub struct ArmRun {
     pub outputs: Vec<String>,
 }
 
+impl ArmRun {
+    /// Mean wall time of a step, milliseconds (0 for none).
+    pub fn mean_step_ms(&self) -> f64 {
+        self.step_ms.iter().sum::<f64>() / self.step_ms.len().max(1) as f64
+    }
+}
+
 /// The side-by-side result.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -358,23 +365,16 @@ pub async fn run(
     }
     let of = |a: Arm| arm_runs.iter().filter(move |x| x.arm == a);
     let prefilled = |a: Arm| of(a).map(|x| x.totals.prefilled).sum::<usize>() as f64;
-    let per_step = |a: Arm| {
-        median(
-            of(a)
-                .map(|x| x.step_ms.iter().sum::<f64>() / x.step_ms.len().max(1) as f64)
-                .collect(),
-        )
-    };
+    let per_step = |a: Arm| median(of(a).map(ArmRun::mean_step_ms).collect());
     let sp_wall: Duration = of(Arm::StatePack).map(|x| x.totals.wall).sum();
     let sp_overhead: Duration = of(Arm::StatePack).map(|x| x.totals.overhead).sum();
     let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
     let sp_outputs: Vec<&Vec<String>> = of(Arm::StatePack).map(|x| &x.outputs).collect();
-    let mean_step = |x: &ArmRun| x.step_ms.iter().sum::<f64>() / x.step_ms.len().max(1) as f64;
     let peer = peer.map(|p| {
         // Runs are in order, one of each arm per run: pair them up.
         let ratios = of(Arm::StatePack)
             .zip(of(Arm::Peer))
-            .map(|(sp, pe)| mean_step(sp) / mean_step(pe).max(1e-9))
+            .map(|(sp, pe)| sp.mean_step_ms() / pe.mean_step_ms().max(1e-9))
             .collect();
         let peer_outputs: Vec<&Vec<String>> = of(Arm::Peer).map(|x| &x.outputs).collect();
         PeerSummary {

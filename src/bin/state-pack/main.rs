@@ -520,7 +520,7 @@ fn print_bench(report: &bench::BenchReport) {
                 r.totals.prefilled,
                 r.totals.reused,
                 r.totals.wall.as_secs_f64(),
-                r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64
+                r.mean_step_ms()
             );
         }
     }
