@@ -1,13 +1,15 @@
 //! `LlamaCppEngine` on the real default model: reuse, KV blobs across a process restart,
 //! constrained and seeded sampling, bad input.
+//!
+//! Each test's body runs in a child process (`common::isolated`): if llama.cpp dies of a
+//! signal on this CPU, the test fails naming the signal instead of killing the binary.
 #![cfg(feature = "llamacpp")]
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 
-use common::{key, model_path, turn, BASE};
+use common::{isolated, key, model_path, turn, BASE};
 use serde::{Deserialize, Serialize};
 use state_pack::engine::{Engine, Grammar, LlamaCppEngine, LlamaCppOptions, Sampling};
 use state_pack::ledger::verify::{verify_file, VerifyOptions};
@@ -38,9 +40,10 @@ struct ChildAnswer {
 #[tokio::test]
 #[ignore = "run by same_output_after_restart_from_kv_blob in a child process"]
 async fn child_continues_a_state() {
-    let Ok(db) = std::env::var("STATE_PACK_TEST_DB") else {
+    if !isolated::is_child("child_continues_a_state") {
         return;
-    };
+    }
+    let db = std::env::var("STATE_PACK_TEST_DB").expect("db");
     let state: StateHash = std::env::var("STATE_PACK_TEST_STATE")
         .expect("state")
         .parse()
@@ -68,33 +71,34 @@ async fn child_continues_a_state() {
 }
 
 fn continue_in_child(db: &std::path::Path, state: &StateHash, delta: &str) -> ChildAnswer {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_continues_a_state",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("STATE_PACK_TEST_DB", db)
-        .env("STATE_PACK_TEST_STATE", state.to_hex())
-        .env("STATE_PACK_TEST_DELTA", delta)
-        .output()
-        .expect("run the child process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let db = db.to_string_lossy();
+    let out = isolated::run(
+        "child_continues_a_state",
+        &[
+            ("STATE_PACK_TEST_DB", db.as_ref()),
+            ("STATE_PACK_TEST_STATE", state.to_hex().as_str()),
+            ("STATE_PACK_TEST_DELTA", delta),
+        ],
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("CHILD-ANSWER "))
+        .find_map(|l| l.split_once("CHILD-ANSWER ").map(|(_, json)| json))
         .unwrap_or_else(|| panic!("no answer from the child: {stdout}"));
     serde_json::from_str(line).expect("child answer")
 }
 
+#[test]
+fn same_output_after_restart_from_kv_blob() {
+    isolated::run("same_output_after_restart_from_kv_blob_in_child", &[]);
+}
+
 #[tokio::test]
-async fn same_output_after_restart_from_kv_blob() {
+#[ignore = "run by same_output_after_restart_from_kv_blob in a child process"]
+async fn same_output_after_restart_from_kv_blob_in_child() {
+    if !isolated::is_child("same_output_after_restart_from_kv_blob_in_child") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
     let (s1, a, b) = {
@@ -153,8 +157,20 @@ async fn same_output_after_restart_from_kv_blob() {
     );
 }
 
+#[test]
+fn corrupt_blob_is_deleted_and_the_state_prefilled() {
+    isolated::run(
+        "corrupt_blob_is_deleted_and_the_state_prefilled_in_child",
+        &[],
+    );
+}
+
 #[tokio::test]
-async fn corrupt_blob_is_deleted_and_the_state_prefilled() {
+#[ignore = "run by corrupt_blob_is_deleted_and_the_state_prefilled in a child process"]
+async fn corrupt_blob_is_deleted_and_the_state_prefilled_in_child() {
+    if !isolated::is_child("corrupt_blob_is_deleted_and_the_state_prefilled_in_child") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
     let base = {
@@ -186,8 +202,17 @@ async fn corrupt_blob_is_deleted_and_the_state_prefilled() {
     pack.close().unwrap();
 }
 
+#[test]
+fn constrained_seeded_and_bad_input() {
+    isolated::run("constrained_seeded_and_bad_input_in_child", &[]);
+}
+
 #[tokio::test]
-async fn constrained_seeded_and_bad_input() {
+#[ignore = "run by constrained_seeded_and_bad_input in a child process"]
+async fn constrained_seeded_and_bad_input_in_child() {
+    if !isolated::is_child("constrained_seeded_and_bad_input_in_child") {
+        return;
+    }
     let engine = engine().await;
     let prompt = engine
         .tokenize(&format!(

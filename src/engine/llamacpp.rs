@@ -193,6 +193,7 @@ impl LlamaCppEngine {
         let ModelFile {
             fingerprint, name, ..
         } = ModelFile::open(path)?;
+        super::fatal_signal::install();
         let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|e| load_err(path, e))?;
@@ -242,13 +243,20 @@ impl LlamaCppEngine {
         std::thread::Builder::new()
             .name("llama.cpp".into())
             .spawn(move || {
-                let ctx = match worker.model.new_context(backend, ctx_params) {
+                let mut ctx = match worker.model.new_context(backend, ctx_params) {
                     Ok(ctx) => ctx,
                     Err(e) => {
                         let _ = ready_tx.send(Err(load_err(&thread_path, e)));
                         return;
                     }
                 };
+                // One small batch through every kernel a prefill uses, before the engine
+                // is handed out: a CPU that cannot run this build fails here, at load, with
+                // the fatal-signal line, not in the middle of a run.
+                if let Err(e) = worker.warm_up(&mut ctx) {
+                    let _ = ready_tx.send(Err(load_err(&thread_path, e)));
+                    return;
+                }
                 let _ = ready_tx.send(Ok(()));
                 worker.serve(ctx, rx);
             })
@@ -511,6 +519,24 @@ impl Worker {
         Ok((dest, reuse))
     }
 
+    /// Decodes a batch of 32 tokens in the scratch sequence, then forgets it.
+    fn warm_up(&self, ctx: &mut LlamaContext<'_>) -> Result<(), EngineError> {
+        let n = 32.min(self.batch);
+        let scratch = self.scratch_seq();
+        let mut batch = LlamaBatch::new(n, 1);
+        for i in 0..n {
+            batch
+                .add(LlamaToken(i as i32), i as i32, &[scratch], i + 1 == n)
+                .map_err(|e| failed("batch", e))?;
+        }
+        let call = super::fatal_signal::EngineCall::start();
+        let decoded = ctx.decode(&mut batch);
+        drop(call);
+        decoded.map_err(|e| failed("warm-up decode", e))?;
+        let _ = ctx.kv_cache_seq_rm(scratch, None, None);
+        Ok(())
+    }
+
     /// Runs `tokens` at positions `start..` of slot `seq`, asking for logits of the last one.
     /// When the cell pool is full, drops other slots (least recently used first) and retries.
     fn decode(
@@ -531,7 +557,10 @@ impl Worker {
                         .add(LlamaToken(t as i32), (pos + i) as i32, &[seq as i32], last)
                         .map_err(|e| failed("batch", e))?;
                 }
-                match ctx.decode(&mut batch) {
+                let call = super::fatal_signal::EngineCall::start();
+                let decoded = ctx.decode(&mut batch);
+                drop(call);
+                match decoded {
                     Ok(()) => break,
                     Err(DecodeError::NoKvCacheSlot) => {
                         let victim = self.slots().victim(Some(seq));

@@ -133,6 +133,7 @@ impl MistralRsEngine {
             fingerprint,
             name,
         } = ModelFile::open(path)?;
+        super::fatal_signal::install();
         let ctx_meta = meta.arch_usize("context_length");
         let layers = meta.arch_usize("block_count");
         let embd = meta.arch_usize("embedding_length");

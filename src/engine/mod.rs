@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::ModelFingerprint;
 
+pub mod fatal_signal;
 pub mod gguf;
 #[cfg(feature = "llamacpp")]
 pub mod llamacpp;
