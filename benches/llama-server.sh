@@ -14,7 +14,8 @@ set -euo pipefail
 
 PORT="${1:-8080}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/state-pack/llama-server-$VERSION"
+# "-tilecfg": builds from before cmake/ggml-amx-tilecfg.cmake died of SIGILL on AMX CPUs.
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/state-pack/llama-server-$VERSION-tilecfg"
 BIN="$CACHE/build/bin/llama-server"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -28,7 +29,9 @@ if [ ! -x "$BIN" ]; then
     SRC="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
     [ -d "$SRC" ] || tar xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
     echo "building llama-server in $CACHE/build ..." >&2
+    # The same GCC AMX fix as state-pack's own llama.cpp build (docs/BUILD.md).
     cmake -S "$SRC" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DCMAKE_PROJECT_INCLUDE="$ROOT/cmake/ggml-amx-tilecfg.cmake" \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build "$CACHE/build" --target llama-server -j "$(nproc)"

@@ -89,7 +89,11 @@ fn set_git_revision() {
         .unwrap_or_else(|| "unknown".to_string());
 
     println!("cargo:rustc-env=MISTRALRS_GIT_REVISION={commit}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // state-pack patch: a published crate has no .git/HEAD, and a rerun-if-changed path that
+    // does not exist makes cargo re-run this script, and so recompile the crate, on every build.
+    if std::path::Path::new(".git/HEAD").exists() {
+        println!("cargo:rerun-if-changed=.git/HEAD");
+    }
     if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
         if let Some(ref_path) = head.strip_prefix("ref:") {
             let ref_path = ref_path.trim();
