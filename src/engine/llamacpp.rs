@@ -529,10 +529,7 @@ impl Worker {
                 .add(LlamaToken(i as i32), i as i32, &[scratch], i + 1 == n)
                 .map_err(|e| failed("batch", e))?;
         }
-        let call = super::fatal_signal::EngineCall::start();
-        let decoded = ctx.decode(&mut batch);
-        drop(call);
-        decoded.map_err(|e| failed("warm-up decode", e))?;
+        decode_marked(ctx, &mut batch).map_err(|e| failed("warm-up decode", e))?;
         let _ = ctx.kv_cache_seq_rm(scratch, None, None);
         Ok(())
     }
@@ -557,10 +554,7 @@ impl Worker {
                         .add(LlamaToken(t as i32), (pos + i) as i32, &[seq as i32], last)
                         .map_err(|e| failed("batch", e))?;
                 }
-                let call = super::fatal_signal::EngineCall::start();
-                let decoded = ctx.decode(&mut batch);
-                drop(call);
-                match decoded {
+                match decode_marked(ctx, &mut batch) {
                     Ok(()) => break,
                     Err(DecodeError::NoKvCacheSlot) => {
                         let victim = self.slots().victim(Some(seq));
@@ -816,4 +810,11 @@ fn argmax(logits: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// `ctx.decode`, marked as engine work for the fatal-signal reporter
+/// (`super::fatal_signal`), so that a signal raised inside llama.cpp says so.
+fn decode_marked(ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch) -> Result<(), DecodeError> {
+    let _call = super::fatal_signal::EngineCall::start();
+    ctx.decode(batch)
 }
