@@ -28,12 +28,15 @@ pub mod demo;
 pub mod engine;
 pub mod graph;
 pub mod kv_blob;
-pub mod ledger;
 pub mod model;
 pub mod pack;
 pub mod server;
-pub mod state;
 pub mod store;
+
+/// The receipt ledger, its own crate (`state-pack-ledger`): what an auditor builds alone.
+pub use state_pack_ledger as ledger;
+/// Content-addressed states: [`state_pack_ledger::hash`].
+pub use state_pack_ledger::hash as state;
 
 pub use pack::{Inference, OpReport, PackError, StatePack};
 pub use state::{ModelFingerprint, StateHash};

@@ -1,59 +1,34 @@
 //! SQLite persistence: states and the operations that made them.
 //!
-//! The schema lives in `migrations/*.sql`, applied in order at open and tracked with
-//! `PRAGMA user_version`. A state and the operation that produced it are written in one
+//! The schema and the connection belong to the ledger crate ([`crate::ledger::schema`],
+//! [`crate::ledger::LedgerDb`]). A state and the operation that produced it are written in one
 //! transaction with its signed receipt (see [`crate::ledger`]), so a crash leaves all three
 //! or none.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
 use crate::engine::FinishReason;
-use crate::ledger::log::{self as ledger_log, ReceiptDraft, StoredReceipt};
+use crate::ledger::codec::{blob_to_tokens, tokens_to_blob};
+use crate::ledger::log::{ReceiptDraft, StoredReceipt};
 use crate::ledger::receipt::canonical_bytes;
 use crate::ledger::receipt::{ReceiptOp, ReceiptTimings, ReceiptTokens};
 use crate::ledger::{
-    Checkpoint, Ledger, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint, Signer,
-    DEFAULT_CHECKPOINT_EVERY,
+    Checkpoint, DbError, Ledger, LedgerDb, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint,
+    Signer, DEFAULT_CHECKPOINT_EVERY,
 };
 use crate::state::{DeltaHash, ModelFingerprint, StateHash};
-
-/// Migrations in the order they apply; the index + 1 is the schema version after each.
-const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_states", include_str!("../migrations/0001_states.sql")),
-    ("0002_ledger", include_str!("../migrations/0002_ledger.sql")),
-    ("0003_graph", include_str!("../migrations/0003_graph.sql")),
-    ("0004_replay", include_str!("../migrations/0004_replay.sql")),
-    (
-        "0005_kv_blobs",
-        include_str!("../migrations/0005_kv_blobs.sql"),
-    ),
-];
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be opened or created.
-    #[error("cannot open database {path}: {source} (choose a writable path with --db)")]
-    Open {
-        /// The path.
-        path: PathBuf,
-        /// The SQLite error.
-        source: rusqlite::Error,
-    },
-    /// The database is newer than this build.
-    #[error("database {path} has schema version {found}, newer than this build's {supported}: upgrade state-pack")]
-    TooNew {
-        /// The path.
-        path: PathBuf,
-        /// Its version.
-        found: i64,
-        /// Ours.
-        supported: usize,
-    },
+    /// The database could not be opened, was written by a newer build, or its ledger
+    /// refused to attach.
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// A stored row is not what the schema promises.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt {
@@ -212,11 +187,12 @@ pub struct Recorded {
 }
 
 /// The SQLite store: states, operations, and the receipt ledger that signs them.
+///
+/// Built on the ledger crate's [`LedgerDb`], which owns the connection, the schema and the
+/// signing side; the store adds the states and operations tables' reads and writes.
+#[derive(Debug)]
 pub struct Store {
-    conn: Connection,
-    path: Option<PathBuf>,
-    /// The signing side of the ledger; `None` when opened for reading only.
-    ledger: Option<Ledger>,
+    db: LedgerDb,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -224,23 +200,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn tokens_to_blob(tokens: &[u32]) -> Vec<u8> {
-    tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
-}
-
-/// Token ids from a `states.tokens` blob (u32 little-endian), `None` if its length is not a
-/// multiple of 4.
-pub(crate) fn blob_to_tokens(b: &[u8]) -> Option<Vec<u32>> {
-    if !b.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(
-        b.chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
 }
 
 fn digest(b: Vec<u8>, table: &'static str) -> Result<[u8; 32], StoreError> {
@@ -264,107 +223,45 @@ impl Store {
         signer: Signer,
         checkpoint_every: u64,
     ) -> Result<Self, StoreError> {
-        let mut store = Self::open_for_reading(path)?;
-        store.ledger = Some(Ledger::attach(&mut store.conn, signer, checkpoint_every)?);
-        Ok(store)
+        Ok(Self {
+            db: LedgerDb::open_with(path, signer, checkpoint_every)?,
+        })
     }
 
     /// Opens the database at `path` without a signing key: everything can be read, nothing
     /// recorded.
     pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        // Before anything else: other processes may be creating the same database right now.
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
-        // journal_mode returns a row; the rest do not.
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .map_err(open_err)?;
-        let mut store = Self {
-            conn,
-            path: Some(path.to_path_buf()),
-            ledger: None,
-        };
-        store.configure().map_err(open_err)?;
-        store.migrate()?;
-        Ok(store)
+        Ok(Self {
+            db: LedgerDb::open_for_reading(path)?,
+        })
     }
 
     /// A throwaway in-memory store, for tests and benchmarks.
     pub fn open_in_memory(signer: Signer) -> Result<Self, StoreError> {
-        let mut store = Self {
-            conn: Connection::open_in_memory()?,
-            path: None,
-            ledger: None,
-        };
-        store.configure()?;
-        store.migrate()?;
-        store.ledger = Some(Ledger::attach(
-            &mut store.conn,
-            signer,
-            DEFAULT_CHECKPOINT_EVERY,
-        )?);
-        Ok(store)
-    }
-
-    fn configure(&self) -> rusqlite::Result<()> {
-        // FULL: a committed operation survives power loss, not only a process crash.
-        self.conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-        )
+        Ok(Self {
+            db: LedgerDb::open_in_memory(signer)?,
+        })
     }
 
     /// The connection, for the modules that keep their own tables here (graph checkpoints).
     pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
+        self.db.conn()
     }
 
     /// Receipts in the log: the next receipt's seq.
     pub fn receipt_count(&self) -> Result<u64, StoreError> {
-        let n: i64 =
-            self.conn
-                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
-                    r.get(0)
-                })?;
-        Ok(n as u64)
+        Ok(self.db.receipt_count()?)
     }
 
     /// The database file, if on disk.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// Applies pending migrations in one immediate transaction, so processes opening the same
-    /// new database at once do not race (the second sees the first's work).
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let path = self.path.clone().unwrap_or_default();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::TooNew {
-                path,
-                found: version,
-                supported: MIGRATIONS.len(),
-            });
-        }
-        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tracing::info!(migration = name, "applied migration");
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.path()
     }
 
     /// The state `hash`, if stored.
     pub fn state(&self, hash: &StateHash) -> Result<Option<StoredState>, StoreError> {
         let row = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT model, parent, op, tokens FROM states WHERE hash = ?1",
                 [hash.as_bytes().as_slice()],
@@ -403,10 +300,9 @@ impl Store {
         state: &StoredState,
         op: &OperationRecord,
     ) -> Result<Recorded, StoreError> {
-        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (conn, ledger) = self.db.parts_mut();
+        let ledger = ledger.ok_or(LedgerError::ReadOnly)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_state(&tx, state)?;
         let us = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
         let receipt = ledger.append(
@@ -481,50 +377,40 @@ impl Store {
 
     /// The ledger's signing side, if the store was opened with a key.
     pub fn ledger(&self) -> Option<&Ledger> {
-        self.ledger.as_ref()
+        self.db.ledger()
     }
 
     /// Writes a signed checkpoint of the whole log now (a no-op if the newest receipt is
-    /// already covered). Called on clean shutdown.
+    /// already covered). Also done when a signing store is dropped.
     pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
-        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let cp = ledger.checkpoint(&tx)?;
-        tx.commit()?;
-        Ok(cp)
+        Ok(self.db.checkpoint()?)
     }
 
     /// Hands signing over to `next`: a `rotate_key` receipt signed by the current key that
     /// carries `next`'s public key. Returns that receipt.
     pub fn rotate_key(&mut self, next: Signer) -> Result<ReceiptRef, StoreError> {
-        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
-        Ok(ledger.rotate(&mut self.conn, next)?)
+        Ok(self.db.rotate_key(next)?)
     }
 
     /// Receipt `seq` as stored.
     pub fn receipt(&self, seq: u64) -> Result<StoredReceipt, StoreError> {
-        Ok(ledger_log::receipt(&self.conn, seq)?)
+        Ok(self.db.receipt(seq)?)
     }
 
     /// Up to `limit` receipts from `from` on.
     pub fn receipts(&self, from: u64, limit: u64) -> Result<Vec<StoredReceipt>, StoreError> {
-        Ok(ledger_log::receipts(&self.conn, from, limit)?)
+        Ok(self.db.receipts(from, limit)?)
     }
 
     /// The newest signed checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
-        Ok(ledger_log::checkpoints(&self.conn)?.pop())
+        Ok(self.db.latest_checkpoint()?)
     }
 
     /// An inclusion proof of receipt `seq` against the newest checkpoint; with a signing key,
     /// a checkpoint covering the whole log is written first if needed.
     pub fn prove(&mut self, seq: u64) -> Result<ReceiptProof, StoreError> {
-        if self.ledger.is_some() {
-            self.checkpoint()?;
-        }
-        Ok(ledger_log::prove(&self.conn, seq)?)
+        Ok(self.db.prove(seq)?)
     }
 
     /// The newest infer (not itself a replay) from `input` with delta `delta` under
@@ -538,7 +424,7 @@ impl Store {
     ) -> Result<Option<RecordedInfer>, StoreError> {
         let sampling = canonical_bytes(sampling).map_err(LedgerError::from)?;
         let row = self
-            .conn
+            .conn()
             .prepare_cached(
                 "SELECT receipt_seq, output, output_text, finish FROM operations
                  WHERE op = 'infer' AND replay_of IS NULL
@@ -585,14 +471,14 @@ impl Store {
     /// Number of stored states.
     pub fn state_count(&self) -> Result<u64, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .query_row("SELECT count(*) FROM states", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
 
     /// Totals over every recorded operation.
     pub fn totals(&self) -> Result<OperationTotals, StoreError> {
-        Ok(self.conn.query_row(
+        Ok(self.conn().query_row(
             "SELECT count(*), coalesce(sum(prefilled), 0), coalesce(sum(reused), 0),
                     coalesce(sum(generated), 0) FROM operations",
             [],
@@ -609,7 +495,7 @@ impl Store {
 
     /// The output state of the latest operation, if any: where a continued run picks up.
     pub fn latest_output(&self) -> Result<Option<StateHash>, StoreError> {
-        self.conn
+        self.conn()
             .query_row(
                 "SELECT output FROM operations ORDER BY seq DESC LIMIT 1",
                 [],
@@ -618,27 +504,6 @@ impl Store {
             .optional()?
             .map(|b| digest(b, "operations").map(StateHash::from_bytes))
             .transpose()
-    }
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .field("ledger", &self.ledger)
-            .finish()
-    }
-}
-
-impl Drop for Store {
-    /// Clean shutdown: checkpoint what the log holds, so a verifier can tell a later
-    /// truncation from a log that simply ended.
-    fn drop(&mut self) {
-        if self.ledger.is_some() {
-            if let Err(e) = self.checkpoint() {
-                tracing::warn!(error = %e, "could not write the closing checkpoint");
-            }
-        }
     }
 }
 
@@ -748,7 +613,11 @@ mod tests {
     fn unwritable_path_is_a_clear_error() {
         let e =
             Store::open(Path::new("/proc/definitely/not/here.db"), key()).expect_err("must fail");
-        assert!(e.to_string().contains("--db"), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot open database /proc/definitely"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -761,7 +630,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             Store::open(&path, key()),
-            Err(StoreError::TooNew { .. })
+            Err(StoreError::Db(DbError::TooNew { found: 99, .. }))
         ));
     }
 }

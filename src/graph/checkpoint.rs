@@ -1,4 +1,4 @@
-//! Graph checkpoints in SQLite (`graph_checkpoints`, `migrations/0003_graph.sql`).
+//! Graph checkpoints in SQLite (`graph_checkpoints`, `crates/ledger/migrations/0003_graph.sql`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 mod agent;
 mod graph;
-mod ledger;
 mod serve;
 
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
 use state_pack::engine::{load_engine, Engine, EngineKind, EngineSpec};
+use state_pack::ledger::cli as ledger;
 use state_pack::ledger::{default_key_path, Signer};
 use state_pack::model::{self, DEFAULT_MODEL};
 use state_pack::{StateHash, StatePack, Store};
@@ -188,6 +188,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         // The command printed why (e.g. a failed verification report).
         Ok(false) => ExitCode::FAILURE,
+        // `state-pack receipts list | head`: the reader has all it wanted.
+        Err(e) if ledger::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -200,9 +202,9 @@ async fn dispatch(cli: Cli) -> Result<bool> {
     let key = cli.key.clone().unwrap_or_else(default_key_path);
     let model_path = cli.model.as_deref();
     match cli.command {
-        Command::Verify(args) => return ledger::verify(args),
-        Command::Receipts { command } => ledger::receipts(command, &key)?,
-        Command::Keys { command } => ledger::keys(command, &key)?,
+        Command::Verify(args) => return ledger::verify(args, &mut std::io::stdout()),
+        Command::Receipts { command } => ledger::receipts(command, &key, &mut std::io::stdout())?,
+        Command::Keys { command } => ledger::keys(command, &key, &mut std::io::stdout())?,
         Command::Model {
             command: ModelCommand::Fetch { force },
         } => {

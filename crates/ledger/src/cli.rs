@@ -1,17 +1,18 @@
-//! `state-pack keys`, `receipts` and `verify`: the ledger from the command line.
+//! `keys`, `receipts` and `verify`: the ledger from the command line, the same subcommands in
+//! the `state-pack` binary and in this crate's `state-pack-ledger`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::log::StoredReceipt;
+use crate::receipt::ReceiptTokens;
+use crate::{
+    verify_file, LedgerDb, PublicKey, Receipt, ReceiptProof, Signer, TrustedCheckpoint,
+    VerifyOptions, VerifyReport,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use state_pack::ledger::log::StoredReceipt;
-use state_pack::ledger::{
-    verify_file, PublicKey, Receipt, ReceiptProof, Signer, TrustedCheckpoint, VerifyOptions,
-    VerifyReport,
-};
-use state_pack::Store;
 
 /// `state-pack keys ...`
 #[derive(Subcommand)]
@@ -126,38 +127,40 @@ fn parse_keys(args: &[String]) -> Result<Vec<PublicKey>> {
 }
 
 /// `state-pack keys ...`
-pub fn keys(command: KeysCommand, key: &Path) -> Result<()> {
+pub fn keys(command: KeysCommand, key: &Path, out: &mut dyn Write) -> Result<()> {
     match command {
         KeysCommand::New => {
             let s = Signer::create(key)?;
-            print_key(key, &s);
+            print_key(out, key, &s)?;
         }
-        KeysCommand::Show => print_key(key, &Signer::load(key)?),
+        KeysCommand::Show => print_key(out, key, &Signer::load(key)?)?,
         KeysCommand::Rotate { db, to } => {
             let old = Signer::load(key)?;
             let (next, created) = Signer::load_or_create(&to)?;
             if created {
-                println!("created {}", to.display());
+                writeln!(out, "created {}", to.display())?;
             }
-            let mut store = Store::open(&db, old.clone())?;
+            let mut store = LedgerDb::open(&db, old.clone())?;
             let r = store.rotate_key(next.clone())?;
-            println!(
+            writeln!(
+                out,
                 "receipt {}: ledger {} handed over from key {} to key {}",
                 r.seq,
                 db.display(),
                 old.key_id(),
                 next.key_id()
-            );
-            println!("sign from now on with --key {}", to.display());
+            )?;
+            writeln!(out, "sign from now on with --key {}", to.display())?;
         }
     }
     Ok(())
 }
 
-fn print_key(path: &Path, s: &Signer) {
-    println!("key file    {}", path.display());
-    println!("key id      {}", s.key_id());
-    println!("public key  {}", s.public_key().to_hex());
+fn print_key(out: &mut dyn Write, path: &Path, s: &Signer) -> Result<()> {
+    writeln!(out, "key file    {}", path.display())?;
+    writeln!(out, "key id      {}", s.key_id())?;
+    writeln!(out, "public key  {}", s.public_key().to_hex())?;
+    Ok(())
 }
 
 fn existing(db: &Path) -> Result<()> {
@@ -175,22 +178,24 @@ fn when(ms: u64) -> String {
 }
 
 /// `state-pack receipts ...`
-pub fn receipts(command: ReceiptsCommand, key: &Path) -> Result<()> {
+pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Result<()> {
     match command {
         ReceiptsCommand::List { db, from, limit } => {
             existing(&db)?;
-            let store = Store::open_for_reading(&db)?;
-            println!(
+            let store = LedgerDb::open_for_reading(&db)?;
+            writeln!(
+                out,
                 "{:>6}  {:<10}  {:<12}  {:>6}  {:>9}  {:>6}  {:>9}  time",
                 "seq", "op", "output", "tokens", "prefilled", "reused", "generated"
-            );
+            )?;
             for stored in store.receipts(from, limit)? {
                 let r = parse(&stored)?;
                 let t = r.tokens;
-                let n = |f: fn(&state_pack::ledger::receipt::ReceiptTokens) -> u64| {
+                let n = |f: fn(&ReceiptTokens) -> u64| {
                     t.as_ref().map_or("-".into(), |t| f(t).to_string())
                 };
-                println!(
+                writeln!(
+                    out,
                     "{:>6}  {:<10}  {:<12}  {:>6}  {:>9}  {:>6}  {:>9}  {}",
                     r.seq,
                     r.op.as_str(),
@@ -200,30 +205,30 @@ pub fn receipts(command: ReceiptsCommand, key: &Path) -> Result<()> {
                     n(|t| t.reused),
                     n(|t| t.generated),
                     when(r.timestamp_ms)
-                );
+                )?;
             }
         }
         ReceiptsCommand::Show { seq, db } => {
             existing(&db)?;
-            let store = Store::open_for_reading(&db)?;
+            let store = LedgerDb::open_for_reading(&db)?;
             let stored = store.receipt(seq)?;
             let r = parse(&stored)?;
-            println!(
+            writeln!(
+                out,
                 "receipt {seq}  hash {}  signed {}",
                 stored.hash(),
                 when(r.timestamp_ms)
-            );
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            println!("signature {}", hex::encode(&stored.signature));
+            )?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            writeln!(out, "signature {}", hex::encode(&stored.signature))?;
         }
         ReceiptsCommand::Export {
             db,
             format: ExportFormat::Jsonl,
         } => {
             existing(&db)?;
-            let store = Store::open_for_reading(&db)?;
-            let out = std::io::stdout();
-            let mut out = std::io::BufWriter::new(out.lock());
+            let store = LedgerDb::open_for_reading(&db)?;
+            let mut out = std::io::BufWriter::new(out);
             let mut from = 0;
             loop {
                 let batch = store.receipts(from, 1000)?;
@@ -245,10 +250,10 @@ pub fn receipts(command: ReceiptsCommand, key: &Path) -> Result<()> {
         }
         ReceiptsCommand::Checkpoint { db } => {
             existing(&db)?;
-            let mut store = Store::open(&db, Signer::load(key)?)?;
+            let mut store = LedgerDb::open(&db, Signer::load(key)?)?;
             match store.checkpoint()? {
-                Some(c) => println!("checkpoint: {} receipts, root {}", c.size, c.root),
-                None => println!("the newest receipt is already covered by a checkpoint"),
+                Some(c) => writeln!(out, "checkpoint: {} receipts, root {}", c.size, c.root)?,
+                None => writeln!(out, "the newest receipt is already covered by a checkpoint")?,
             }
         }
         ReceiptsCommand::Prove { seq, db } => {
@@ -256,11 +261,11 @@ pub fn receipts(command: ReceiptsCommand, key: &Path) -> Result<()> {
             // With the signing key, make sure a checkpoint covers `seq`; without it, prove
             // against the newest stored checkpoint.
             let mut store = match Signer::load(key) {
-                Ok(k) => Store::open(&db, k)?,
-                Err(_) => Store::open_for_reading(&db)?,
+                Ok(k) => LedgerDb::open(&db, k)?,
+                Err(_) => LedgerDb::open_for_reading(&db)?,
             };
             let proof = store.prove(seq)?;
-            println!("{}", serde_json::to_string_pretty(&proof)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
         }
         ReceiptsCommand::CheckProof { file, pubkey } => {
             let text = if file.as_os_str() == "-" {
@@ -274,19 +279,21 @@ pub fn receipts(command: ReceiptsCommand, key: &Path) -> Result<()> {
             let trusted = parse_keys(&pubkey)?;
             let r = proof.check(&trusted)?;
             let cp = proof.checkpoint.checkpoint()?;
-            println!(
+            writeln!(
+                out,
                 "ok: receipt {} ({}) is in log {} at checkpoint size {}, root {}",
                 r.seq,
                 r.op.as_str(),
                 r.log_id.short(),
                 cp.size,
                 cp.root.short()
-            );
+            )?;
             if trusted.is_empty() {
-                println!(
+                writeln!(
+                    out,
                     "note: no --pubkey given; the signer {} was taken from the proof itself",
                     proof.public_key
-                );
+                )?;
             }
         }
     }
@@ -300,7 +307,7 @@ fn parse(stored: &StoredReceipt) -> Result<Receipt> {
 }
 
 /// `state-pack verify`: exit status 0 only if everything checks out.
-pub fn verify(args: VerifyArgs) -> Result<bool> {
+pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     let trusted_checkpoint = args
         .trusted_checkpoint
         .as_ref()
@@ -321,9 +328,9 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
     };
     let report = verify_file(&args.db, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&args.db, &report);
+        print_report(out, &args.db, &report)?;
     }
     if report.ok() {
         if let Some(path) = &args.save_checkpoint {
@@ -335,58 +342,72 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
                 .and_then(|_| std::fs::rename(&tmp, path))
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if !args.json {
-                println!("saved the log head to {}", path.display());
+                writeln!(out, "saved the log head to {}", path.display())?;
             }
         }
     }
     Ok(report.ok())
 }
 
-fn print_report(db: &Path, r: &VerifyReport) {
+fn print_report(out: &mut dyn Write, db: &Path, r: &VerifyReport) -> Result<()> {
     let rate = r.receipts as f64 / r.elapsed.as_secs_f64().max(1e-9);
-    println!(
+    writeln!(
+        out,
         "ledger {}: log {}, {} receipts, {} checkpoints, {} key(s)",
         db.display(),
         r.log_id.map_or("?".into(), |l| l.short()),
         r.receipts,
         r.checkpoints,
         r.keys.len()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {} of {} signatures verify (Ed25519, strict)",
         r.signatures_ok, r.receipts
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {} states re-hashed from their tokens; {} operations rows match their receipts",
         r.states_checked, r.operations_checked
-    );
+    )?;
     if let Some(h) = &r.head {
-        println!("  head: size {}, root {}", h.size, h.root);
+        writeln!(out, "  head: size {}, root {}", h.size, h.root)?;
     }
     match r.trusted_checkpoint_ok {
-        Some(true) => println!("  consistent with the trusted checkpoint"),
-        Some(false) => println!("  NOT consistent with the trusted checkpoint"),
+        Some(true) => writeln!(out, "  consistent with the trusted checkpoint")?,
+        Some(false) => writeln!(out, "  NOT consistent with the trusted checkpoint")?,
         None => {}
     }
     for w in &r.warnings {
-        println!("  note: {w}");
+        writeln!(out, "  note: {w}")?;
     }
     if r.ok() {
-        println!(
+        writeln!(
+            out,
             "OK: verified in {:.1} ms ({:.0} receipts/s)",
             r.elapsed.as_secs_f64() * 1e3,
             rate
-        );
-        return;
+        )?;
+        return Ok(());
     }
     match r.first_bad_receipt() {
-        Some(seq) => println!("FAILED: first bad receipt is {seq}"),
-        None => println!("FAILED"),
+        Some(seq) => writeln!(out, "FAILED: first bad receipt is {seq}")?,
+        None => writeln!(out, "FAILED")?,
     }
     for f in r.failures.iter().take(20) {
-        println!("  - {}", f.message);
+        writeln!(out, "  - {}", f.message)?;
     }
     if r.failures.len() > 20 {
-        println!("  ... and {} more", r.failures.len() - 20);
+        writeln!(out, "  ... and {} more", r.failures.len() - 20)?;
     }
+    Ok(())
+}
+
+/// Whether `e` is a write to a pipe whose reader has gone (`state-pack receipts list | head`):
+/// a command that meets it has nothing more to say and should exit quietly.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -17,11 +17,11 @@ use ct_merkle::{InclusionProof, RootHash};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::keys::{PublicKey, Signer};
-use super::receipt::{
+use crate::hash::digest_type;
+use crate::keys::{PublicKey, Signer};
+use crate::receipt::{
     canonical_bytes, parse_canonical, BodyError, KeyId, LogId, Receipt, ReceiptHash,
 };
-use crate::state::digest_type;
 
 /// Domain tag that starts every checkpoint hash pre-image.
 pub const CHECKPOINT_DOMAIN_TAG: &[u8] = b"state-pack/checkpoint/v1\0";
@@ -67,7 +67,8 @@ pub struct Checkpoint {
 }
 
 /// A checkpoint with its canonical body and signature, as stored and as exchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedCheckpoint {
     /// The canonical body, verbatim (a JSON text).
@@ -176,7 +177,8 @@ pub fn verify_inclusion(
 
 /// Everything an auditor needs to check one receipt offline: its body and signature, the
 /// signer's public key, an inclusion proof and the signed checkpoint it leads to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptProof {
     /// The receipt's position.

@@ -79,9 +79,9 @@ macro_rules! digest_type {
         }
 
         impl std::str::FromStr for $name {
-            type Err = $crate::state::ParseHashError;
+            type Err = $crate::hash::ParseHashError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                $crate::state::parse_digest(s).map(Self)
+                $crate::hash::parse_digest(s).map(Self)
             }
         }
 
@@ -110,7 +110,7 @@ digest_type!(
     /// The content address of a state: see the module docs for the exact pre-image.
     ///
     /// ```
-    /// use state_pack::state::{ModelFingerprint, StateHash};
+    /// use state_pack_ledger::hash::{ModelFingerprint, StateHash};
     /// let model = ModelFingerprint::from_bytes([7; 32]);
     /// let a = StateHash::of(&model, &[1, 2, 3]);
     /// assert_eq!(a, StateHash::of(&model, &[1, 2, 3]));

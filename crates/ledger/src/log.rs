@@ -9,13 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::checkpoint::{Checkpoint, ReceiptProof, ReceiptTree, SignedCheckpoint};
-use super::keys::{KeyError, PublicKey, Signer};
-use super::receipt::{
+use crate::checkpoint::{Checkpoint, ReceiptProof, ReceiptTree, SignedCheckpoint};
+use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
+use crate::keys::{KeyError, PublicKey, Signer};
+use crate::receipt::{
     BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptOp, ReceiptTimings, ReceiptTokens,
     RECEIPT_VERSION,
 };
-use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 
 /// Receipts between automatic checkpoints, unless the store is told otherwise.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 64;
@@ -156,7 +156,7 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Opens the log in `conn` for signing with `signer`: starts it (receipt 0, `open_log`) if
     /// it is empty, and otherwise checks that `signer` is its current key.
-    pub(crate) fn attach(
+    pub fn attach(
         conn: &mut Connection,
         signer: Signer,
         checkpoint_every: u64,
@@ -207,7 +207,7 @@ impl Ledger {
     /// Stamps, signs and inserts the next receipt, and writes a checkpoint when one is due.
     /// Runs inside the caller's (immediate) transaction: the receipt commits with whatever
     /// else the transaction writes, or not at all.
-    pub(crate) fn append(
+    pub fn append(
         &mut self,
         tx: &Transaction<'_>,
         d: ReceiptDraft,
@@ -258,10 +258,7 @@ impl Ledger {
     }
 
     /// Writes a signed checkpoint of the log as it is in `tx`, unless one of this size exists.
-    pub(crate) fn checkpoint(
-        &mut self,
-        tx: &Transaction<'_>,
-    ) -> Result<Option<Checkpoint>, LedgerError> {
+    pub fn checkpoint(&mut self, tx: &Transaction<'_>) -> Result<Option<Checkpoint>, LedgerError> {
         let Some((last, head_hash)) = head(tx)? else {
             return Ok(None);
         };
@@ -323,7 +320,7 @@ impl Ledger {
     /// Hands the log over to `next`: a `rotate_key` receipt carrying `next`'s public key,
     /// signed by the current key, then a checkpoint signed by `next`. From then on `next`
     /// signs.
-    pub(crate) fn rotate(
+    pub fn rotate(
         &mut self,
         conn: &mut Connection,
         next: Signer,
@@ -357,7 +354,7 @@ fn stored_receipt(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReceipt> {
 }
 
 /// The last receipt's number and hash.
-pub(crate) fn head(conn: &Connection) -> Result<Option<(u64, ReceiptHash)>, LedgerError> {
+pub fn head(conn: &Connection) -> Result<Option<(u64, ReceiptHash)>, LedgerError> {
     let row = conn
         .query_row(
             "SELECT seq, hash FROM receipts ORDER BY seq DESC LIMIT 1",

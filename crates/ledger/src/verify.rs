@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, MerkleRoot, ReceiptTree, SignedCheckpoint};
-use super::keys::PublicKey;
-use super::log::LedgerError;
-use super::receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
-use crate::state::{ModelFingerprint, StateHash};
+use crate::checkpoint::{Checkpoint, MerkleRoot, ReceiptTree, SignedCheckpoint};
+use crate::hash::{ModelFingerprint, StateHash};
+use crate::keys::PublicKey;
+use crate::log::LedgerError;
+use crate::receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
 
 /// What an auditor trusts going in.
 #[derive(Debug, Clone, Default)]
@@ -491,7 +491,7 @@ impl<'c> Verifier<'c> {
             );
             return Ok(());
         };
-        let decoded = crate::store::blob_to_tokens(&row.tokens);
+        let decoded = crate::codec::blob_to_tokens(&row.tokens);
         let tokens = decoded.as_deref().unwrap_or_default();
         let mut bad = Vec::new();
         if decoded.is_none() || StateHash::of(&model, tokens) != out {
@@ -643,7 +643,7 @@ impl<'c> Verifier<'c> {
                 head,
             });
         }
-        let stored = super::log::checkpoints(self.conn)?;
+        let stored = crate::log::checkpoints(self.conn)?;
         for signed in &stored {
             self.report.checkpoints += 1;
             if let Some(c) = self.check_checkpoint(signed, "stored checkpoint") {

@@ -1,4 +1,4 @@
--- States: immutable token sequences on one model, addressed by StateHash (src/state.rs).
+-- States: immutable token sequences on one model, addressed by StateHash (crates/ledger/src/hash.rs).
 CREATE TABLE states (
     hash        BLOB PRIMARY KEY CHECK (length(hash) = 32),
     model       BLOB NOT NULL CHECK (length(model) = 32),

@@ -1,4 +1,4 @@
--- The receipt ledger (src/ledger/): signed, hash-linked receipts and signed checkpoints.
+-- The receipt ledger (crates/ledger/src/): signed, hash-linked receipts and signed checkpoints.
 -- Bodies are RFC 8785 canonical JSON stored verbatim; verification runs over these bytes.
 CREATE TABLE receipts (
     seq       INTEGER PRIMARY KEY CHECK (seq >= 0),

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::{digest_type, DeltaHash, ModelFingerprint, StateHash};
+use crate::hash::{digest_type, DeltaHash, ModelFingerprint, StateHash};
 
 /// Domain tag that starts every receipt hash pre-image.
 pub const RECEIPT_DOMAIN_TAG: &[u8] = b"state-pack/receipt/v1\0";

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
-use super::receipt::KeyId;
+use crate::receipt::KeyId;
 
 /// Errors loading, creating or parsing keys.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,225 @@
+//! A state-pack database opened for its ledger: the connection, the schema brought up to
+//! date, and (with a key) the signing side of the log.
+//!
+//! [`LedgerDb`] is what the `state-pack` store is built on and what an auditor's tools open:
+//! reading receipts, proving one, writing a checkpoint or handing the log to a new key need
+//! nothing else.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
+use crate::keys::Signer;
+use crate::log::{self, Ledger, LedgerError, ReceiptRef, StoredReceipt, DEFAULT_CHECKPOINT_EVERY};
+use crate::schema::{self, SchemaError};
+
+/// Errors opening or using a [`LedgerDb`].
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database could not be opened or created.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database is newer than this build.
+    #[error("database {path} has schema version {found}, newer than this build's {supported}: upgrade state-pack")]
+    TooNew {
+        /// The path.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: usize,
+    },
+    /// The ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Any other SQLite error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A database with its schema up to date and, when opened with a key, its log attached for
+/// signing. Dropping a signing `LedgerDb` writes a closing checkpoint.
+pub struct LedgerDb {
+    conn: Connection,
+    path: Option<PathBuf>,
+    /// The signing side of the ledger; `None` when opened for reading only.
+    ledger: Option<Ledger>,
+}
+
+impl LedgerDb {
+    /// Opens (creating if needed) the database at `path`, brings its schema up to date and
+    /// attaches the ledger signed by `signer`: a new database starts its log (receipt 0), an
+    /// existing one must be signed by `signer` now (see [`LedgerDb::rotate_key`]).
+    pub fn open(path: &Path, signer: Signer) -> Result<Self, DbError> {
+        Self::open_with(path, signer, DEFAULT_CHECKPOINT_EVERY)
+    }
+
+    /// [`open`](Self::open), writing a signed checkpoint every `checkpoint_every` receipts.
+    pub fn open_with(path: &Path, signer: Signer, checkpoint_every: u64) -> Result<Self, DbError> {
+        let mut db = Self::open_for_reading(path)?;
+        db.ledger = Some(Ledger::attach(&mut db.conn, signer, checkpoint_every)?);
+        Ok(db)
+    }
+
+    /// Opens the database at `path` without a signing key: everything can be read, nothing
+    /// appended. The schema is still brought up to date (a new file gets the empty schema).
+    pub fn open_for_reading(path: &Path) -> Result<Self, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // Before anything else: other processes may be creating the same database right now.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        // journal_mode returns a row; the rest do not.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        let mut db = Self {
+            conn,
+            path: Some(path.to_path_buf()),
+            ledger: None,
+        };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// A throwaway in-memory database signed by `signer`, for tests and benchmarks.
+    pub fn open_in_memory(signer: Signer) -> Result<Self, DbError> {
+        let conn = Connection::open_in_memory()?;
+        configure(&conn)?;
+        let mut db = Self {
+            conn,
+            path: None,
+            ledger: None,
+        };
+        db.migrate()?;
+        db.ledger = Some(Ledger::attach(
+            &mut db.conn,
+            signer,
+            DEFAULT_CHECKPOINT_EVERY,
+        )?);
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<(), DbError> {
+        schema::migrate(&mut self.conn).map_err(|e| match e {
+            SchemaError::TooNew { found, supported } => DbError::TooNew {
+                path: self.path.clone().unwrap_or_default(),
+                found,
+                supported,
+            },
+            SchemaError::Sqlite(e) => DbError::Sqlite(e),
+        })
+    }
+
+    /// The database file, if on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The connection, for reading the tables this crate does not own.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection and the signing side together, for a caller that appends a receipt
+    /// inside its own transaction (see [`Ledger::append`]).
+    pub fn parts_mut(&mut self) -> (&mut Connection, Option<&mut Ledger>) {
+        (&mut self.conn, self.ledger.as_mut())
+    }
+
+    /// The ledger's signing side, if the database was opened with a key.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// Receipts in the log: the next receipt's seq.
+    pub fn receipt_count(&self) -> Result<u64, DbError> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(n as u64)
+    }
+
+    /// Writes a signed checkpoint of the whole log now (a no-op if the newest receipt is
+    /// already covered). Called on clean shutdown.
+    pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, DbError> {
+        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cp = ledger.checkpoint(&tx)?;
+        tx.commit()?;
+        Ok(cp)
+    }
+
+    /// Hands signing over to `next`: a `rotate_key` receipt signed by the current key that
+    /// carries `next`'s public key. Returns that receipt.
+    pub fn rotate_key(&mut self, next: Signer) -> Result<ReceiptRef, DbError> {
+        let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
+        Ok(ledger.rotate(&mut self.conn, next)?)
+    }
+
+    /// Receipt `seq` as stored.
+    pub fn receipt(&self, seq: u64) -> Result<StoredReceipt, DbError> {
+        Ok(log::receipt(&self.conn, seq)?)
+    }
+
+    /// Up to `limit` receipts from `from` on.
+    pub fn receipts(&self, from: u64, limit: u64) -> Result<Vec<StoredReceipt>, DbError> {
+        Ok(log::receipts(&self.conn, from, limit)?)
+    }
+
+    /// The newest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, DbError> {
+        Ok(log::checkpoints(&self.conn)?.pop())
+    }
+
+    /// An inclusion proof of receipt `seq` against the newest checkpoint; with a signing key,
+    /// a checkpoint covering the whole log is written first if needed.
+    pub fn prove(&mut self, seq: u64) -> Result<ReceiptProof, DbError> {
+        if self.ledger.is_some() {
+            self.checkpoint()?;
+        }
+        Ok(log::prove(&self.conn, seq)?)
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // FULL: a committed operation survives power loss, not only a process crash.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+    )
+}
+
+impl std::fmt::Debug for LedgerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerDb")
+            .field("path", &self.path)
+            .field("ledger", &self.ledger)
+            .finish()
+    }
+}
+
+impl Drop for LedgerDb {
+    /// Clean shutdown: checkpoint what the log holds, so a verifier can tell a later
+    /// truncation from a log that simply ended.
+    fn drop(&mut self) {
+        if self.ledger.is_some() {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "could not write the closing checkpoint");
+            }
+        }
+    }
+}
