@@ -148,6 +148,64 @@ fn a_token_count_changed() {
     );
 }
 
+/// Every column kept next to a signed body (for an index, a listing or a sum) is checked
+/// against that body: none is trusted because a signature sits beside it.
+#[test]
+fn a_column_beside_a_signed_body_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    let edits: [(&str, Option<u64>, &str); 8] = [
+        // The key-events index finds the current signer by this column.
+        (
+            "UPDATE receipts SET op = 'rotate_key' WHERE seq = 3",
+            Some(3),
+            "stored op column",
+        ),
+        (
+            "UPDATE operations SET total_us = total_us + 1 WHERE receipt_seq = 5",
+            Some(5),
+            "total_us",
+        ),
+        (
+            "UPDATE operations SET delta_tokens = 999 WHERE receipt_seq = 6",
+            Some(6),
+            "delta tokens",
+        ),
+        (
+            "UPDATE operations SET restored = 7 WHERE receipt_seq = 7",
+            Some(7),
+            "restored",
+        ),
+        (
+            "UPDATE operations SET input = NULL WHERE receipt_seq = 8",
+            Some(8),
+            "input state",
+        ),
+        // The replay lookup keys on these two.
+        (
+            "UPDATE operations SET delta_hash = zeroblob(32) WHERE receipt_seq = 9",
+            Some(9),
+            "delta hash",
+        ),
+        (
+            "UPDATE operations SET sampling = '{}' WHERE receipt_seq = 10",
+            Some(10),
+            "sampling",
+        ),
+        // `latest_checkpoint` picks the largest size column.
+        (
+            "UPDATE checkpoints SET size = 100 WHERE size = 8",
+            None,
+            "its size column says 100",
+        ),
+    ];
+    for (i, (edit, first_bad, needle)) in edits.into_iter().enumerate() {
+        let db = ledger(&dir.path().join(i.to_string()).tap_mkdir(), 12);
+        assert!(check(&db, &trusted()).ok());
+        assert_eq!(sql(&db).execute(edit, []).unwrap(), 1, "{edit}");
+        assert_caught(&check(&db, &trusted()), first_bad, needle);
+    }
+}
+
 #[test]
 fn a_middle_row_deleted() {
     let dir = tempfile::tempdir().unwrap();

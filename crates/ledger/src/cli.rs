@@ -326,6 +326,7 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
         trusted_keys: parse_keys(&args.pubkey)?,
         trusted_checkpoint,
     };
+    existing(&args.db)?;
     let report = verify_file(&args.db, &options)?;
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;

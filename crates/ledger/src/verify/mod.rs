@@ -2,22 +2,26 @@
 //!
 //! Every receipt's canonical form, signature (strict Ed25519, under the key the log's own
 //! signed key events say was current), link to its predecessor and sequence number; every
-//! state a receipt names (re-hashed from its tokens) and every operations row (against its
-//! receipt); every checkpoint (signature, size, Merkle root, head); and, given a checkpoint
+//! state a receipt names (re-hashed from its tokens); every column stored next to a signed
+//! body — the operations rows, the receipts' `op` and `hash`, the checkpoints' `size`
+//! (`rows`) — against that body; every checkpoint (signature, size, Merkle root, head); and, given a checkpoint
 //! the auditor saved earlier, that the log has only grown since.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, MerkleRoot, ReceiptTree, SignedCheckpoint};
-use crate::hash::{ModelFingerprint, StateHash};
+use crate::hash::StateHash;
 use crate::keys::PublicKey;
 use crate::log::LedgerError;
 use crate::receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
+
+mod rows;
+use rows::OperationRow;
 
 /// What an auditor trusts going in.
 #[derive(Debug, Clone, Default)]
@@ -137,7 +141,7 @@ impl VerifyReport {
 pub fn verify_file(db: &Path, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
     if !db.is_file() {
         return Err(LedgerError::Corrupt(format!(
-            "{} does not exist (pass the agent's database with --db)",
+            "{} does not exist",
             db.display()
         )));
     }
@@ -148,33 +152,20 @@ pub fn verify_file(db: &Path, options: &VerifyOptions) -> Result<VerifyReport, L
     verify(&conn, options)
 }
 
-struct StateRow {
-    model: Vec<u8>,
-    parent: Option<Vec<u8>>,
-    token_count: i64,
-    tokens: Vec<u8>,
-}
-
-struct OperationRow {
-    op: String,
-    output: Vec<u8>,
-    prefilled: i64,
-    reused: i64,
-    generated: i64,
-}
-
 /// Verifies the ledger in `conn`.
 pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
     let started = Instant::now();
     let mut v = Verifier::new(conn, options)?;
-    let mut stmt = conn.prepare("SELECT seq, hash, body, signature FROM receipts ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare("SELECT seq, op, hash, body, signature FROM receipts ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let seq = row.get::<_, i64>(0)?;
-        let hash_col: Vec<u8> = row.get(1)?;
-        let body: Vec<u8> = row.get(2)?;
-        let sig: Vec<u8> = row.get(3)?;
-        v.receipt(seq, &hash_col, &body, &sig)?;
+        let op_col: String = row.get(1)?;
+        let hash_col: Vec<u8> = row.get(2)?;
+        let body: Vec<u8> = row.get(3)?;
+        let sig: Vec<u8> = row.get(4)?;
+        v.receipt(seq, &op_col, &hash_col, &body, &sig)?;
     }
     drop(rows);
     v.finish(started)
@@ -214,27 +205,7 @@ impl<'c> Verifier<'c> {
                 wanted_roots.insert(h.size);
             }
         }
-        let mut operations = HashMap::new();
-        let mut stmt = conn.prepare(
-            "SELECT receipt_seq, op, output, prefilled, reused, generated FROM operations
-             WHERE receipt_seq IS NOT NULL",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                OperationRow {
-                    op: r.get(1)?,
-                    output: r.get(2)?,
-                    prefilled: r.get(3)?,
-                    reused: r.get(4)?,
-                    generated: r.get(5)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (seq, op) = row?;
-            operations.insert(seq, op);
-        }
+        let operations = rows::operation_rows(conn)?;
         let unreceipted: i64 = conn.query_row(
             "SELECT count(*) FROM operations WHERE receipt_seq IS NULL",
             [],
@@ -286,6 +257,7 @@ impl<'c> Verifier<'c> {
     fn receipt(
         &mut self,
         seq: i64,
+        op_col: &str,
         hash_col: &[u8],
         body: &[u8],
         sig: &[u8],
@@ -332,6 +304,15 @@ impl<'c> Verifier<'c> {
                 return Ok(());
             }
         };
+        if op_col != r.op.as_str() {
+            self.fail(
+                Some(seq),
+                format!(
+                    "receipt {seq}: the stored op column says {op_col:?}, its signed body {}: edited in the database",
+                    r.op.as_str()
+                ),
+            );
+        }
         if r.seq != seq {
             self.fail(
                 Some(seq),
@@ -447,186 +428,6 @@ impl<'c> Verifier<'c> {
         }
     }
 
-    fn check_state(&mut self, seq: u64, r: &Receipt) -> Result<(), LedgerError> {
-        let Some(out) = r.output_state else {
-            self.fail(
-                Some(seq),
-                format!("receipt {seq}: {} names no output state", r.op.as_str()),
-            );
-            return Ok(());
-        };
-        if self.states_ok.contains(&out) {
-            return Ok(());
-        }
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT model, parent, token_count, tokens FROM states WHERE hash = ?1",
-            )?
-            .query_row([out.as_bytes().as_slice()], |row| {
-                Ok(StateRow {
-                    model: row.get(0)?,
-                    parent: row.get(1)?,
-                    token_count: row.get(2)?,
-                    tokens: row.get(3)?,
-                })
-            })
-            .optional()?;
-        let Some(row) = row else {
-            self.fail(
-                Some(seq),
-                format!(
-                    "receipt {seq}: its output state {} is not in the states table",
-                    out.short()
-                ),
-            );
-            return Ok(());
-        };
-        let Ok(model) =
-            <[u8; 32]>::try_from(row.model.as_slice()).map(ModelFingerprint::from_bytes)
-        else {
-            self.fail(
-                Some(seq),
-                format!("state {}: model column is not 32 bytes", out.short()),
-            );
-            return Ok(());
-        };
-        let decoded = crate::codec::blob_to_tokens(&row.tokens);
-        let tokens = decoded.as_deref().unwrap_or_default();
-        let mut bad = Vec::new();
-        if decoded.is_none() || StateHash::of(&model, tokens) != out {
-            bad.push("its tokens do not hash to its address (state row altered)".to_string());
-        }
-        if Some(model) != r.model {
-            bad.push("its model differs from the receipt's".into());
-        }
-        let state_len = r.tokens.map(|t| t.state);
-        if state_len != Some(row.token_count as u64) || row.token_count as usize != tokens.len() {
-            bad.push(format!(
-                "it holds {} tokens, the receipt says {}",
-                row.token_count,
-                state_len.map_or("nothing".into(), |n| n.to_string())
-            ));
-        }
-        let parent = row
-            .parent
-            .as_deref()
-            .and_then(|p| <[u8; 32]>::try_from(p).ok())
-            .map(StateHash::from_bytes);
-        if r.op != ReceiptOp::Create && parent != r.input_state {
-            bad.push("its parent differs from the receipt's input state".into());
-        }
-        if bad.is_empty() {
-            self.states_ok.insert(out);
-            self.report.states_checked += 1;
-        } else {
-            self.fail(
-                Some(seq),
-                format!("receipt {seq}: state {}: {}", out.short(), bad.join("; ")),
-            );
-        }
-        Ok(())
-    }
-
-    /// A replayed infer repeats an earlier, engine-computed infer with the same key (input
-    /// state, delta, sampling) and the same output, and claims no engine work.
-    fn check_replay(&mut self, seq: u64, r: &Receipt, of: u64) -> Result<(), LedgerError> {
-        let mut bad = Vec::new();
-        if r.op != ReceiptOp::Infer {
-            bad.push(format!("a {} cannot be a replay", r.op.as_str()));
-        }
-        if r.tokens
-            .is_none_or(|t| t.prefilled != 0 || t.reused != 0 || t.generated != 0)
-        {
-            bad.push("it claims engine work".into());
-        }
-        let earlier = if of < seq {
-            self.conn
-                .prepare_cached("SELECT body FROM receipts WHERE seq = ?1")?
-                .query_row([of as i64], |row| row.get::<_, Vec<u8>>(0))
-                .optional()?
-                .and_then(|b| Receipt::from_body(&b).ok())
-        } else {
-            None
-        };
-        match earlier {
-            None => bad.push(format!(
-                "receipt {of} is not an earlier receipt of this log"
-            )),
-            Some(e) => {
-                if e.op != ReceiptOp::Infer || e.replay_of.is_some() {
-                    bad.push(format!("receipt {of} is not an engine-computed infer"));
-                }
-                if (e.input_state, e.delta_hash, &e.sampling, e.model)
-                    != (r.input_state, r.delta_hash, &r.sampling, r.model)
-                {
-                    bad.push(format!(
-                        "receipt {of} answered a different request (input, delta, sampling or model differ)"
-                    ));
-                }
-                if e.output_state != r.output_state {
-                    bad.push(format!("receipt {of} made a different output state"));
-                }
-            }
-        }
-        if !bad.is_empty() {
-            self.fail(
-                Some(seq),
-                format!("receipt {seq}: replay of {of}: {}", bad.join("; ")),
-            );
-        }
-        Ok(())
-    }
-
-    fn check_operation(&mut self, seq: u64, r: &Receipt) {
-        let Some(op) = self.operations.remove(&seq) else {
-            self.fail(
-                Some(seq),
-                format!("receipt {seq}: no operations row refers to it (row deleted)"),
-            );
-            return;
-        };
-        let t = r.tokens;
-        if let Some(t) = t {
-            if let Some(restored) = t.restored.filter(|&n| n == 0 || n > t.reused) {
-                self.fail(
-                    Some(seq),
-                    format!(
-                        "receipt {seq}: claims {restored} tokens loaded from a KV blob, but restored tokens must be between 1 and the {} reused",
-                        t.reused
-                    ),
-                );
-            }
-        }
-        let mut bad = Vec::new();
-        if op.op != r.op.as_str() {
-            bad.push(format!("op {} vs {}", op.op, r.op.as_str()));
-        }
-        if Some(op.output.as_slice()) != r.output_state.as_ref().map(|h| h.as_bytes().as_slice()) {
-            bad.push("output state".into());
-        }
-        for (name, row, receipt) in [
-            ("prefilled", op.prefilled, t.map(|t| t.prefilled)),
-            ("reused", op.reused, t.map(|t| t.reused)),
-            ("generated", op.generated, t.map(|t| t.generated)),
-        ] {
-            if Some(row as u64) != receipt {
-                bad.push(format!(
-                    "{name} {row} vs {}",
-                    receipt.map_or("none".into(), |n| n.to_string())
-                ));
-            }
-        }
-        if bad.is_empty() {
-            self.report.operations_checked += 1;
-        } else {
-            self.fail(Some(seq), format!(
-                "receipt {seq}: the operations row disagrees with the signed receipt ({}): operations table edited",
-                bad.join(", ")
-            ));
-        }
-    }
-
     fn finish(mut self, started: Instant) -> Result<VerifyReport, LedgerError> {
         let n = self.tree.len();
         for (seq, _) in std::mem::take(&mut self.operations) {
@@ -643,10 +444,19 @@ impl<'c> Verifier<'c> {
                 head,
             });
         }
-        let stored = crate::log::checkpoints(self.conn)?;
-        for signed in &stored {
+        for (size_col, signed) in rows::checkpoint_rows(self.conn)? {
             self.report.checkpoints += 1;
+            let signed = &signed;
             if let Some(c) = self.check_checkpoint(signed, "stored checkpoint") {
+                if size_col != c.size as i64 {
+                    self.fail(
+                        None,
+                        format!(
+                            "stored checkpoint of size {}: its size column says {size_col}: edited in the database",
+                            c.size
+                        ),
+                    );
+                }
                 if c.size == n && self.report.failures.is_empty() {
                     self.report.covering_checkpoint = Some(signed.clone());
                 }
