@@ -198,16 +198,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 async fn run_arm(
     arm: Arm,
     engine: Arc<dyn Engine>,
-    workload: Workload,
+    plan: &BenchPlan,
     session: &str,
-    steps: usize,
     scratch: &std::path::Path,
     on_step: &mut (impl FnMut(Arm, usize) + Send),
 ) -> Result<ArmRun, BenchError> {
+    let (workload, steps) = (plan.workload, plan.steps);
     let db = scratch.join(format!("{}-{session}.db", arm.name()));
     // Both arms sign receipts, as every real run does, with a throwaway key.
     let signer = crate::ledger::Signer::generate()?;
-    let pack = StatePack::new(engine, Store::open(&db, signer)?);
+    let mut pack = StatePack::new(engine, Store::open(&db, signer)?);
+    if !plan.kv_blobs {
+        pack = pack.with_kv_blobs(None);
+    }
     if workload == Workload::Agent {
         return run_agent_arm(arm, pack, session, steps, on_step).await;
     }
@@ -295,18 +298,35 @@ fn reason_of(stop: &StopReason) -> String {
     }
 }
 
-/// Runs both arms (and the peer's, if given) `runs` times for `steps` steps of `workload`,
-/// rotating their order from run to run. `on_step(arm, step)` is called after each step, for
-/// progress display.
+/// What [`run`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchPlan {
+    /// The loop each arm runs.
+    pub workload: Workload,
+    /// Steps per run.
+    pub steps: usize,
+    /// Runs per arm.
+    pub runs: usize,
+    /// Whether the packs keep KV blobs (when the engine can export KV).
+    pub kv_blobs: bool,
+}
+
+/// Runs both arms (and the peer's, if given) `plan.runs` times for `plan.steps` steps of
+/// `plan.workload`, rotating their order from run to run. `on_step(arm, step)` is called
+/// after each step, for progress display.
 pub async fn run(
     statepack_engine: Arc<dyn Engine>,
     naive_engine: Arc<dyn Engine>,
     peer: Option<&Peer>,
-    workload: Workload,
-    steps: usize,
-    runs: usize,
+    plan: BenchPlan,
     mut on_step: impl FnMut(Arm, usize) + Send,
 ) -> Result<BenchReport, BenchError> {
+    let BenchPlan {
+        workload,
+        steps,
+        runs,
+        ..
+    } = plan;
     if steps == 0 || runs == 0 {
         return Err(BenchError::Empty);
     }
@@ -341,18 +361,7 @@ pub async fn run(
                     continue;
                 }
             };
-            pair.push(
-                run_arm(
-                    arm,
-                    engine,
-                    workload,
-                    &session,
-                    steps,
-                    scratch.path(),
-                    &mut on_step,
-                )
-                .await?,
-            );
+            pair.push(run_arm(arm, engine, &plan, &session, scratch.path(), &mut on_step).await?);
         }
         let wall = |a: Arm| {
             pair.iter()

@@ -206,12 +206,9 @@ impl StatePack {
     /// When the engine can export KV ([`Engine::kv_export`]) and the store is on disk, every
     /// state the engine computes is also written as a KV blob to `<database>.kv/` (see
     /// [`crate::kv_blob`]), and a state the engine no longer holds is loaded from its blob
-    /// instead of being prefilled again; [`with_kv_blobs`](Self::with_kv_blobs) (or the
-    /// environment variable `STATE_PACK_NO_KV_BLOBS`, which the CLI's `--no-kv-blobs` sets)
-    /// changes that.
+    /// instead of being prefilled again; [`with_kv_blobs`](Self::with_kv_blobs) changes that.
     pub fn new(engine: Arc<dyn Engine>, store: Store) -> Self {
         let blobs = match store.path() {
-            Some(_) if std::env::var_os("STATE_PACK_NO_KV_BLOBS").is_some() => None,
             Some(db) if engine.kv_export() => {
                 let dir = KvBlobStore::dir_for_database(db);
                 KvBlobStore::open(&dir, DEFAULT_BUDGET_BYTES)

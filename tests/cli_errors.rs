@@ -80,3 +80,49 @@ fn corrupt_model_file() {
         "broken.gguf",
     );
 }
+
+/// Engine options are flags (with the old environment names as their `env`): a bad value is
+/// refused by the command line before any model is loaded, naming the flag.
+#[test]
+fn bad_engine_options_are_refused() {
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
+        (&["--batch", "0", "model", "info"], None, "--batch"),
+        (&["--threads", "many", "model", "info"], None, "--threads"),
+        (
+            &["model", "info"],
+            Some(("STATE_PACK_LLAMACPP_FLASH_ATTN", "maybe")),
+            "--flash-attn",
+        ),
+        (
+            &["model", "info"],
+            Some(("STATE_PACK_MISTRALRS_DTYPE", "f8")),
+            "--dtype",
+        ),
+        (
+            &["model", "info"],
+            Some(("STATE_PACK_MISTRALRS_Q8", "perhaps")),
+            "--requantize-q8",
+        ),
+    ];
+    for (args, env, flag) in cases {
+        let keys = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_state-pack"));
+        cmd.args(args)
+            .env("RUST_LOG", "off")
+            .env("STATE_PACK_KEY", keys.path().join("key.pem"))
+            // A model that does not exist: if the flag were accepted, loading would fail
+            // with a different message.
+            .env("STATE_PACK_MODEL", "/no/such/model.gguf");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: invalid value"), "{err}");
+        assert!(first.contains(flag), "{first:?} should name {flag}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

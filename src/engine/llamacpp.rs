@@ -73,21 +73,12 @@ impl Default for LlamaCppOptions {
     fn default() -> Self {
         Self {
             slots: 8,
-            threads: env_usize("STATE_PACK_THREADS").unwrap_or(0),
+            threads: 0,
             context: 0,
-            batch: env_usize("STATE_PACK_LLAMACPP_BATCH").unwrap_or(512),
-            flash_attention: match std::env::var("STATE_PACK_LLAMACPP_FLASH_ATTN").as_deref() {
-                Ok("on") => Some(true),
-                Ok("off") => Some(false),
-                _ => None,
-            },
+            batch: super::DEFAULT_LLAMACPP_BATCH,
+            flash_attention: None,
         }
     }
-}
-
-/// A tuning knob from the environment (see `docs/PERFORMANCE.md`).
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok()?.parse().ok()
 }
 
 /// llama.cpp's backend may be initialized once per process.

@@ -56,7 +56,7 @@ pub struct MistralRsOptions {
     pub dtype: ActivationDType,
     /// Requantize weight types that candle multiplies with a scalar loop on x86 (Q4_1,
     /// Q5_0, Q5_1: the default model is Q4_1) to Q8_0, which has an AVX2 kernel, when the
-    /// model is loaded. On by default (`STATE_PACK_MISTRALRS_Q8=0` turns it off): agent
+    /// model is loaded. On by default (the CLI's `--requantize-q8 false` turns it off): agent
     /// steps 1.44x and prefill 1.7x faster on the default model (`docs/PERFORMANCE.md`).
     /// The weights then hold the file's values to within Q8_0's rounding (a step of 1/127
     /// of each 32-weight block's largest magnitude), so outputs can differ from the exact
@@ -68,11 +68,8 @@ impl Default for MistralRsOptions {
     fn default() -> Self {
         Self {
             prefix_cache_entries: 8,
-            dtype: match std::env::var("STATE_PACK_MISTRALRS_DTYPE").as_deref() {
-                Ok("bf16") => ActivationDType::Bf16,
-                _ => ActivationDType::F32,
-            },
-            requantize_q8: std::env::var("STATE_PACK_MISTRALRS_Q8").map_or(true, |v| v != "0"),
+            dtype: ActivationDType::F32,
+            requantize_q8: true,
         }
     }
 }

@@ -21,7 +21,7 @@ mod sampler;
 
 #[cfg(feature = "llamacpp")]
 pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
-pub use self::mistralrs::{MistralRsEngine, MistralRsOptions};
+pub use self::mistralrs::{ActivationDType, MistralRsEngine, MistralRsOptions};
 
 /// An [`EngineError::Load`] for the model file at `path`.
 pub(crate) fn load_err(path: &std::path::Path, reason: impl ToString) -> EngineError {
@@ -336,7 +336,8 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
-/// How to load an engine, whichever it is.
+/// How to load an engine, whichever it is: every knob is a field here, none is read from
+/// the environment (the CLI maps its flags and their `env` names onto these fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineSpec {
     /// The engine.
@@ -344,14 +345,33 @@ pub struct EngineSpec {
     /// Token sequences whose KV the engine keeps (mistral.rs prefix-cache entries, llama.cpp
     /// slots); `0` keeps none, so every prompt is prefilled in full.
     pub hot_states: usize,
+    /// CPU threads for llama.cpp; `0` means every core. (mistral.rs's CPU kernels run on
+    /// rayon's global pool, sized once per process by `RAYON_NUM_THREADS`.)
+    pub threads: usize,
+    /// llama.cpp: tokens per `llama_decode` call while prefilling.
+    pub batch: usize,
+    /// llama.cpp: flash attention forced on or off; `None` lets llama.cpp decide.
+    pub flash_attention: Option<bool>,
+    /// mistral.rs: activation and KV precision.
+    pub dtype: ActivationDType,
+    /// mistral.rs: requantize Q4_1/Q5_0/Q5_1 weights to Q8_0 at load
+    /// ([`MistralRsOptions::requantize_q8`]).
+    pub requantize_q8: bool,
 }
 
 impl EngineSpec {
-    /// `kind` with its default number of hot states (8).
+    /// `kind` with the defaults: 8 hot states, every core, batches of 512, flash attention
+    /// as llama.cpp decides, F32 activations, Q8_0 requantization on.
     pub fn new(kind: EngineKind) -> Self {
+        let mistralrs = MistralRsOptions::default();
         Self {
             kind,
             hot_states: 8,
+            threads: 0,
+            batch: DEFAULT_LLAMACPP_BATCH,
+            flash_attention: None,
+            dtype: mistralrs.dtype,
+            requantize_q8: mistralrs.requantize_q8,
         }
     }
 
@@ -363,6 +383,9 @@ impl EngineSpec {
         }
     }
 }
+
+/// llama.cpp's prefill batch unless told otherwise ([`EngineSpec::batch`]).
+pub const DEFAULT_LLAMACPP_BATCH: usize = 512;
 
 /// Loads the GGUF model at `path` in the engine `spec` names.
 ///
@@ -378,7 +401,8 @@ pub async fn load_engine(
                 path,
                 MistralRsOptions {
                     prefix_cache_entries: spec.hot_states,
-                    ..MistralRsOptions::default()
+                    dtype: spec.dtype,
+                    requantize_q8: spec.requantize_q8,
                 },
             )
             .await?,
@@ -389,6 +413,9 @@ pub async fn load_engine(
                 path,
                 LlamaCppOptions {
                     slots: spec.hot_states,
+                    threads: spec.threads,
+                    batch: spec.batch,
+                    flash_attention: spec.flash_attention,
                     ..LlamaCppOptions::default()
                 },
             )

@@ -10,7 +10,6 @@ use state_pack::agent::{memory_usage, AgentEvent, AgentLoop, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy, CostModel};
 use state_pack::engine::Engine;
 use state_pack::ledger::Signer;
-use state_pack::{StatePack, Store};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -77,7 +76,10 @@ fn gib(bytes: u64) -> f64 {
 pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()> {
     let (signer, _) = Signer::load_or_create(key)?;
     let public_key = signer.public_key().to_hex();
-    let pack = Arc::new(StatePack::new(engine.clone(), Store::open(&a.db, signer)?));
+    let pack = Arc::new(crate::new_pack(
+        engine.clone(),
+        crate::open_store(&a.db, signer)?,
+    ));
     let policy = CompactionPolicy {
         window_fraction: Some(a.window_fraction),
         every_steps: a.every,

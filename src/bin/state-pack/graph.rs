@@ -10,7 +10,7 @@ use state_pack::engine::Engine;
 use state_pack::graph::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::graph::{Checkpointer, GraphEvent, GraphRun, RunStatus};
 use state_pack::ledger::Signer;
-use state_pack::{StatePack, Store};
+use state_pack::Store;
 
 #[derive(Subcommand)]
 pub enum GraphCommand {
@@ -115,7 +115,7 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, command: GraphCommand) -> 
         GraphCommand::Resume(a) => (&a.at, &a.options),
         GraphCommand::History(w) => return history(w),
         GraphCommand::Mermaid { .. } => {
-            let pack = Arc::new(StatePack::new(
+            let pack = Arc::new(crate::new_pack(
                 engine.clone(),
                 Store::open_in_memory(Signer::generate()?)?,
             ));
@@ -126,7 +126,10 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, command: GraphCommand) -> 
         }
     };
     let (signer, _) = Signer::load_or_create(key)?;
-    let pack = Arc::new(StatePack::new(engine.clone(), Store::open(&at.db, signer)?));
+    let pack = Arc::new(crate::new_pack(
+        engine.clone(),
+        crate::open_store(&at.db, signer)?,
+    ));
     let bases = BaseLog::default();
     let interrupts: Vec<&str> = options
         .interrupt_before

@@ -13,10 +13,12 @@ mod serve;
 
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
-use state_pack::engine::{load_engine, Engine, EngineKind, EngineSpec};
+use state_pack::engine::{load_engine, ActivationDType, Engine, EngineKind, EngineSpec};
 use state_pack::ledger::cli as ledger;
+use state_pack::ledger::DbError;
 use state_pack::ledger::{default_key_path, Signer};
 use state_pack::model::{self, DEFAULT_MODEL};
+use state_pack::store::StoreError;
 use state_pack::{StateHash, StatePack, Store};
 
 #[derive(Parser)]
@@ -42,14 +44,92 @@ struct Cli {
     engine: EngineKind,
     /// CPU threads the engine uses [default: every core]. Sets RAYON_NUM_THREADS for
     /// mistral.rs and the thread count of llama.cpp.
-    #[arg(long, global = true, env = "STATE_PACK_THREADS")]
-    threads: Option<usize>,
+    #[arg(long, global = true, env = "STATE_PACK_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Do not keep KV blobs (llamacpp): a state the engine no longer holds is prefilled
     /// again instead of loaded from disk.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "STATE_PACK_NO_KV_BLOBS")]
     no_kv_blobs: bool,
+    /// llama.cpp: tokens run per decode call while prefilling.
+    #[arg(long, global = true, env = "STATE_PACK_LLAMACPP_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: u32,
+    /// llama.cpp: flash attention (auto lets llama.cpp decide; it enables it on CPU).
+    #[arg(long, global = true, env = "STATE_PACK_LLAMACPP_FLASH_ATTN", value_enum, default_value_t = FlashAttn::Auto)]
+    flash_attn: FlashAttn,
+    /// mistral.rs: activation and KV precision.
+    #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_DTYPE", value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    /// mistral.rs: requantize Q4_1/Q5_0/Q5_1 weights to Q8_0 at load (faster on x86; outputs
+    /// within Q8_0's rounding of the file's weights). `false` or `0` runs the file's weights.
+    #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_Q8", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    requantize_q8: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--flash-attn`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FlashAttn {
+    /// llama.cpp decides.
+    Auto,
+    /// Forced on.
+    On,
+    /// Forced off.
+    Off,
+}
+
+/// `--dtype`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Cli {
+    /// The engine the flags describe, keeping the default number of hot states.
+    fn spec(&self) -> EngineSpec {
+        EngineSpec {
+            threads: self.threads.map_or(0, usize::from),
+            batch: self.batch as usize,
+            flash_attention: match self.flash_attn {
+                FlashAttn::Auto => None,
+                FlashAttn::On => Some(true),
+                FlashAttn::Off => Some(false),
+            },
+            dtype: match self.dtype {
+                Dtype::F32 => ActivationDType::F32,
+                Dtype::Bf16 => ActivationDType::Bf16,
+            },
+            requantize_q8: self.requantize_q8,
+            ..EngineSpec::new(self.engine)
+        }
+    }
+}
+
+/// The store at `db`, signed by `signer`; a path that cannot be opened says which flag
+/// chooses another.
+pub(crate) fn open_store(db: &Path, signer: Signer) -> Result<Store> {
+    Store::open(db, signer).map_err(|e| match e {
+        StoreError::Db(DbError::Open { .. }) => {
+            anyhow::anyhow!("{e} (choose a writable path with --db)")
+        }
+        e => e.into(),
+    })
+}
+
+/// Whether `--no-kv-blobs` was given: set once in `main`, read by [`new_pack`].
+static NO_KV_BLOBS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A pack over `engine` and `store`, keeping KV blobs unless `--no-kv-blobs` says not to.
+pub(crate) fn new_pack(engine: Arc<dyn Engine>, store: Store) -> StatePack {
+    let pack = StatePack::new(engine, store);
+    if NO_KV_BLOBS.get().copied().unwrap_or(false) {
+        pack.with_kv_blobs(None)
+    } else {
+        pack
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,14 +249,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        // Read by mistral.rs's kernels (candle) and llama.cpp's options when the engine
-        // loads; set before any other thread starts.
+        // mistral.rs's kernels (candle) run on rayon's global pool, which reads this when it
+        // starts; set before any other thread starts. llama.cpp takes it from the spec.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("STATE_PACK_THREADS", n.to_string());
     }
-    if cli.no_kv_blobs {
-        std::env::set_var("STATE_PACK_NO_KV_BLOBS", "1");
-    }
+    let _ = NO_KV_BLOBS.set(cli.no_kv_blobs);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -198,6 +275,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<bool> {
+    let spec = cli.spec();
     let cache = model::cache_dir(cli.cache_dir.as_deref());
     let key = cli.key.clone().unwrap_or_else(default_key_path);
     let model_path = cli.model.as_deref();
@@ -218,30 +296,20 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         Command::Model {
             command: ModelCommand::Info,
         } => {
-            let engine = load(model_path, &cache, EngineSpec::new(cli.engine)).await?;
+            let engine = load(model_path, &cache, spec).await?;
             println!("{}", serde_json::to_string_pretty(engine.info())?);
         }
         Command::Agent(args) => {
-            agent::run(
-                load(model_path, &cache, EngineSpec::new(cli.engine)).await?,
-                &key,
-                args,
-            )
-            .await?
+            agent::run(load(model_path, &cache, spec).await?, &key, args).await?
         }
         Command::Graph {
             command: graph::GraphCommand::History(w),
         } => graph::history(&w)?,
         Command::Graph { command } => {
-            graph::run(
-                load(model_path, &cache, EngineSpec::new(cli.engine)).await?,
-                &key,
-                command,
-            )
-            .await?
+            graph::run(load(model_path, &cache, spec).await?, &key, command).await?
         }
-        Command::Run { steps, db } => run(model_path, &cache, cli.engine, &key, steps, &db).await?,
-        Command::Serve(args) => serve::serve(model_path, &cache, cli.engine, &key, args).await?,
+        Command::Run { steps, db } => run(model_path, &cache, spec, &key, steps, &db).await?,
+        Command::Serve(args) => serve::serve(model_path, &cache, spec, &key, args).await?,
         Command::Bench {
             steps,
             runs,
@@ -256,11 +324,11 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 WorkloadArg::Demo => bench::Workload::Demo,
                 WorkloadArg::Agent => bench::Workload::Agent,
                 WorkloadArg::Serve => {
-                    serve::bench(model_path, &cache, cli.engine, clients, steps, json).await?;
+                    serve::bench(model_path, &cache, spec, clients, steps, json).await?;
                     return Ok(true);
                 }
                 WorkloadArg::Restore => {
-                    restore_cmd(model_path, &cache, cli.engine, state_tokens, runs, json).await?;
+                    restore_cmd(model_path, &cache, spec, state_tokens, runs, json).await?;
                     return Ok(true);
                 }
             };
@@ -281,7 +349,10 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 let report = bench_cmd(
                     model_path,
                     &cache,
-                    engine,
+                    EngineSpec {
+                        kind: engine,
+                        ..spec
+                    },
                     peer.as_ref(),
                     workload,
                     steps,
@@ -315,8 +386,8 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         }
         Command::State { hash, db } => {
             let hash: StateHash = hash.parse()?;
-            let engine = load(model_path, &cache, EngineSpec::new(cli.engine)).await?;
-            let pack = StatePack::new(engine, Store::open_for_reading(&db)?);
+            let engine = load(model_path, &cache, spec).await?;
+            let pack = new_pack(engine, Store::open_for_reading(&db)?);
             println!("{}", serde_json::to_string_pretty(&pack.state(&hash)?)?);
         }
     }
@@ -358,7 +429,7 @@ fn ms(d: std::time::Duration) -> f64 {
 async fn run(
     model: Option<&Path>,
     cache: &Path,
-    engine: EngineKind,
+    spec: EngineSpec,
     key: &Path,
     steps: usize,
     db: &Path,
@@ -372,10 +443,10 @@ async fn run(
         );
     }
     let public_key = signer.public_key().to_hex();
-    let store = Store::open(db, signer)?;
-    let engine = load(model, cache, EngineSpec::new(engine)).await?;
+    let store = open_store(db, signer)?;
+    let engine = load(model, cache, spec).await?;
     let end_of_turn = engine.tokenize("<|im_end|>").await?;
-    let pack = StatePack::new(engine, store);
+    let pack = new_pack(engine, store);
     let before = pack.totals()?;
 
     let start = match pack.latest_state()? {
@@ -478,21 +549,28 @@ async fn run(
 async fn bench_cmd(
     model: Option<&Path>,
     cache: &Path,
-    engine: EngineKind,
+    spec: EngineSpec,
     peer: Option<&bench::Peer>,
     workload: bench::Workload,
     steps: usize,
     runs: usize,
 ) -> Result<bench::BenchReport> {
-    let reuse = load(model, cache, EngineSpec::new(engine)).await?;
-    let naive = load(model, cache, EngineSpec::new(engine).hot_states(0)).await?;
+    let engine = spec.kind;
+    let reuse = load(model, cache, spec).await?;
+    let naive = load(model, cache, spec.hot_states(0)).await?;
     let arms = 2 + usize::from(peer.is_some());
     let bar = ProgressBar::new((arms * steps * runs) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = bench::run(reuse, naive, peer, workload, steps, runs, |arm, step| {
+    let plan = bench::BenchPlan {
+        workload,
+        steps,
+        runs,
+        kv_blobs: !NO_KV_BLOBS.get().copied().unwrap_or(false),
+    };
+    let report = bench::run(reuse, naive, peer, plan, |arm, step| {
         bar.set_message(format!("{engine} {} step {step}", arm.name()));
         bar.inc(1);
     })
@@ -570,12 +648,12 @@ fn print_bench(report: &bench::BenchReport) {
 async fn restore_cmd(
     model: Option<&Path>,
     cache: &Path,
-    engine: EngineKind,
+    spec: EngineSpec,
     tokens: usize,
     runs: usize,
     json: bool,
 ) -> Result<()> {
-    if engine != EngineKind::LlamaCpp {
+    if spec.kind != EngineKind::LlamaCpp {
         anyhow::bail!(
             "--workload restore needs --engine llamacpp: mistral.rs cannot save KV states, so a cold state is always prefilled again"
         );
@@ -585,13 +663,9 @@ async fn restore_cmd(
         None => DEFAULT_MODEL.ensure(cache)?,
     };
     let bar = ProgressBar::new(runs as u64);
-    let report = bench::restore_vs_prefill(
-        || load_engine(&path, EngineSpec::new(engine)),
-        tokens,
-        runs,
-        |_| bar.inc(1),
-    )
-    .await?;
+    let report =
+        bench::restore_vs_prefill(|| load_engine(&path, spec), tokens, runs, |_| bar.inc(1))
+            .await?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

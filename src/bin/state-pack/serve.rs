@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use state_pack::engine::{EngineKind, EngineSpec};
+use state_pack::engine::EngineSpec;
 use state_pack::ledger::Signer;
 use state_pack::server::{self, load, Auth, Server, ServerConfig};
-use state_pack::{StatePack, Store};
+use state_pack::Store;
 
 /// Options of `state-pack serve`.
 #[derive(clap::Args)]
@@ -113,7 +113,7 @@ async fn shutdown_signal() {
 pub async fn serve(
     model: Option<&Path>,
     cache: &Path,
-    engine: EngineKind,
+    spec: EngineSpec,
     key: &Path,
     args: ServeArgs,
 ) -> Result<()> {
@@ -123,14 +123,9 @@ pub async fn serve(
         eprintln!("created signing key {}", key.display());
     }
     let public_key = signer.public_key().to_hex();
-    let store = Store::open(&args.db, signer)?;
-    let engine = crate::load(
-        model,
-        cache,
-        EngineSpec::new(engine).hot_states(args.hot_states),
-    )
-    .await?;
-    let pack = Arc::new(StatePack::new(engine, store));
+    let store = crate::open_store(&args.db, signer)?;
+    let engine = crate::load(model, cache, spec.hot_states(args.hot_states)).await?;
+    let pack = Arc::new(crate::new_pack(engine, store));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -159,7 +154,7 @@ pub async fn serve(
 pub async fn bench(
     model: Option<&Path>,
     cache: &Path,
-    engine: EngineKind,
+    spec: EngineSpec,
     clients: usize,
     steps: usize,
     json: bool,
@@ -171,13 +166,8 @@ pub async fn bench(
     let db = dir.path().join("serve-bench.db");
     let store = Store::open(&db, Signer::generate()?)?;
     // Every client's state stays hot, plus the base and the states being replaced.
-    let engine = crate::load(
-        model,
-        cache,
-        EngineSpec::new(engine).hot_states(2 * clients + 2),
-    )
-    .await?;
-    let pack = Arc::new(StatePack::new(engine, store));
+    let engine = crate::load(model, cache, spec.hot_states(2 * clients + 2)).await?;
+    let pack = Arc::new(crate::new_pack(engine, store));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let token = "bench-token-0123456789abcdef".to_string();
