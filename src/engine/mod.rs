@@ -18,6 +18,8 @@ pub mod gguf;
 pub mod llamacpp;
 pub mod mistralrs;
 mod sampler;
+#[cfg(any(test, feature = "testing"))]
+pub mod scripted;
 
 #[cfg(feature = "llamacpp")]
 pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};

@@ -9,7 +9,7 @@ use crate::ledger::log::StoredReceipt;
 use crate::pack::{OpReport, Timings, TokenCounts};
 use crate::state::StateHash;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// `POST /states`: a base state from text.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -380,10 +380,7 @@ pub struct ErrorBody {
 /// One error: a stable machine-readable `code` and a message for people.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
-    /// Stable code (see docs/SERVER.md): invalid_json, invalid_hash, invalid_parameters,
-    /// empty_text, unauthorized, not_found, unknown_state, unknown_receipt,
-    /// method_not_allowed, payload_too_large, unsupported_media_type, context_overflow,
-    /// wrong_model, overloaded, timeout, shutting_down, engine_failed, internal.
+    /// Stable code: one of `ErrorCode::ALL` (`docs/SERVER.md` lists them with their status).
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
@@ -397,16 +394,10 @@ pub fn parse_hash(field: &str, s: &str) -> Result<StateHash, ApiError> {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_hash",
+            ErrorCode::InvalidHash,
             format!("{field} must be 64 lowercase hex characters"),
         ));
     }
-    s.parse().map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_hash",
-            format!("{field}: {e}"),
-        )
-    })
+    s.parse()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidHash, format!("{field}: {e}")))
 }

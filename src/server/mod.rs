@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use self::api::*;
-use self::error::ApiError;
+use self::error::{ApiError, ErrorCode};
 use self::metrics::Metrics;
 use self::queue::{FairQueue, Permit};
 use crate::pack::StatePack;
@@ -270,24 +270,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with Content-Type: application/json",
             )),
             Err(JsonRejection::BytesRejection(r))
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
                 Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     "request body over the server's limit",
                 ))
             }
-            Err(r) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                r.body_text(),
-            )),
+            Err(r) => Err(ApiError::new(ErrorCode::InvalidJson, r.body_text())),
         }
     }
 }
@@ -297,8 +291,7 @@ impl AppState {
     async fn engine(&self, client: &Client) -> Result<(Permit<'_>, Duration), ApiError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 "the server is shutting down",
             ));
         }
@@ -307,11 +300,7 @@ impl AppState {
             Ok(p) => Ok((p, queued.elapsed())),
             Err(full) => {
                 self.metrics.queue_full();
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    format!("{full}: retry later"),
-                );
+                let mut e = ApiError::new(ErrorCode::Overloaded, format!("{full}: retry later"));
                 e.retry_after = Some(1);
                 Err(e)
             }
@@ -327,8 +316,7 @@ impl AppState {
             .await
             .unwrap_or_else(|_| {
                 Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
+                    ErrorCode::Timeout,
                     format!(
                         "the operation took longer than the server's limit of {} s",
                         self.config.engine_timeout.as_secs()
@@ -379,8 +367,7 @@ impl AppState {
 
 fn too_long(field: &str, limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("{field} is over the server's limit of {limit} tokens"),
     )
 }
@@ -479,11 +466,7 @@ async fn compact_state(
                 .map_err(|e| match e {
                     compact::CompactError::Pack(p) => ApiError::from(p),
                     compact::CompactError::KeepLast => ApiError::invalid(e.to_string()),
-                    other => ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "nothing_to_compact",
-                        other.to_string(),
-                    ),
+                    other => ApiError::new(ErrorCode::NothingToCompact, other.to_string()),
                 })
         })
         .await?;
@@ -545,8 +528,7 @@ fn known_receipt(s: &AppState, seq: u64) -> Result<(), ApiError> {
         .map_err(|e| ApiError::internal("cannot count receipts", &e))?;
     if seq >= count {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_receipt",
+            ErrorCode::UnknownReceipt,
             format!("no receipt {seq}: the log holds {count} (0..{count})"),
         ));
     }
@@ -635,29 +617,19 @@ async fn openapi_doc(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> 
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint (see /openapi.json)",
-    )
+    ApiError::new(ErrorCode::NotFound, "no such endpoint (see /openapi.json)")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method (see /openapi.json)",
     )
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
-    .into_response()
+    ApiError::new(ErrorCode::Internal, "internal error").into_response()
 }
 
 /// Paths anyone may call.
@@ -690,16 +662,14 @@ async fn authenticate(State(s): State<Arc<AppState>>, mut req: Request, next: Ne
                 (_, Some(name)) => Client(name),
                 (None, None) => {
                     return ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
+                        ErrorCode::Unauthorized,
                         "send Authorization: Bearer <token>",
                     )
                     .into_response()
                 }
                 (Some(_), None) => {
                     return ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
+                        ErrorCode::Unauthorized,
                         "the bearer token is not accepted",
                     )
                     .into_response()
@@ -727,7 +697,9 @@ async fn json_errors(req: Request, next: Next) -> Response {
         Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
-    ApiError::new(status, ApiError::code_for(status), message).into_response()
+    ApiError::new(ApiError::code_for(status), message)
+        .with_status(status)
+        .into_response()
 }
 
 /// Counts every request by route and status, with its latency.

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::api::*;
+use super::error::ErrorCode;
 use crate::ledger::{ReceiptProof, SignedCheckpoint};
 
 fn body<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
@@ -24,16 +25,24 @@ pub fn document() -> Value {
     let mut g = SchemaSettings::openapi3().into_generator();
     let err = g.subschema_for::<ErrorBody>();
     let error = |what: &str| json!({"description": what, "content": {"application/json": {"schema": err.clone()}}});
-    let errors = |codes: &[(&str, &str)]| {
-        let mut m = serde_json::Map::new();
-        for (status, what) in codes {
-            m.insert(status.to_string(), error(what));
+    // One response per status, naming every code that status carries for this operation.
+    let errors = |codes: &[ErrorCode]| {
+        let always = [
+            ErrorCode::Unauthorized,
+            ErrorCode::Internal,
+            ErrorCode::EngineFailed,
+        ];
+        let mut by_status: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+        for c in codes.iter().chain(&always) {
+            by_status
+                .entry(c.status().as_u16())
+                .or_default()
+                .push(format!("`{}`: {}", c.as_str(), c.description()));
         }
-        m.insert(
-            "401".into(),
-            error("unauthorized: missing or wrong bearer token"),
-        );
-        m.insert("500".into(), error("internal or engine_failed"));
+        let mut m = serde_json::Map::new();
+        for (status, lines) in by_status {
+            m.insert(status.to_string(), error(&lines.join(" ")));
+        }
         m
     };
     let hash_param = json!([{
@@ -45,17 +54,19 @@ pub fn document() -> Value {
         "schema": {"type": "integer", "format": "int64", "minimum": 0}
     }]);
     let mutating = [
-        (
-            "400",
-            "invalid_json, invalid_hash, invalid_parameters or empty_text",
-        ),
-        ("404", "unknown_state"),
-        ("409", "wrong_model"),
-        ("413", "payload_too_large"),
-        ("415", "unsupported_media_type"),
-        ("422", "context_overflow or nothing_to_compact"),
-        ("503", "overloaded (see Retry-After) or shutting_down"),
-        ("504", "timeout"),
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidHash,
+        ErrorCode::InvalidParameters,
+        ErrorCode::EmptyText,
+        ErrorCode::UnknownState,
+        ErrorCode::WrongModel,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::ContextOverflow,
+        ErrorCode::NothingToCompact,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Timeout,
     ];
     let op = |g: &mut SchemaGenerator, summary: &str, req: Value, resp: Value| {
         let _ = g;
@@ -114,8 +125,10 @@ pub fn document() -> Value {
                open: bool| {
         let _ = g;
         let mut responses = errors(&[
-            ("400", "invalid_hash or invalid_parameters"),
-            ("404", "unknown_state or unknown_receipt"),
+            ErrorCode::InvalidHash,
+            ErrorCode::InvalidParameters,
+            ErrorCode::UnknownState,
+            ErrorCode::UnknownReceipt,
         ]);
         responses.insert("200".into(), resp);
         let mut o = json!({"summary": summary, "responses": responses});

@@ -1,0 +1,222 @@
+//! The pack's accounting and its failure paths on the scripted engine (feature `testing`):
+//! what was prefilled, reused and restored, replays, and that an operation that fails writes
+//! nothing. Fast and offline; what a real model computes is tested in `pack_real_model.rs`.
+
+use std::sync::Arc;
+
+use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
+use state_pack::engine::Sampling;
+use state_pack::ledger::{verify_file, Signer, VerifyOptions};
+use state_pack::pack::PackError;
+use state_pack::{StatePack, Store};
+
+fn key() -> Signer {
+    Signer::from_seed([21; 32])
+}
+
+fn pack_with(engine: Arc<ScriptedEngine>, store: Store) -> StatePack {
+    StatePack::new(engine, store)
+}
+
+fn in_memory(engine: Arc<ScriptedEngine>) -> StatePack {
+    pack_with(engine, Store::open_in_memory(key()).unwrap())
+}
+
+const BASE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n";
+const TURN: &str = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+
+#[tokio::test]
+async fn create_merge_infer_account_what_the_engine_did() {
+    let engine = Arc::new(ScriptedEngine::replying("hello"));
+    let pack = in_memory(engine.clone());
+    let base_len = ScriptedEngine::encode(BASE).len();
+    let turn_len = ScriptedEngine::encode(TURN).len();
+
+    let base = pack.create(BASE).await.unwrap();
+    assert!(base.engine_called);
+    assert_eq!((base.tokens.prefilled, base.tokens.reused), (base_len, 0));
+    // The same base again is the same state, already hot: nothing runs.
+    let again = pack.create(BASE).await.unwrap();
+    assert_eq!(again.output, base.output);
+    assert!(!again.engine_called);
+    assert_eq!(again.tokens.prefilled, 0);
+    assert_eq!(engine.calls().prefills, 1);
+
+    let merged = pack.merge(&base.output, TURN).await.unwrap();
+    assert_eq!(merged.tokens.delta, turn_len);
+    assert_eq!(merged.tokens.state, base_len + turn_len);
+    assert_eq!(
+        (merged.tokens.prefilled, merged.tokens.reused),
+        (turn_len, base_len),
+        "only the delta runs"
+    );
+
+    let out = pack
+        .infer(&merged.output, "x", &Sampling::greedy(16))
+        .await
+        .unwrap();
+    assert_eq!(out.text, "hello");
+    let t = out.report.tokens;
+    assert_eq!((t.prefilled, t.reused), (1, base_len + turn_len));
+    assert_eq!(
+        t.generated,
+        "hello".len() + 1,
+        "the reply and its end-of-turn token"
+    );
+    assert_eq!(t.state, base_len + turn_len + 1 + t.generated);
+
+    // Every figure above is in the signed log, and the log verifies.
+    let totals = pack.totals().unwrap();
+    assert_eq!(totals.operations, 4);
+    assert_eq!(
+        totals.prefilled as usize,
+        base_len + turn_len + 1,
+        "the repeated create prefilled nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_cold_state_is_prefilled_again_in_full() {
+    let engine = Arc::new(ScriptedEngine::replying("ok"));
+    let pack = in_memory(engine.clone());
+    let base = pack.create(BASE).await.unwrap();
+    engine.evict_all();
+    let merged = pack.merge(&base.output, TURN).await.unwrap();
+    assert!(!merged.input_was_hot);
+    assert_eq!(merged.tokens.reused, 0);
+    assert_eq!(merged.tokens.prefilled, merged.tokens.state);
+}
+
+#[tokio::test]
+async fn a_failed_engine_call_writes_nothing() {
+    let engine = Arc::new(ScriptedEngine::replying("ok"));
+    let pack = in_memory(engine.clone());
+    let base = pack.create(BASE).await.unwrap();
+    let receipts = pack.with_store(|s| s.receipt_count().unwrap());
+    let states = pack.with_store(|s| s.state_count().unwrap());
+
+    engine.fail_next(Fault::Failed("the device fell over".into()));
+    let err = pack
+        .infer(&base.output, TURN, &Sampling::greedy(4))
+        .await
+        .expect_err("the engine failed");
+    assert!(err.to_string().contains("the device fell over"), "{err}");
+    engine.fail_next(Fault::Rejected("no".into()));
+    assert!(pack.merge(&base.output, TURN).await.is_err());
+
+    assert_eq!(pack.with_store(|s| s.receipt_count().unwrap()), receipts);
+    assert_eq!(pack.with_store(|s| s.state_count().unwrap()), states);
+    // And the pack still works.
+    pack.merge(&base.output, TURN).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_the_engine_runs() {
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::Fixed("ok".into()),
+        ScriptedOptions {
+            context_window: 64,
+            ..ScriptedOptions::default()
+        },
+    ));
+    let pack = in_memory(engine.clone());
+    let base = pack.create("short base").await.unwrap();
+    let before = engine.calls();
+    let receipts = pack.with_store(|s| s.receipt_count().unwrap());
+
+    let long = "y".repeat(100);
+    assert!(matches!(
+        pack.merge(&base.output, &long).await,
+        Err(PackError::ContextOverflow { .. })
+    ));
+    assert!(matches!(
+        pack.merge(&base.output, "").await,
+        Err(PackError::EmptyDelta)
+    ));
+    let unknown = state_pack::StateHash::from_bytes([7; 32]);
+    assert!(matches!(
+        pack.merge(&unknown, "z").await,
+        Err(PackError::UnknownState(_))
+    ));
+    assert_eq!(engine.calls(), before, "the engine was never called");
+    assert_eq!(pack.with_store(|s| s.receipt_count().unwrap()), receipts);
+}
+
+#[tokio::test]
+async fn a_deterministic_infer_is_replayed_from_the_store() {
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::queue(["first answer", "a different answer"]),
+        ScriptedOptions::default(),
+    ));
+    let pack = in_memory(engine.clone());
+    let base = pack.create(BASE).await.unwrap();
+    let sampling = Sampling::greedy(32);
+    let first = pack
+        .infer_or_replay(&base.output, TURN, &sampling)
+        .await
+        .unwrap();
+    let again = pack
+        .infer_or_replay(&base.output, TURN, &sampling)
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.calls().generates,
+        1,
+        "the second was answered from the store"
+    );
+    assert_eq!(again.text, "first answer");
+    assert_eq!(again.report.output, first.report.output);
+    assert_eq!(again.report.replay_of, Some(first.report.seq));
+    assert!(!again.report.engine_called);
+    assert_eq!(
+        (again.report.tokens.prefilled, again.report.tokens.generated),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::Fixed("fine".into()),
+        ScriptedOptions {
+            kv_export: true,
+            ..ScriptedOptions::default()
+        },
+    ));
+    let (state, state_len) = {
+        let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+        assert!(pack.kv_blobs().is_some(), "an on-disk store keeps blobs");
+        let base = pack.create(BASE).await.unwrap();
+        let out = pack
+            .infer(&base.output, TURN, &Sampling::greedy(8))
+            .await
+            .unwrap();
+        (out.report.output, out.report.tokens.state)
+    };
+    // A restarted engine holds nothing; the pack loads the state from its blobs.
+    engine.evict_all();
+    let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+    let next = pack.merge(&state, "more").await.unwrap();
+    let t = next.tokens;
+    assert!(t.restored > 0, "restored from blobs: {t:?}");
+    assert!(t.restored <= t.reused);
+    assert_eq!(t.prefilled + t.reused, t.state);
+    assert!(
+        t.prefilled < state_len,
+        "less than the whole state ran again: {t:?}"
+    );
+    assert_eq!(engine.calls().imports, 1);
+    drop(pack);
+
+    let report = verify_file(
+        &db,
+        &VerifyOptions {
+            trusted_keys: vec![key().public_key()],
+            trusted_checkpoint: None,
+        },
+    )
+    .unwrap();
+    assert!(report.ok(), "{:#?}", report.failures);
+}

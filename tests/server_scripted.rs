@@ -1,0 +1,390 @@
+//! Every HTTP error class of the server, through `Router::oneshot` on the scripted engine
+//! (feature `testing`): status, stable `code`, `Retry-After`, and that a refused or failed
+//! request writes nothing. Fast and offline; `server_real_model.rs` runs the real model over
+//! real sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
+use state_pack::ledger::Signer;
+use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
+use state_pack::{StatePack, Store};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Fixture {
+    router: Router,
+    engine: Arc<ScriptedEngine>,
+    pack: Arc<StatePack>,
+}
+
+fn fixture(options: ScriptedOptions, config: ServerConfig) -> Fixture {
+    let engine = Arc::new(ScriptedEngine::new(Reply::Fixed("ok".into()), options));
+    let store = Store::open_in_memory(Signer::from_seed([4; 32])).unwrap();
+    let pack = Arc::new(StatePack::new(engine.clone(), store));
+    let router = Server::new(pack.clone(), config).router();
+    Fixture {
+        router,
+        engine,
+        pack,
+    }
+}
+
+fn default_fixture() -> Fixture {
+    fixture(ScriptedOptions::default(), ServerConfig::default())
+}
+
+fn request(method: Method, uri: &str, body: Option<Value>) -> Request<Body> {
+    let b = Request::builder().method(method).uri(uri);
+    match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+async fn send(router: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// Sends `req` and checks the answer is an error with `status` and `code`, as JSON.
+async fn expect_error(router: &Router, req: Request<Body>, status: StatusCode, code: &str) {
+    let what = format!("{} {}", req.method(), req.uri());
+    let (got, headers, body) = send(router, req).await;
+    assert_eq!(got, status, "{what}: {body}");
+    assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+    assert_eq!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{what}"
+    );
+}
+
+async fn create(f: &Fixture) -> String {
+    let (status, _, body) = send(
+        &f.router,
+        request(
+            Method::POST,
+            "/states",
+            Some(json!({"base_text": "a base"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["state_hash"].as_str().unwrap().to_string()
+}
+
+fn receipts(f: &Fixture) -> u64 {
+    f.pack.with_store(|s| s.receipt_count().unwrap())
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_code_and_write_nothing() {
+    let f = default_fixture();
+    let state = create(&f).await;
+    let before = receipts(&f);
+    let calls = f.engine.calls();
+    let r = &f.router;
+    let post = |uri: &str, v: Value| request(Method::POST, uri, Some(v));
+
+    expect_error(
+        r,
+        post("/merge", json!({"state_hash": "xyz", "delta_text": "d"})),
+        StatusCode::BAD_REQUEST,
+        "invalid_hash",
+    )
+    .await;
+    let unknown = "ab".repeat(32);
+    expect_error(
+        r,
+        post("/merge", json!({"state_hash": unknown, "delta_text": "d"})),
+        StatusCode::NOT_FOUND,
+        "unknown_state",
+    )
+    .await;
+    expect_error(
+        r,
+        post("/merge", json!({"state_hash": state, "delta_text": ""})),
+        StatusCode::BAD_REQUEST,
+        "empty_text",
+    )
+    .await;
+    expect_error(
+        r,
+        post("/states", json!({"base_text": ""})),
+        StatusCode::BAD_REQUEST,
+        "empty_text",
+    )
+    .await;
+    expect_error(
+        r,
+        post(
+            "/infer",
+            json!({"state_hash": state, "delta_text": "d", "sampling": {"max_tokens": 0}}),
+        ),
+        StatusCode::BAD_REQUEST,
+        "invalid_parameters",
+    )
+    .await;
+    expect_error(
+        r,
+        post("/infer", json!({"state_hash": state, "delta_text": "d", "sampling": {"max_tokens": 4, "seed": 3}})),
+        StatusCode::BAD_REQUEST,
+        "invalid_parameters",
+    )
+    .await;
+    // Over the server's delta limit (4,096 tokens by default), then within it but over the
+    // context window.
+    let huge = "z".repeat(5000);
+    expect_error(
+        r,
+        post("/merge", json!({"state_hash": state, "delta_text": huge})),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    let long = "z".repeat(4095);
+    expect_error(
+        r,
+        post("/merge", json!({"state_hash": state, "delta_text": long})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "context_overflow",
+    )
+    .await;
+    // Not JSON, the wrong JSON, no content type.
+    let raw = |body: &str, ct: Option<&str>| {
+        let mut b = Request::builder().method(Method::POST).uri("/merge");
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        b.body(Body::from(body.to_string())).unwrap()
+    };
+    expect_error(
+        r,
+        raw("{not json", Some("application/json")),
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    expect_error(
+        r,
+        raw(r#"{"state": 1}"#, Some("application/json")),
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    expect_error(
+        r,
+        raw(r#"{"state_hash": "x", "delta_text": "d"}"#, None),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    // Routes and methods that do not exist; receipts that do not exist.
+    expect_error(
+        r,
+        request(Method::GET, "/nope", None),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        r,
+        request(Method::GET, "/merge", None),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    expect_error(
+        r,
+        request(Method::GET, "/receipts/999", None),
+        StatusCode::NOT_FOUND,
+        "unknown_receipt",
+    )
+    .await;
+    expect_error(
+        r,
+        request(Method::GET, &format!("/states/{unknown}"), None),
+        StatusCode::NOT_FOUND,
+        "unknown_state",
+    )
+    .await;
+
+    assert_eq!(receipts(&f), before, "no refused request wrote a receipt");
+    assert_eq!(
+        f.engine.calls(),
+        calls,
+        "no refused request reached the engine"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused() {
+    let f = fixture(
+        ScriptedOptions::default(),
+        ServerConfig {
+            max_body_bytes: 1024,
+            ..ServerConfig::default()
+        },
+    );
+    let body = json!({"base_text": "b".repeat(2000)});
+    expect_error(
+        &f.router,
+        request(Method::POST, "/states", Some(body)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_required_except_for_health_and_the_openapi_document() {
+    let f = fixture(
+        ScriptedOptions::default(),
+        ServerConfig {
+            auth: Auth::Tokens(parse_tokens(TOKEN).unwrap()),
+            ..ServerConfig::default()
+        },
+    );
+    let r = &f.router;
+    let body = || Some(json!({"base_text": "a base"}));
+    expect_error(
+        r,
+        request(Method::POST, "/states", body()),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let mut wrong = request(Method::POST, "/states", body());
+    wrong.headers_mut().insert(
+        header::AUTHORIZATION,
+        "Bearer not-the-token".parse().unwrap(),
+    );
+    expect_error(r, wrong, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let mut right = request(Method::POST, "/states", body());
+    right.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let (status, _, b) = send(r, right).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    for open in ["/health", "/openapi.json"] {
+        let (status, _, b) = send(r, request(Method::GET, open, None)).await;
+        assert_eq!(status, StatusCode::OK, "{open}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn an_engine_failure_is_a_500_and_writes_nothing() {
+    let f = default_fixture();
+    let state = create(&f).await;
+    let before = receipts(&f);
+    f.engine.fail_next(Fault::Failed("device lost".into()));
+    let req = request(
+        Method::POST,
+        "/infer",
+        Some(json!({"state_hash": state, "delta_text": "d"})),
+    );
+    expect_error(
+        &f.router,
+        req,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "engine_failed",
+    )
+    .await;
+    assert_eq!(receipts(&f), before);
+    // The next request is served.
+    let req = request(
+        Method::POST,
+        "/infer",
+        Some(json!({"state_hash": state, "delta_text": "d"})),
+    );
+    let (status, _, body) = send(&f.router, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], "ok");
+    assert_eq!(body["tokens"]["prefilled"], 1, "{body}");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_a_slow_engine_504() {
+    let slow = ScriptedOptions {
+        latency: Duration::from_millis(400),
+        ..ScriptedOptions::default()
+    };
+    let f = fixture(
+        slow.clone(),
+        ServerConfig {
+            queue_capacity: 1,
+            queue_depth: 0,
+            ..ServerConfig::default()
+        },
+    );
+    let busy = {
+        let router = f.router.clone();
+        tokio::spawn(async move {
+            send(
+                &router,
+                request(Method::POST, "/states", Some(json!({"base_text": "first"}))),
+            )
+            .await
+        })
+    };
+    // Wait until the first request holds the engine.
+    while f.engine.calls().prefills == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let req = request(
+        Method::POST,
+        "/states",
+        Some(json!({"base_text": "second"})),
+    );
+    let (status, headers, body) = send(&f.router, req).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded");
+    let retry: u64 = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in whole seconds");
+    assert!(retry >= 1, "{retry}");
+    assert_eq!(busy.await.unwrap().0, StatusCode::OK);
+
+    let f = fixture(
+        slow,
+        ServerConfig {
+            engine_timeout: Duration::from_millis(50),
+            ..ServerConfig::default()
+        },
+    );
+    let req = request(
+        Method::POST,
+        "/states",
+        Some(json!({"base_text": "too slow"})),
+    );
+    expect_error(&f.router, req, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    assert_eq!(receipts(&f), 1, "only the log's open_log receipt");
+}
