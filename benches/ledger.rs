@@ -51,6 +51,7 @@ fn seal(c: &mut Criterion) {
         sampling: None,
         replay_of: None,
         public_key: None,
+        kv: None,
         prev: ReceiptHash::from_bytes([9; 32]),
         key_id: signer.key_id(),
         timestamp_ms: 1_795_000_000_000,

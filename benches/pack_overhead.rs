@@ -73,6 +73,7 @@ fn durable_record(c: &mut Criterion) {
                     replay_of: None,
                     restored: 0,
                     restore: Duration::ZERO,
+                    kv: None,
                 };
                 store.record(&state, &op).expect("record")
             })

@@ -15,7 +15,7 @@ use crate::engine::FinishReason;
 use crate::ledger::codec::{blob_to_tokens, tokens_to_blob};
 use crate::ledger::log::{ReceiptDraft, StoredReceipt};
 use crate::ledger::receipt::canonical_bytes;
-use crate::ledger::receipt::{ReceiptOp, ReceiptTimings, ReceiptTokens};
+use crate::ledger::receipt::{ReceiptKv, ReceiptOp, ReceiptTimings, ReceiptTokens};
 use crate::ledger::{
     Checkpoint, DbError, Ledger, LedgerDb, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint,
     Signer, DEFAULT_CHECKPOINT_EVERY,
@@ -134,6 +134,8 @@ pub struct OperationRecord {
     pub restored: usize,
     /// Time spent loading that blob.
     pub restore: Duration,
+    /// The KV blob written for the output state, signed into the receipt.
+    pub kv: Option<ReceiptKv>,
     /// Engine prefill time.
     pub prefill: Duration,
     /// Engine decode time.
@@ -332,6 +334,7 @@ impl Store {
                 sampling: op.sampling.clone(),
                 replay_of: op.replay_of,
                 public_key: None,
+                kv: op.kv.clone(),
             },
         )?;
         let sampling = op
@@ -411,6 +414,13 @@ impl Store {
     /// a checkpoint covering the whole log is written first if needed.
     pub fn prove(&mut self, seq: u64) -> Result<ReceiptProof, StoreError> {
         Ok(self.db.prove(seq)?)
+    }
+
+    /// The KV blob the signed log vouches for as `state`'s ([`ledger::log::vouched_kv`]).
+    ///
+    /// [`ledger::log::vouched_kv`]: crate::ledger::log::vouched_kv
+    pub fn vouched_kv(&self, state: &StateHash) -> Result<Option<ReceiptKv>, StoreError> {
+        Ok(crate::ledger::log::vouched_kv(self.conn(), state)?)
     }
 
     /// The newest infer (not itself a replay) from `input` with delta `delta` under
@@ -576,6 +586,7 @@ mod tests {
             replay_of: None,
             restored: 0,
             restore: Duration::ZERO,
+            kv: None,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
-use state_pack::engine::Sampling;
+use state_pack::engine::{Engine, Sampling};
 use state_pack::ledger::{verify_file, Signer, VerifyOptions};
 use state_pack::pack::PackError;
 use state_pack::{StatePack, Store};
@@ -219,4 +219,44 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     )
     .unwrap();
     assert!(report.ok(), "{:#?}", report.failures);
+}
+
+/// Anyone who can write `<db>.kv/` can write a well-formed blob with a matching header hash;
+/// the engine must still never see bytes the signed log does not vouch for.
+#[tokio::test]
+async fn a_blob_the_log_does_not_vouch_for_is_deleted_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::Fixed("fine".into()),
+        ScriptedOptions {
+            kv_export: true,
+            ..ScriptedOptions::default()
+        },
+    ));
+    let base = {
+        let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+        pack.create(BASE).await.unwrap().output
+    };
+    engine.evict_all();
+    let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+    let blobs = pack.kv_blobs().unwrap().clone();
+    assert!(blobs.contains(&base));
+    // Replace the blob: a valid file for the same state and range, other bytes.
+    let tokens = pack.tokens(&base).unwrap();
+    let model = engine.info().fingerprint;
+    let mut forged = b"SCRIPTKV".to_vec();
+    forged.extend_from_slice(&0u64.to_le_bytes());
+    forged.extend(tokens.iter().map(|t| t ^ 1).flat_map(|t| t.to_le_bytes()));
+    let end = blobs.end_of(&base).unwrap();
+    blobs.put(&base, &model, None, 0..end, &forged).unwrap();
+
+    let merged = pack.merge(&base, "next").await.unwrap();
+    assert_eq!(
+        merged.tokens.restored, 0,
+        "nothing restored from the forged blob"
+    );
+    assert_eq!(merged.tokens.reused, 0, "the state was prefilled again");
+    assert!(!blobs.contains(&base), "the forged blob is deleted");
+    assert_eq!(engine.calls().imports, 0);
 }

@@ -62,6 +62,7 @@ impl Chain {
             replay_of: None,
             restored: 0,
             restore: Duration::ZERO,
+            kv: None,
         };
         let recorded = store.record(&state, &record).expect("record");
         self.head = Some(hash);

@@ -13,8 +13,8 @@ use crate::checkpoint::{Checkpoint, ReceiptProof, ReceiptTree, SignedCheckpoint}
 use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
 use crate::keys::{KeyError, PublicKey, Signer};
 use crate::receipt::{
-    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptOp, ReceiptTimings, ReceiptTokens,
-    RECEIPT_VERSION,
+    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, ReceiptTimings,
+    ReceiptTokens, RECEIPT_VERSION,
 };
 
 /// Receipts between automatic checkpoints, unless the store is told otherwise.
@@ -87,6 +87,8 @@ pub struct ReceiptDraft {
     pub replay_of: Option<u64>,
     /// Public key carried by key events.
     pub public_key: Option<String>,
+    /// The KV blob written for the output state.
+    pub kv: Option<ReceiptKv>,
 }
 
 impl ReceiptDraft {
@@ -104,6 +106,7 @@ impl ReceiptDraft {
             sampling: None,
             replay_of: None,
             public_key: Some(key.to_hex()),
+            kv: None,
         }
     }
 }
@@ -234,6 +237,7 @@ impl Ledger {
             sampling: d.sampling,
             replay_of: d.replay_of,
             public_key: d.public_key,
+            kv: d.kv,
             prev,
             key_id: self.signer.key_id(),
             timestamp_ms: now_ms(),
@@ -402,6 +406,68 @@ pub fn key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerEr
         out.push((from, PublicKey::from_hex(key)?));
     }
     Ok(out)
+}
+
+/// [`key_schedule`], each key event checked: `open_log` signed by the key it names, each
+/// `rotate_key` by the key before it. A schedule that does not check is an error.
+pub fn signed_key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerError> {
+    let mut out: Vec<(u64, PublicKey)> = Vec::new();
+    for (from, key) in key_schedule(conn)? {
+        // open_log signs from its own seq, rotate_key hands over after its seq.
+        let (seq, signer) = match out.last() {
+            None => (from, key),
+            Some(&(_, previous)) => (from.saturating_sub(1), previous),
+        };
+        let stored = receipt(conn, seq)?;
+        if !signer.verify(stored.hash().as_bytes(), &stored.signature) {
+            return Err(LedgerError::Corrupt(format!(
+                "key event {seq} is not signed by the key it hands over from"
+            )));
+        }
+        out.push((from, key));
+    }
+    Ok(out)
+}
+
+/// The KV blob the log vouches for as state `state`'s: the `kv` field of the newest receipt
+/// that made `state` and names one, once that receipt's signature checks under the key the
+/// (checked) key events say was current at its seq. `None` when no receipt vouches.
+///
+/// This is what lets a KV blob directory be untrusted: a blob is loaded into an engine only
+/// when its bytes hash to what a signed receipt says.
+pub fn vouched_kv(conn: &Connection, state: &StateHash) -> Result<Option<ReceiptKv>, LedgerError> {
+    let seqs: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT receipt_seq FROM operations
+             WHERE output = ?1 AND receipt_seq IS NOT NULL ORDER BY seq DESC",
+        )?
+        .query_map([state.as_bytes().as_slice()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let schedule = signed_key_schedule(conn)?;
+    for seq in seqs {
+        let stored = receipt(conn, seq as u64)?;
+        let r = stored.receipt()?;
+        let Some(kv) = r.kv else { continue };
+        if r.output_state != Some(*state) || r.seq != stored.seq {
+            continue;
+        }
+        let key = schedule
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= stored.seq)
+            .map(|&(_, k)| k);
+        if key.is_some_and(|k| k.verify(stored.hash().as_bytes(), &stored.signature)) {
+            return Ok(Some(kv));
+        }
+        tracing::warn!(
+            seq,
+            "a receipt naming a KV blob does not verify: not trusting it"
+        );
+    }
+    Ok(None)
 }
 
 /// The key that signs the next receipt, with the seq it took over from.

@@ -131,6 +131,24 @@ pub struct ReceiptTimings {
     pub restore_us: Option<u64>,
 }
 
+/// The KV blob an operation wrote for its output state (llama.cpp engine): the engine's
+/// bytes for positions `start..end`, whose SHA-256 the signature covers. A blob on disk is
+/// loaded into the engine only if its bytes hash to this; anyone able to write the blob
+/// directory but not to sign receipts cannot feed the engine other bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptKv {
+    /// SHA-256 of the engine's bytes (before compression), hex.
+    pub sha256: String,
+    /// First token position held.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// The state whose blob holds positions `..start` (absent when `start` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<StateHash>,
+}
+
 /// One receipt. Fields that do not apply to an op are absent from its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +196,9 @@ pub struct Receipt {
     /// signer (rotate_key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The KV blob written for the output state, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<ReceiptKv>,
     /// The previous receipt's hash ([`ReceiptHash::ZERO`] for receipt 0).
     pub prev: ReceiptHash,
     /// The key that signed this receipt.
@@ -262,6 +283,7 @@ mod tests {
             sampling: None,
             replay_of: None,
             public_key: None,
+            kv: None,
             prev: ReceiptHash::from_bytes([9; 32]),
             key_id: KeyId::from_bytes([8; 32]),
             timestamp_ms: 1_790_000_000_000,

@@ -55,6 +55,7 @@ fn write_log(db: &Path, signer: Signer, n: usize) {
                     sampling: None,
                     replay_of: None,
                     public_key: None,
+                    kv: None,
                 },
             )
             .unwrap();

@@ -351,6 +351,7 @@ impl<'c> Verifier<'c> {
             }
         }
         self.check_key_and_signature(seq, &r, &hash, sig);
+        self.check_kv(seq, &r);
         if r.op.makes_state() {
             self.check_state(seq, &r)?;
             self.check_operation(seq, &r);

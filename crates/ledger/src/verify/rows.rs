@@ -329,4 +329,39 @@ impl Verifier<'_> {
             ));
         }
     }
+
+    /// A receipt's `kv` field describes a blob that can exist: a non-empty range inside the
+    /// state, a parent exactly when the range does not start at 0 (and then the input
+    /// state), and a SHA-256.
+    pub(super) fn check_kv(&mut self, seq: u64, r: &Receipt) {
+        let Some(kv) = &r.kv else { return };
+        let state = r.tokens.map_or(0, |t| t.state);
+        let mut bad = Vec::new();
+        if kv.start >= kv.end || kv.end > state {
+            bad.push(format!(
+                "range {}..{} is not inside its {state}-token state",
+                kv.start, kv.end
+            ));
+        }
+        if (kv.start > 0) != kv.parent.is_some() {
+            bad.push("a parent blob exactly when the range starts after 0".into());
+        } else if kv.parent.is_some() && kv.parent != r.input_state {
+            bad.push("its parent blob is not the input state's".into());
+        }
+        if kv.sha256.len() != 64 || !kv.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bad.push("sha256 is not 64 hex characters".into());
+        }
+        if !r.op.makes_state() {
+            bad.push(format!("a {} makes no state to have a blob", r.op.as_str()));
+        }
+        if !bad.is_empty() {
+            self.fail(
+                Some(seq),
+                format!(
+                    "receipt {seq}: its KV blob is impossible: {}",
+                    bad.join("; ")
+                ),
+            );
+        }
+    }
 }

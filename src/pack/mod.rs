@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{info_span, warn, Instrument};
 
 use crate::engine::{Engine, EngineError, EngineUsage, FinishReason, Sampling};
 use crate::kv_blob::{KvBlobStore, DEFAULT_BUDGET_BYTES};
+use crate::ledger::receipt::ReceiptKv;
 use crate::ledger::ReceiptRef;
 use crate::state::{DeltaHash, ModelFingerprint, StateHash};
+mod kv;
+
 use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoreError, StoredState};
 
 /// Errors from pack operations. Each says what to do about it.
@@ -608,26 +611,31 @@ impl StatePack {
             });
         }
         let generated = output.tokens[prompt.len()..].to_vec();
+        let hash = earlier.output;
         let report = self
-            .record(Pending {
-                op: OpKind::Infer,
-                input: Some(*state),
-                input_was_hot,
-                tokens: output.tokens,
-                delta: delta.len(),
-                delta_hash,
-                outcome: Outcome {
-                    usage: EngineUsage::default(),
-                    engine_called: false,
-                    restored: Restored::default(),
+            .record(
+                Pending {
+                    op: OpKind::Infer,
+                    input: Some(*state),
+                    input_was_hot,
+                    tokens: output.tokens,
+                    delta: delta.len(),
+                    delta_hash,
+                    outcome: Outcome {
+                        usage: EngineUsage::default(),
+                        engine_called: false,
+                        restored: Restored::default(),
+                    },
+                    output_text: Some(earlier.text.clone()),
+                    policy: None,
+                    sampling: Some((key, earlier.finish)),
+                    replay_of: Some(earlier.receipt_seq),
+                    started,
+                    overhead,
                 },
-                output_text: Some(earlier.text.clone()),
-                policy: None,
-                sampling: Some((key, earlier.finish)),
-                replay_of: Some(earlier.receipt_seq),
-                started,
-                overhead,
-            })?
+                hash,
+                None,
+            )?
             .0;
         Ok(Some(Inference {
             text: earlier.text,
@@ -662,124 +670,46 @@ impl StatePack {
         })
     }
 
-    /// [`record`](Self::record), then the output state's KV blob if the engine computed it.
+    /// [`record`](Self::record), with the output state's KV blob if the engine computed it:
+    /// the KV is exported first so that its SHA-256 is in the signed receipt, and written
+    /// after the receipt is committed (see [`kv`]).
     async fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
-        let (mut report, tokens) = self.record(p)?;
-        if report.engine_called {
+        let started = Instant::now();
+        let hash = StateHash::of(&self.engine.info().fingerprint, &p.tokens);
+        let prepared = if p.outcome.engine_called {
             // Merge and infer extend their input: its blob holds the start of this one.
-            let parent = match report.op {
-                OpKind::Merge | OpKind::Infer => report.input,
+            let parent = match p.op {
+                OpKind::Merge | OpKind::Infer => p.input,
                 _ => None,
             };
+            self.export_kv(&hash, &p.tokens, parent.as_ref()).await
+        } else {
+            None
+        };
+        let export = started.elapsed();
+        let (mut report, _) =
+            self.record(p, hash, prepared.as_ref().map(kv::PreparedKv::receipt))?;
+        if let Some(prepared) = prepared {
             let started = Instant::now();
-            self.save_kv(&report.output, &tokens, parent.as_ref()).await;
-            let save = started.elapsed();
+            self.write_kv(&report.output, prepared).await;
             // The caller waited for the blob too: it belongs in the operation's time.
+            let save = export + started.elapsed();
             report.timings.save = save;
             report.timings.total += save;
         }
         Ok(report)
     }
 
-    /// Loads the KV blobs of `state` (whose tokens are `tokens`) into the engine if the
-    /// engine does not hold the state and its blob chain exists. Never fails: a missing,
-    /// unreadable or corrupt blob (a corrupt one is deleted) means the state is prefilled as
-    /// usual.
-    async fn restore_kv(&self, state: &StateHash, tokens: &[u32]) -> Restored {
-        let none = Restored::default();
-        let Some(blobs) = self.blobs.clone() else {
-            return none;
-        };
-        if tokens.is_empty() || self.is_hot(tokens) || !blobs.contains(state) {
-            return none;
-        }
-        let started = Instant::now();
-        let model = self.engine.info().fingerprint;
-        let key = *state;
-        let read = tokio::task::spawn_blocking(move || blobs.chain(&key, &model)).await;
-        let chain = match read {
-            Ok(Ok(Some(chain))) => chain,
-            Ok(Ok(None)) => return none,
-            Ok(Err(e)) => {
-                warn!(state = %state.short(), error = %e, "KV blob unusable: deleting the state's blob and prefilling it");
-                if let Some(b) = &self.blobs {
-                    let _ = b.remove(state);
-                }
-                return none;
-            }
-            Err(e) => {
-                warn!(error = %e, "KV blob reader failed");
-                return none;
-            }
-        };
-        let end = chain.last().map_or(0, |b| b.end);
-        if end == 0 || end > tokens.len() {
-            warn!(state = %state.short(), end, "KV blob does not fit its state; prefilling");
-            return none;
-        }
-        let parts = chain.len();
-        let chunks = chain.into_iter().map(|b| b.raw).collect();
-        match self.engine.import_kv(&tokens[..end], chunks).await {
-            Ok(true) => {
-                let restored = Restored {
-                    tokens: end,
-                    time: started.elapsed(),
-                };
-                debug!(state = %state.short(), tokens = end, parts, ms = restored.time.as_millis() as u64, "state restored from its KV blobs");
-                restored
-            }
-            Ok(false) => none,
-            Err(e) => {
-                warn!(state = %state.short(), error = %e, "engine could not load the KV blobs; prefilling");
-                none
-            }
-        }
-    }
-
-    /// Writes the KV of state `hash` (tokens `tokens`) as a blob, if blobs are kept, the
-    /// engine holds the state and no blob exists yet. When `parent` (a state whose tokens
-    /// begin `tokens`) has a blob, only the positions after it are written. Failures are
-    /// logged, never returned: the operation is already recorded, and a missing blob only
-    /// costs a prefill later.
-    async fn save_kv(&self, hash: &StateHash, tokens: &[u32], parent: Option<&StateHash>) {
-        let Some(blobs) = self.blobs.clone() else {
-            return;
-        };
-        if blobs.contains(hash) {
-            return;
-        }
-        let end = self.engine.hot_prefix_len(tokens);
-        if end == 0 || end + 1 < tokens.len() {
-            return;
-        }
-        let (parent, start) = match parent.and_then(|p| Some((p, blobs.end_of(p)?))) {
-            Some((p, e)) if e < end => (Some(*p), e),
-            _ => (None, 0),
-        };
-        let raw = match self.engine.export_kv(&tokens[..end], start).await {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(state = %hash.short(), error = %e, "cannot export KV");
-                return;
-            }
-        };
-        let model = self.engine.info().fingerprint;
-        let key = *hash;
-        let put = move || blobs.put(&key, &model, parent.as_ref(), start..end, &raw);
-        match tokio::task::spawn_blocking(put).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(state = %hash.short(), error = %e, "cannot write KV blob"),
-            Err(e) => warn!(error = %e, "KV blob writer failed"),
-        }
-    }
-
     /// Hashes and stores the output state with its operation, and builds the report; gives
     /// back the output state's tokens.
-    fn record(&self, p: Pending) -> Result<(OpReport, Vec<u32>), PackError> {
+    fn record(
+        &self,
+        p: Pending,
+        hash: StateHash,
+        kv: Option<ReceiptKv>,
+    ) -> Result<(OpReport, Vec<u32>), PackError> {
         let pack_work = Instant::now();
         let model = self.engine.info().fingerprint;
-        let hash = StateHash::of(&model, &p.tokens);
         let usage = p.outcome.usage;
         // Never claim more restored tokens than the engine reused.
         let restored = p.outcome.restored.tokens.min(usage.reused);
@@ -818,6 +748,7 @@ impl StatePack {
             replay_of: p.replay_of,
             restored,
             restore,
+            kv,
         };
         let recorded = self.store().record(&stored, &record)?;
         let report = OpReport {

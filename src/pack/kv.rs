@@ -1,0 +1,185 @@
+//! KV blobs in the pack: exporting a state's KV before its receipt is signed, writing the
+//! blob after, and loading a blob back only when the signed log vouches for its bytes.
+//!
+//! The blob directory is untrusted. A blob's own header carries a SHA-256 of its bytes, but
+//! anyone who can write `<db>.kv/` can write a matching header; so each operation that makes
+//! a blob puts the SHA-256 of the engine's bytes in its signed receipt (`kv`), and a restore
+//! checks every blob of the chain against the receipt of the operation that made its state
+//! (signature and key schedule included). A blob nothing vouches for is deleted, with a
+//! warning, and the state is prefilled instead.
+
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+use super::{Restored, StatePack};
+use crate::ledger::receipt::ReceiptKv;
+use crate::state::StateHash;
+
+/// A state's KV exported from the engine, not yet on disk.
+pub(super) struct PreparedKv {
+    parent: Option<StateHash>,
+    start: usize,
+    end: usize,
+    raw: Vec<u8>,
+    sha256: String,
+}
+
+impl PreparedKv {
+    /// What the operation's receipt says about this blob.
+    pub(super) fn receipt(&self) -> ReceiptKv {
+        ReceiptKv {
+            sha256: self.sha256.clone(),
+            start: self.start as u64,
+            end: self.end as u64,
+            parent: self.parent,
+        }
+    }
+}
+
+impl StatePack {
+    /// The KV of state `hash` (tokens `tokens`), if blobs are kept, the engine holds the
+    /// state and no blob exists yet. When `parent` (a state whose tokens begin `tokens`) has
+    /// a blob, only the positions after it are exported. Failures are logged, never
+    /// returned: a missing blob only costs a prefill later.
+    pub(super) async fn export_kv(
+        &self,
+        hash: &StateHash,
+        tokens: &[u32],
+        parent: Option<&StateHash>,
+    ) -> Option<PreparedKv> {
+        let blobs = self.blobs.as_ref()?;
+        if blobs.contains(hash) {
+            return None;
+        }
+        let end = self.engine.hot_prefix_len(tokens);
+        if end == 0 || end + 1 < tokens.len() {
+            return None;
+        }
+        let (parent, start) = match parent.and_then(|p| Some((p, blobs.end_of(p)?))) {
+            Some((p, e)) if e < end => (Some(*p), e),
+            _ => (None, 0),
+        };
+        match self.engine.export_kv(&tokens[..end], start).await {
+            Ok(Some(raw)) => Some(PreparedKv {
+                parent,
+                start,
+                end,
+                sha256: hex::encode(Sha256::digest(&raw)),
+                raw,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(state = %hash.short(), error = %e, "cannot export KV");
+                None
+            }
+        }
+    }
+
+    /// Writes `kv` as the blob of state `hash`, once its receipt is committed.
+    pub(super) async fn write_kv(&self, hash: &StateHash, kv: PreparedKv) {
+        let Some(blobs) = self.blobs.clone() else {
+            return;
+        };
+        let model = self.engine.info().fingerprint;
+        let key = *hash;
+        let put = move || blobs.put(&key, &model, kv.parent.as_ref(), kv.start..kv.end, &kv.raw);
+        match tokio::task::spawn_blocking(put).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(state = %hash.short(), error = %e, "cannot write KV blob"),
+            Err(e) => warn!(error = %e, "KV blob writer failed"),
+        }
+    }
+
+    /// Loads the KV blobs of `state` (whose tokens are `tokens`) into the engine if the
+    /// engine does not hold the state, its blob chain exists and the log vouches for every
+    /// blob in it. Never fails: a missing, unreadable, corrupt or unvouched blob (the last
+    /// two are deleted) means the state is prefilled as usual.
+    pub(super) async fn restore_kv(&self, state: &StateHash, tokens: &[u32]) -> Restored {
+        let none = Restored::default();
+        let Some(blobs) = self.blobs.clone() else {
+            return none;
+        };
+        if tokens.is_empty() || self.is_hot(tokens) || !blobs.contains(state) {
+            return none;
+        }
+        let started = Instant::now();
+        let model = self.engine.info().fingerprint;
+        let key = *state;
+        let read = tokio::task::spawn_blocking(move || blobs.chain(&key, &model)).await;
+        let chain = match read {
+            Ok(Ok(Some(chain))) => chain,
+            Ok(Ok(None)) => return none,
+            Ok(Err(e)) => {
+                warn!(state = %state.short(), error = %e, "KV blob unusable: deleting the state's blob and prefilling it");
+                self.forget_blob(state);
+                return none;
+            }
+            Err(e) => {
+                warn!(error = %e, "KV blob reader failed");
+                return none;
+            }
+        };
+        // The chain runs from its root to `state`: each blob's parent is the state of the one
+        // before it.
+        let mut owner = *state;
+        for blob in chain.iter().rev() {
+            let seen = ReceiptKv {
+                sha256: hex::encode(Sha256::digest(&blob.raw)),
+                start: blob.start as u64,
+                end: blob.end as u64,
+                parent: blob.parent,
+            };
+            let vouched = self.store().vouched_kv(&owner);
+            match vouched {
+                Ok(Some(v)) if v == seen => {}
+                Ok(v) => {
+                    warn!(
+                        state = %owner.short(),
+                        vouched = v.is_some(),
+                        "KV blob not vouched for by the signed log: deleting it and prefilling"
+                    );
+                    self.forget_blob(&owner);
+                    return none;
+                }
+                Err(e) => {
+                    warn!(state = %owner.short(), error = %e, "cannot check a KV blob against the log; prefilling");
+                    return none;
+                }
+            }
+            match blob.parent {
+                Some(p) => owner = p,
+                None => break,
+            }
+        }
+        let end = chain.last().map_or(0, |b| b.end);
+        if end == 0 || end > tokens.len() {
+            warn!(state = %state.short(), end, "KV blob does not fit its state; prefilling");
+            return none;
+        }
+        let parts = chain.len();
+        let chunks = chain.into_iter().map(|b| b.raw).collect();
+        match self.engine.import_kv(&tokens[..end], chunks).await {
+            Ok(true) => {
+                let restored = Restored {
+                    tokens: end,
+                    time: started.elapsed(),
+                };
+                debug!(state = %state.short(), tokens = end, parts, ms = restored.time.as_millis() as u64, "state restored from its KV blobs");
+                restored
+            }
+            Ok(false) => none,
+            Err(e) => {
+                warn!(state = %state.short(), error = %e, "engine could not load the KV blobs; prefilling");
+                none
+            }
+        }
+    }
+
+    fn forget_blob(&self, state: &StateHash) {
+        if let Some(b) = &self.blobs {
+            let _ = b.remove(state);
+        }
+    }
+}
