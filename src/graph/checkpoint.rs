@@ -1,15 +1,15 @@
-//! Graph checkpoints in SQLite (`graph_checkpoints`, `crates/ledger/migrations/0003_graph.sql`).
+//! Graph checkpoints in SQLite (`graph_checkpoints`, `src/graph/schema.sql`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::GraphError;
-use crate::ledger::Signer;
-use crate::store::{now_ms, Store, StoreError};
+use crate::ledger::DbError;
+use crate::store::{now_ms, StoreError};
 use crate::StatePack;
 
 /// A checkpoint's id: unique in its database, increasing with time.
@@ -134,10 +134,14 @@ impl From<&Stored> for CheckpointInfo {
 }
 
 /// Where a graph keeps its checkpoints: a connection of its own to a state-pack database
-/// (usually the pack's, so checkpoints sit beside the receipts they name).
+/// (usually the pack's, so checkpoints sit beside the receipts they name). It owns its table
+/// (`schema.sql`) and needs no signing key: checkpoints are not receipts.
 pub struct Checkpointer {
-    store: Mutex<Store>,
+    conn: Mutex<Connection>,
 }
+
+/// The graph's table, created if missing.
+const SCHEMA: &str = include_str!("schema.sql");
 
 /// Bytes a checkpoint takes (its JSON columns).
 const BYTES: &str = "COALESCE(length(snapshot), 0) + length(writes) + length(next) + length(joins)";
@@ -153,10 +157,27 @@ fn corrupt(reason: impl Into<String>) -> GraphError {
 }
 
 impl Checkpointer {
-    /// Checkpoints in the database at `path` (created and migrated if needed).
+    /// Checkpoints in the database at `path` (created if needed, with the graph's table).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| {
+            StoreError::Db(DbError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(open_err)?;
+        Self::with_connection(conn)
+    }
+
+    fn with_connection(conn: Connection) -> Result<Self, StoreError> {
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(SCHEMA)?;
         Ok(Self {
-            store: Mutex::new(Store::open_for_reading(path)?),
+            conn: Mutex::new(conn),
         })
     }
 
@@ -168,28 +189,37 @@ impl Checkpointer {
         }
     }
 
-    /// Checkpoints in a throwaway in-memory database (tests).
+    /// Checkpoints in a throwaway in-memory database (tests, and packs kept in memory).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let signer = Signer::generate()
-            .map_err(|e| StoreError::Ledger(crate::ledger::LedgerError::Key(e)))?;
-        Ok(Self {
-            store: Mutex::new(Store::open_in_memory(signer)?),
-        })
+        Self::with_connection(Connection::open_in_memory()?)
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Receipts in the database's log (the next receipt's seq).
+    /// Receipts in the database's log (the next receipt's seq); 0 when the database has no
+    /// log (an in-memory checkpointer).
     pub(crate) fn receipt_count(&self) -> Result<u64, GraphError> {
-        Ok(self.store().receipt_count()?)
+        let conn = self.conn();
+        let has_log: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_log {
+            return Ok(0);
+        }
+        let n: i64 = conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
+            r.get(0)
+        })?;
+        Ok(n as u64)
     }
 
     pub(crate) fn insert(&self, c: New<'_>) -> Result<CheckpointId, GraphError> {
-        let store = self.store();
+        let conn = self.conn();
         let snapshot = c.snapshot.map(serde_json::to_vec).transpose()?;
-        store.conn().execute(
+        conn.execute(
             "INSERT INTO graph_checkpoints (thread, parent, step, source, snapshot, writes, next, \
              joins, receipts_from, receipts_to, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -207,7 +237,7 @@ impl Checkpointer {
                 now_ms(),
             ],
         )?;
-        Ok(CheckpointId(store.conn().last_insert_rowid()))
+        Ok(CheckpointId(conn.last_insert_rowid()))
     }
 
     fn read(row: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -230,7 +260,6 @@ impl Checkpointer {
     /// The checkpoint `id`.
     pub(crate) fn get(&self, id: CheckpointId) -> Result<Stored, GraphError> {
         let raw = self
-            .store()
             .conn()
             .query_row(
                 &format!("SELECT {COLUMNS} FROM graph_checkpoints WHERE id = ?1"),
@@ -244,8 +273,7 @@ impl Checkpointer {
 
     /// The thread's newest checkpoint.
     pub(crate) fn latest(&self, thread: &str) -> Result<Option<Stored>, GraphError> {
-        self.store()
-            .conn()
+        self.conn()
             .query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM graph_checkpoints WHERE thread = ?1 \
@@ -261,8 +289,8 @@ impl Checkpointer {
 
     /// `id` and its ancestors, root first.
     pub(crate) fn chain(&self, id: CheckpointId) -> Result<Vec<Stored>, GraphError> {
-        let store = self.store();
-        let mut stmt = store.conn().prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "WITH RECURSIVE chain(id) AS ( \
                  SELECT ?1 \
                  UNION ALL \
@@ -289,8 +317,8 @@ impl Checkpointer {
 
     /// Every checkpoint of `thread`, newest first.
     pub fn history(&self, thread: &str) -> Result<Vec<CheckpointInfo>, GraphError> {
-        let store = self.store();
-        let mut stmt = store.conn().prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM graph_checkpoints WHERE thread = ?1 ORDER BY id DESC"
         ))?;
         let rows = stmt
@@ -303,7 +331,7 @@ impl Checkpointer {
 
     /// Bytes stored for `thread`'s checkpoints.
     pub fn thread_bytes(&self, thread: &str) -> Result<u64, GraphError> {
-        let n: i64 = self.store().conn().query_row(
+        let n: i64 = self.conn().query_row(
             &format!("SELECT COALESCE(SUM({BYTES}), 0) FROM graph_checkpoints WHERE thread = ?1"),
             [thread],
             |r| r.get(0),
@@ -357,5 +385,36 @@ impl RawRow {
             created_at: self.created_at,
             bytes: self.bytes.max(0) as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod own_connection_tests {
+    use super::*;
+
+    /// Checkpointing a graph needs no signing key and starts no receipt log: the graph owns
+    /// its table and its connection.
+    #[test]
+    fn a_checkpointer_opens_its_own_table_and_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("graph.db");
+        let c = Checkpointer::open(&db).unwrap();
+        assert_eq!(c.receipt_count().unwrap(), 0);
+        let tables: Vec<String> = c
+            .conn()
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["graph_checkpoints"]);
+        drop(c);
+        // Reopening (the table exists) works, and so does a store opening the same file.
+        Checkpointer::open(&db).unwrap();
+        let store = crate::Store::open(&db, crate::ledger::Signer::from_seed([1; 32])).unwrap();
+        assert_eq!(store.receipt_count().unwrap(), 1);
+        drop(store);
+        assert_eq!(Checkpointer::open(&db).unwrap().receipt_count().unwrap(), 1);
     }
 }

@@ -15,7 +15,7 @@
 //!   pick the next tasks. Parallel branches that lead to the same node meet there: it runs
 //!   once, in the next step, after all of them (the join of a map-reduce).
 //! - **Checkpoints.** One per super-step, keyed by thread and id with its parent; each stores
-//!   only its updates and the tasks due next (see `crates/ledger/migrations/0003_graph.sql`). A killed run
+//!   only its updates and the tasks due next (see `src/graph/schema.sql`). A killed run
 //!   [`resume`](CompiledGraph::resume)s from its last checkpoint; `interrupt_before` /
 //!   `interrupt_after` pause a run for a human, who resumes it with an update;
 //!   [`history`](CompiledGraph::history) lists a thread's checkpoints and

@@ -3,7 +3,7 @@
 -- merged), never a snapshot of the whole state; only a thread's root holds its input state.
 -- The state at a checkpoint is the root's state with the updates of every checkpoint on its
 -- parent chain merged in order, so storage grows with the updates, not with the history.
-CREATE TABLE graph_checkpoints (
+CREATE TABLE IF NOT EXISTS graph_checkpoints (
     id           INTEGER PRIMARY KEY,
     thread       TEXT NOT NULL,
     parent       INTEGER REFERENCES graph_checkpoints (id),
@@ -27,4 +27,4 @@ CREATE TABLE graph_checkpoints (
     CHECK ((source = 'input') = (snapshot IS NOT NULL))
 );
 
-CREATE INDEX graph_checkpoints_thread ON graph_checkpoints (thread, id);
+CREATE INDEX IF NOT EXISTS graph_checkpoints_thread ON graph_checkpoints (thread, id);
