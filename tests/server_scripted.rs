@@ -327,6 +327,8 @@ async fn an_engine_failure_is_a_500_and_writes_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["output"], "ok");
     assert_eq!(body["tokens"]["prefilled"], 1, "{body}");
+    // The wire carries every count the receipt signs.
+    assert_eq!(body["tokens"]["restored"], 0, "{body}");
 }
 
 #[tokio::test]

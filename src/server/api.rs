@@ -169,6 +169,8 @@ pub struct WireTokens {
     pub reused: usize,
     /// Tokens the engine generated.
     pub generated: usize,
+    /// Of `reused`, tokens whose KV was loaded from a KV blob (the receipt signs it too).
+    pub restored: usize,
 }
 
 impl From<TokenCounts> for WireTokens {
@@ -179,6 +181,7 @@ impl From<TokenCounts> for WireTokens {
             prefilled: t.prefilled,
             reused: t.reused,
             generated: t.generated,
+            restored: t.restored,
         }
     }
 }
