@@ -3,20 +3,26 @@
 //! request writes nothing. Fast and offline; `server_real_model.rs` runs the real model over
 //! real sockets.
 
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use common::fuzz::{mutate, Rng};
 use serde_json::{json, Value};
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
-use state_pack::ledger::Signer;
+use state_pack::ledger::{verify_file, Signer, VerifyOptions};
+use state_pack::server::error::ErrorCode;
 use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
 use state_pack::{StatePack, Store};
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+const BASE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n";
 
 struct Fixture {
     router: Router,
@@ -24,9 +30,21 @@ struct Fixture {
     pack: Arc<StatePack>,
 }
 
+fn signer() -> Signer {
+    Signer::from_seed([4; 32])
+}
+
 fn fixture(options: ScriptedOptions, config: ServerConfig) -> Fixture {
+    fixture_at(None, options, config)
+}
+
+/// A server over a pack on the scripted engine, its store at `db` or in memory.
+fn fixture_at(db: Option<&Path>, options: ScriptedOptions, config: ServerConfig) -> Fixture {
     let engine = Arc::new(ScriptedEngine::new(Reply::Fixed("ok".into()), options));
-    let store = Store::open_in_memory(Signer::from_seed([4; 32])).unwrap();
+    let store = match db {
+        Some(db) => Store::open(db, signer()).unwrap(),
+        None => Store::open_in_memory(signer()).unwrap(),
+    };
     let pack = Arc::new(StatePack::new(engine.clone(), store));
     let router = Server::new(pack.clone(), config).router();
     Fixture {
@@ -389,4 +407,150 @@ async fn a_full_queue_answers_503_with_retry_after_and_a_slow_engine_504() {
     );
     expect_error(&f.router, req, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
     assert_eq!(receipts(&f), 1, "only the log's open_log receipt");
+}
+
+/// Thousands of mutated requests (methods, paths, bodies, auth headers, content types): never
+/// a 5xx, every error JSON with a code from `ErrorCode::ALL`, and the log verifies after.
+#[tokio::test]
+async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fuzz.db");
+    let f = fixture_at(
+        Some(&db),
+        ScriptedOptions::default(),
+        ServerConfig {
+            auth: Auth::Tokens(parse_tokens(&format!("tester:{TOKEN}")).unwrap()),
+            max_body_bytes: 64 * 1024,
+            max_delta_tokens: 64,
+            max_new_tokens: 2,
+            ..ServerConfig::default()
+        },
+    );
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let mut create = request(Method::POST, "/states", Some(json!({"base_text": BASE})));
+    create.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let (_, _, b) = send(&f.router, create).await;
+    let hash = b["state_hash"].as_str().unwrap().to_string();
+    let mut rng = Rng(0x5eed_0f5a_7e9a_c6d1);
+    let paths = [
+        "/states",
+        "/merge",
+        "/infer",
+        "/compact",
+        "/health",
+        "/checkpoint",
+        "/metrics",
+        "/receipts/0",
+        "/receipts/0/proof",
+        "/receipts/18446744073709551615",
+        "/receipts/-",
+        "/states/",
+        "/states/..%2f..%2fetc%2fpasswd",
+        "/../../etc/passwd",
+        "/openapi.json",
+    ];
+    let (mut statuses, mut engine_runs) = (std::collections::BTreeMap::new(), 0);
+    let n = 3000;
+    for i in 0..n {
+        let path = if rng.below(3) == 0 {
+            let upper = hash.to_uppercase();
+            let odd = format!("{}g", &hash[..63]);
+            let zeros = "0".repeat(64);
+            let segment = rng
+                .pick(&[hash.as_str(), &upper, &odd, &hash[..32], "%00", "0", &zeros])
+                .to_string();
+            format!("/states/{segment}")
+        } else {
+            rng.pick(&paths).to_string()
+        };
+        let valid = match path.as_str() {
+            "/states" => json!({"base_text": format!("{BASE}{}", rng.below(4))}),
+            "/compact" => json!({"state_hash": hash}),
+            _ => json!({"state_hash": hash, "delta_text": "Hm."}),
+        };
+        let body = mutate(&mut rng, valid, &hash);
+        // Mostly the endpoint's own method, so that most requests reach the handlers.
+        let own = if ["/states", "/merge", "/infer", "/compact"].contains(&path.as_str()) {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let method = match rng.below(10) {
+            0 => rng
+                .pick(&[Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .clone(),
+            _ => own,
+        };
+        let mut req = Request::builder().method(method).uri(path.as_str());
+        req = match rng.below(30) {
+            0 => req,
+            1 => req.header(header::AUTHORIZATION, "Bearer nope"),
+            2 => req.header(header::AUTHORIZATION, "Basic Zm9vOmJhcg=="),
+            _ => req.header(header::AUTHORIZATION, format!("Bearer {TOKEN}")),
+        };
+        let bytes: Vec<u8> = match rng.below(10) {
+            0 => {
+                req = req.header(header::CONTENT_TYPE, "text/plain");
+                body.to_string().into_bytes()
+            }
+            1 => {
+                // Cut the JSON short.
+                let text = body.to_string();
+                let cut = rng.below(text.len().max(1));
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                text.as_bytes()[..cut].to_vec()
+            }
+            2 => {
+                // Bytes that are not UTF-8.
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                vec![0xff, 0xfe, b'{', 0x80]
+            }
+            _ => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                body.to_string().into_bytes()
+            }
+        };
+        let (status, _, v) = send(&f.router, req.body(Body::from(bytes)).unwrap()).await;
+        let text = v.to_string();
+        *statuses.entry(status.as_u16()).or_insert(0usize) += 1;
+        assert!(
+            !status.is_server_error(),
+            "request {i} to {path} got {status}: {text}"
+        );
+        if status.is_client_error() {
+            let code = v["error"]["code"].as_str();
+            assert!(
+                code.is_some_and(|c| codes.contains(&c)),
+                "request {i}: not an ErrorCode: {text}"
+            );
+        }
+        if status.is_success() && text.contains("\"engine_called\":true") {
+            engine_runs += 1;
+        }
+    }
+    eprintln!("{n} mutated requests: statuses {statuses:?}; {engine_runs} ran the engine");
+    let (st, _, _) = send(&f.router, request(Method::GET, "/health", None)).await;
+    assert_eq!(st, StatusCode::OK, "the server is still up");
+    assert!(
+        statuses.keys().any(|&k| k == 200),
+        "some mutations stay valid"
+    );
+    assert!(
+        statuses.keys().filter(|&&k| k >= 400).count() >= 5,
+        "many error classes hit"
+    );
+    drop(f);
+    let report = verify_file(
+        &db,
+        &VerifyOptions {
+            trusted_keys: vec![signer().public_key()],
+            trusted_checkpoint: None,
+        },
+    )
+    .unwrap();
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert!(report.receipts > 1);
 }

@@ -2,6 +2,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod isolated;
 pub mod synthetic;
 pub mod tools;
