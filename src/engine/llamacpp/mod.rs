@@ -1,0 +1,374 @@
+//! [`LlamaCppEngine`]: a local GGUF model on the CPU through llama.cpp (the `llama-cpp-2`
+//! crate, cargo feature `llamacpp`).
+//!
+//! One llama.cpp context runs on a dedicated thread (a context borrows its model and is not
+//! `Send`); requests reach it over a channel, one at a time. The context's KV cache is
+//! *unified*: every sequence id shares one pool of cells, so copying a prefix from one
+//! sequence to another only tags cells, it copies no tensors.
+//!
+//! Each of `slots` sequence ids holds one token sequence whose KV is in the cache. A prompt
+//! goes to the slot holding its longest prefix: if that slot's tokens are all a prefix of
+//! the prompt it is extended in place, otherwise the shared prefix is copied into the least
+//! recently used slot and the prompt continues there, so a branch never destroys the
+//! state it branches from. Only the tokens after the shared prefix are run through the
+//! model. When the cell pool is full the least recently used slots are dropped and the
+//! request retried. One more sequence id is scratch space for [`Engine::export_kv`].
+//!
+//! KV can leave and re-enter the cache as bytes (`llama_state_seq_get_data` /
+//! `set_data`): [`Engine::export_kv`] and [`Engine::import_kv`]. The pack stores those
+//! bytes as checksummed blobs (see `crate::kv_blob`), so a state survives a restart.
+//!
+//! Every figure in [`EngineUsage`] is what this engine did: reused tokens are the shared
+//! prefix it did not run, times are measured around llama.cpp's own calls.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
+use llama_cpp_2::LlamaStateSeqFlags;
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::TokEnv;
+use llguidance::{Matcher, ParserFactory};
+use tokio::sync::oneshot;
+use tracing::{debug, info_span, warn, Instrument};
+
+mod slots;
+mod worker;
+
+use self::slots::Slots;
+use self::worker::Worker;
+use super::gguf::ModelFile;
+use super::load_err;
+use super::sampler::SeededSampler;
+use super::{
+    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
+    SamplingMode,
+};
+
+/// How a [`LlamaCppEngine`] is set up.
+#[derive(Debug, Clone)]
+pub struct LlamaCppOptions {
+    /// Token sequences whose KV is kept (one sequence id each). `0` keeps nothing: every
+    /// prompt is prefilled in full (the naive baseline of `state-pack bench`).
+    pub slots: usize,
+    /// CPU threads for llama.cpp; `0` means every core.
+    pub threads: usize,
+    /// KV cells shared by all slots (the most tokens one sequence may hold); `0` means the
+    /// model's training context, capped at 8,192.
+    pub context: usize,
+    /// Tokens run through the model per `llama_decode` call while prefilling.
+    pub batch: usize,
+    /// Flash attention: `None` lets llama.cpp decide (it enables it on CPU), `Some(on)`
+    /// forces it. Without it attention spans every used cell of the shared pool, so steps
+    /// slow down as other sequences stay hot; `docs/PERFORMANCE.md` has the figures.
+    pub flash_attention: Option<bool>,
+}
+
+impl Default for LlamaCppOptions {
+    fn default() -> Self {
+        Self {
+            slots: 8,
+            threads: 0,
+            context: 0,
+            batch: super::DEFAULT_LLAMACPP_BATCH,
+            flash_attention: None,
+        }
+    }
+}
+
+/// llama.cpp's backend may be initialized once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Failed(format!("llama.cpp backend: {e}")))
+}
+
+enum Job {
+    Generate {
+        prompt: Vec<u32>,
+        sampling: Sampling,
+        reply: oneshot::Sender<Result<Generation, EngineError>>,
+    },
+    Export {
+        tokens: Vec<u32>,
+        from: usize,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, EngineError>>,
+    },
+    Import {
+        tokens: Vec<u32>,
+        chunks: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<bool, EngineError>>,
+    },
+}
+
+/// A local GGUF model run by llama.cpp on the CPU.
+pub struct LlamaCppEngine {
+    info: ModelInfo,
+    model: Arc<LlamaModel>,
+    slots: Arc<Mutex<Slots>>,
+    jobs: mpsc::Sender<Job>,
+    reuse: bool,
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    // Plain data; a panic elsewhere cannot leave it half-updated.
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LlamaCppEngine {
+    /// Loads the GGUF file at `path` and starts the engine thread.
+    ///
+    /// Fails with [`EngineError::Load`] if the file is missing, unreadable, not GGUF, or a
+    /// model llama.cpp cannot run.
+    pub async fn load(path: &Path, options: LlamaCppOptions) -> Result<Self, EngineError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::load_blocking(&path, options))
+            .await
+            .map_err(|e| EngineError::Failed(format!("engine loader: {e}")))?
+    }
+
+    fn load_blocking(path: &Path, options: LlamaCppOptions) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let ModelFile {
+            fingerprint, name, ..
+        } = ModelFile::open(path)?;
+        super::fatal_signal::install();
+        let backend = backend()?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| load_err(path, e))?;
+        let model = Arc::new(model);
+        let trained = model.n_ctx_train() as usize;
+        let n_ctx = match options.context {
+            0 => trained.clamp(1, 8192),
+            n => n,
+        };
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let kv_heads = model.n_head_kv() as usize;
+        let heads = model.n_head().max(1) as usize;
+        let head_dim = model.n_embd() as usize / heads;
+        // f16 keys and values.
+        let kv_bytes_per_token = model.n_layer() as usize * 2 * kv_heads * head_dim * 2;
+        let batch = options.batch.clamp(1, n_ctx);
+
+        let slots_n = options.slots.max(1);
+        let slots = Arc::new(Mutex::new(Slots::new(slots_n)));
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EngineError>>();
+        let worker = Worker {
+            model: Arc::clone(&model),
+            slots: Arc::clone(&slots),
+            reuse: options.slots > 0,
+            batch,
+            tok_env_cache: OnceLock::new(),
+        };
+        let flash = match options.flash_attention {
+            None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        let ctx_params = LlamaContextParams::default()
+            .with_flash_attention_policy(flash)
+            .with_n_ctx(NonZeroU32::new(n_ctx as u32))
+            .with_n_batch(batch as u32)
+            .with_n_ubatch(batch as u32)
+            .with_n_seq_max(slots_n as u32 + 1)
+            .with_kv_unified(true)
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(threads as i32);
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("llama.cpp".into())
+            .spawn(move || {
+                let mut ctx = match worker.model.new_context(backend, ctx_params) {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(load_err(&thread_path, e)));
+                        return;
+                    }
+                };
+                // One small batch through every kernel a prefill uses, before the engine
+                // is handed out: a CPU that cannot run this build fails here, at load, with
+                // the fatal-signal line, not in the middle of a run.
+                if let Err(e) = worker.warm_up(&mut ctx) {
+                    let _ = ready_tx.send(Err(load_err(&thread_path, e)));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                worker.serve(ctx, rx);
+            })
+            .map_err(|e| load_err(path, format!("cannot start the engine thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| load_err(path, "the engine thread stopped while starting"))??;
+        tracing::info!(
+            model = %name,
+            load_ms = started.elapsed().as_millis() as u64,
+            context_window = n_ctx,
+            slots = options.slots,
+            threads,
+            "loaded model (llama.cpp)"
+        );
+        Ok(Self {
+            info: ModelInfo {
+                name,
+                path: path.to_path_buf(),
+                fingerprint,
+                context_window: n_ctx,
+                kv_bytes_per_token,
+            },
+            model,
+            slots,
+            jobs,
+            reuse: options.slots > 0,
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Job,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(job(tx))
+            .map_err(|_| EngineError::Failed("the llama.cpp engine thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Failed("the llama.cpp engine thread has stopped".into()))?
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError> {
+        let n_vocab = self.model.n_vocab().max(0) as u32;
+        match tokens.iter().find(|&&t| t >= n_vocab) {
+            Some(t) => Err(EngineError::Rejected(format!(
+                "token id {t} is outside the model's vocabulary of {n_vocab}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn to_llama(tokens: &[u32]) -> Vec<LlamaToken> {
+    // Ids were checked against the vocabulary size, which fits an i32.
+    tokens.iter().map(|&t| LlamaToken(t as i32)).collect()
+}
+
+#[async_trait]
+impl Engine for LlamaCppEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn engine_name(&self) -> &'static str {
+        super::EngineKind::LlamaCpp.name()
+    }
+
+    async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, true)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect())
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        self.check_tokens(tokens)?;
+        let bytes = self
+            .model
+            .vocab()
+            .detokenize(&to_llama(tokens), false, true);
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn prefill(&self, prompt: &[u32]) -> Result<EngineUsage, EngineError> {
+        // Run the prompt and sample nothing: a one-token greedy generation whose token is
+        // dropped (sampling it costs no forward pass).
+        let g = self
+            .generate(prompt, &Sampling::greedy(1))
+            .instrument(info_span!("engine.prefill", tokens = prompt.len()))
+            .await?;
+        Ok(EngineUsage {
+            generated: 0,
+            decode_time: Duration::ZERO,
+            ..g.usage
+        })
+    }
+
+    async fn generate(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Generation, EngineError> {
+        sampling.check(prompt, self.info.context_window)?;
+        self.check_tokens(prompt)?;
+        let (prompt, sampling) = (prompt.to_vec(), sampling.clone());
+        self.call(|reply| Job::Generate {
+            prompt,
+            sampling,
+            reply,
+        })
+        .await
+    }
+
+    fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
+        lock(&self.slots).longest_match(tokens).1
+    }
+
+    fn hot_entries(&self) -> usize {
+        lock(&self.slots)
+            .tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .count()
+    }
+
+    fn kv_export(&self) -> bool {
+        // An engine that keeps nothing (the naive baseline) has nothing worth saving.
+        self.reuse
+    }
+
+    async fn export_kv(&self, tokens: &[u32], from: usize) -> Result<Option<Vec<u8>>, EngineError> {
+        if from >= tokens.len() {
+            return Ok(None);
+        }
+        let tokens = tokens.to_vec();
+        self.call(|reply| Job::Export {
+            tokens,
+            from,
+            reply,
+        })
+        .await
+    }
+
+    async fn import_kv(&self, tokens: &[u32], chunks: Vec<Vec<u8>>) -> Result<bool, EngineError> {
+        if tokens.is_empty() || chunks.is_empty() || tokens.len() > self.info.context_window {
+            return Ok(false);
+        }
+        self.check_tokens(tokens)?;
+        let tokens = tokens.to_vec();
+        self.call(|reply| Job::Import {
+            tokens,
+            chunks,
+            reply,
+        })
+        .await
+    }
+}
