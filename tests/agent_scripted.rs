@@ -6,30 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use common::tools::Panics;
-use state_pack::agent::legal::Multiply;
-use state_pack::agent::{Agent, AgentLoop, StopReason, ToolBox};
+use common::tools::Clumsy;
+use state_pack::agent::{AgentLoop, StopReason};
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
 use state_pack::ledger::Signer;
 use state_pack::{StatePack, Store};
-
-struct Clumsy;
-#[async_trait]
-impl Agent for Clumsy {
-    fn system_prompt(&self) -> String {
-        "You call tools.".into()
-    }
-    fn tools(&self) -> ToolBox {
-        ToolBox::new().with(Multiply).with(Panics)
-    }
-    async fn review_answer(&self, answer: &str, _step: usize) -> Result<(), String> {
-        if answer == "too soon" {
-            return Err("check the product first".into());
-        }
-        Ok(())
-    }
-}
 
 fn scripted_pack(
     replies: Reply,

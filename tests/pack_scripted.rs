@@ -22,6 +22,17 @@ fn in_memory(engine: Arc<ScriptedEngine>) -> StatePack {
     pack_with(engine, Store::open_in_memory(key()).unwrap())
 }
 
+/// An engine whose KV can be exported, so an on-disk pack keeps blobs.
+fn kv_engine() -> Arc<ScriptedEngine> {
+    Arc::new(ScriptedEngine::new(
+        Reply::Fixed("fine".into()),
+        ScriptedOptions {
+            kv_export: true,
+            ..ScriptedOptions::default()
+        },
+    ))
+}
+
 const BASE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n";
 const TURN: &str = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
 
@@ -178,13 +189,7 @@ async fn a_deterministic_infer_is_replayed_from_the_store() {
 async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
-    let engine = Arc::new(ScriptedEngine::new(
-        Reply::Fixed("fine".into()),
-        ScriptedOptions {
-            kv_export: true,
-            ..ScriptedOptions::default()
-        },
-    ));
+    let engine = kv_engine();
     let (state, state_len) = {
         let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
         assert!(pack.kv_blobs().is_some(), "an on-disk store keeps blobs");
@@ -227,13 +232,7 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
 async fn a_blob_the_log_does_not_vouch_for_is_deleted_not_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
-    let engine = Arc::new(ScriptedEngine::new(
-        Reply::Fixed("fine".into()),
-        ScriptedOptions {
-            kv_export: true,
-            ..ScriptedOptions::default()
-        },
-    ));
+    let engine = kv_engine();
     let base = {
         let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
         pack.create(BASE).await.unwrap().output

@@ -17,10 +17,12 @@
 pub mod api;
 mod compact;
 pub mod error;
+mod layers;
 pub mod load;
 mod metrics;
 mod openapi;
 pub mod queue;
+mod reads;
 
 use std::future::Future;
 use std::path::Path;
@@ -40,8 +42,10 @@ use subtle::ConstantTimeEq;
 
 use self::api::*;
 use self::error::{ApiError, ErrorCode};
+use self::layers::{authenticate, json_errors, observe, panicked};
 use self::metrics::Metrics;
 use self::queue::{FairQueue, Permit};
+use self::reads::{checkpoint, health, metrics_text, openapi_doc, proof, receipt, state_info};
 use crate::pack::StatePack;
 
 /// Limits and settings of a server.
@@ -495,127 +499,6 @@ async fn compact_state(
     }))
 }
 
-async fn state_info(
-    State(s): State<Arc<AppState>>,
-    UrlPath(hash): UrlPath<String>,
-) -> Result<Json<StateInfo>, ApiError> {
-    let hash = parse_hash("the path's state hash", &hash)?;
-    let v = s.pack.state(&hash)?;
-    Ok(Json(StateInfo {
-        state_hash: v.hash,
-        tokens: v.tokens,
-        kv_bytes: v.kv_bytes,
-        hot: v.hot,
-        parent: v.parent,
-        op: v.op.as_str().to_string(),
-    }))
-}
-
-fn parse_seq(s: &str) -> Result<u64, ApiError> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::invalid(
-            "a receipt number is a non-negative decimal integer".into(),
-        ));
-    }
-    s.parse()
-        .map_err(|_| ApiError::invalid("receipt number out of range".into()))
-}
-
-fn known_receipt(s: &AppState, seq: u64) -> Result<(), ApiError> {
-    let count = s
-        .pack
-        .with_store(|st| st.receipt_count())
-        .map_err(|e| ApiError::internal("cannot count receipts", &e))?;
-    if seq >= count {
-        return Err(ApiError::new(
-            ErrorCode::UnknownReceipt,
-            format!("no receipt {seq}: the log holds {count} (0..{count})"),
-        ));
-    }
-    Ok(())
-}
-
-async fn receipt(
-    State(s): State<Arc<AppState>>,
-    UrlPath(seq): UrlPath<String>,
-) -> Result<Json<WireReceipt>, ApiError> {
-    let seq = parse_seq(&seq)?;
-    known_receipt(&s, seq)?;
-    Ok(Json(s.receipt(seq)?))
-}
-
-async fn proof(
-    State(s): State<Arc<AppState>>,
-    UrlPath(seq): UrlPath<String>,
-) -> Result<Json<crate::ledger::ReceiptProof>, ApiError> {
-    let seq = parse_seq(&seq)?;
-    known_receipt(&s, seq)?;
-    s.pack
-        .with_store(|st| st.prove(seq))
-        .map(Json)
-        .map_err(|e| ApiError::internal("cannot build the proof", &e))
-}
-
-/// The newest signed checkpoint, written now if the log has grown since the last one.
-async fn checkpoint(
-    State(s): State<Arc<AppState>>,
-) -> Result<Json<crate::ledger::SignedCheckpoint>, ApiError> {
-    s.pack
-        .with_store(|st| {
-            st.checkpoint()?;
-            st.latest_checkpoint()
-        })
-        .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?
-        .map(Json)
-        .ok_or_else(|| ApiError::internal("no checkpoint", &"the log is empty"))
-}
-
-async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
-    let (states, receipts) = s
-        .pack
-        .with_store(|st| {
-            Ok::<_, crate::store::StoreError>((st.state_count()?, st.receipt_count()?))
-        })
-        .map_err(|e| ApiError::internal("cannot read the store", &e))?;
-    let info = s.pack.engine().info();
-    Ok(Json(Health {
-        status: if s.draining.load(Ordering::SeqCst) {
-            "draining"
-        } else {
-            "ok"
-        }
-        .into(),
-        states_hot: s.pack.engine().hot_entries(),
-        states_cached: states,
-        receipts,
-        model: ModelSummary {
-            name: info.name.clone(),
-            fingerprint: info.fingerprint.to_hex(),
-            context_window: info.context_window,
-        },
-        queue: s.queue.stats(),
-    }))
-}
-
-async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
-    let q = s.queue.stats();
-    let body = s
-        .metrics
-        .render(s.pack.engine().hot_entries(), q.running, q.waiting);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-async fn openapi_doc(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(s.openapi.clone())
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint (see /openapi.json)")
 }
@@ -625,102 +508,4 @@ async fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method (see /openapi.json)",
     )
-}
-
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::new(ErrorCode::Internal, "internal error").into_response()
-}
-
-/// Paths anyone may call.
-fn is_open(path: &str) -> bool {
-    matches!(path, "/health" | "/openapi.json")
-}
-
-/// Checks the bearer token and names the client.
-async fn authenticate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let client = match &s.config.auth {
-        Auth::Disabled => Client(Arc::from("anonymous")),
-        Auth::Tokens(_) if is_open(req.uri().path()) => Client(Arc::from("anonymous")),
-        Auth::Tokens(tokens) => {
-            let presented = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::as_bytes);
-            // Compare against every token in constant time, so timing tells nothing.
-            let mut found = None;
-            if let Some(p) = presented {
-                for t in tokens {
-                    if bool::from(t.secret.as_slice().ct_eq(p)) {
-                        found = Some(t.name.clone());
-                    }
-                }
-            }
-            match (presented, found) {
-                (_, Some(name)) => Client(name),
-                (None, None) => {
-                    return ApiError::new(
-                        ErrorCode::Unauthorized,
-                        "send Authorization: Bearer <token>",
-                    )
-                    .into_response()
-                }
-                (Some(_), None) => {
-                    return ApiError::new(
-                        ErrorCode::Unauthorized,
-                        "the bearer token is not accepted",
-                    )
-                    .into_response()
-                }
-            }
-        }
-    };
-    req.extensions_mut().insert(client);
-    next.run(req).await
-}
-
-/// Rewrites any error answer that is not JSON yet (one made by axum or hyper) as JSON with
-/// a stable code.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let message = match axum::body::to_bytes(response.into_body(), 4096).await {
-        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
-        _ => status.canonical_reason().unwrap_or("error").to_string(),
-    };
-    ApiError::new(ApiError::code_for(status), message)
-        .with_status(status)
-        .into_response()
-}
-
-/// Counts every request by route and status, with its latency.
-async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route: &'static str = match req.extensions().get::<MatchedPath>().map(|p| p.as_str()) {
-        Some("/states") => "/states",
-        Some("/states/{hash}") => "/states/{hash}",
-        Some("/merge") => "/merge",
-        Some("/infer") => "/infer",
-        Some("/compact") => "/compact",
-        Some("/receipts/{seq}") => "/receipts/{seq}",
-        Some("/receipts/{seq}/proof") => "/receipts/{seq}/proof",
-        Some("/checkpoint") => "/checkpoint",
-        Some("/health") => "/health",
-        Some("/metrics") => "/metrics",
-        Some("/openapi.json") => "/openapi.json",
-        _ => "other",
-    };
-    let response = next.run(req).await;
-    s.metrics
-        .request(route, response.status().as_u16(), started.elapsed());
-    response
 }

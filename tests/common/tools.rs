@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use state_pack::agent::{Tool, ToolError};
+use state_pack::agent::legal::Multiply;
+use state_pack::agent::{Agent, Tool, ToolBox, ToolError};
 
 /// No arguments.
 #[derive(Deserialize, JsonSchema)]
@@ -23,5 +24,25 @@ impl Tool for Panics {
     }
     async fn call(&self, _: Nothing) -> Result<String, ToolError> {
         panic!("tool bug")
+    }
+}
+
+/// An agent with one good tool (`multiply`) and one that panics. It refuses the answer
+/// "too soon".
+pub struct Clumsy;
+
+#[async_trait]
+impl Agent for Clumsy {
+    fn system_prompt(&self) -> String {
+        "You call tools.".into()
+    }
+    fn tools(&self) -> ToolBox {
+        ToolBox::new().with(Multiply).with(Panics)
+    }
+    async fn review_answer(&self, answer: &str, _step: usize) -> Result<(), String> {
+        if answer == "too soon" {
+            return Err("check the product first".into());
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,106 @@
+//! Deterministic infers answered from the store: the same state, delta and sampling
+//! parameters give the same tokens, so a repeated request is answered with what the first
+//! one computed, under a receipt of its own that names the receipt it repeats.
+
+use super::*;
+
+impl StatePack {
+    /// [`infer`](Self::infer), except that a deterministic request (same state, same delta,
+    /// same sampling parameters) that was already answered is answered again from the store:
+    /// the engine is not called, and the receipt names the receipt it repeats (`replay_of`)
+    /// with nothing prefilled, reused or generated.
+    pub async fn infer_or_replay(
+        &self,
+        state: &StateHash,
+        delta_text: &str,
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        let delta = self.engine.tokenize(delta_text).await?;
+        self.infer_tokens_or_replay(state, &delta, sampling).await
+    }
+
+    /// [`infer_or_replay`](Self::infer_or_replay) with an already tokenized delta.
+    pub async fn infer_tokens_or_replay(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Inference, PackError> {
+        match self.replay_tokens(state, delta, sampling)? {
+            Some(answer) => Ok(answer),
+            None => self.infer_tokens(state, delta, sampling).await,
+        }
+    }
+
+    /// Answers a deterministic infer from the store if the same request (state, delta,
+    /// sampling) was answered before, recording the replay with its receipt; `None` if it
+    /// was not (or the sampling is not deterministic). Never calls the engine.
+    pub fn replay_tokens(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Option<Inference>, PackError> {
+        if !sampling.is_deterministic() || delta.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let key = sampling_record(sampling)?;
+        let delta_hash = DeltaHash::of(&self.engine.info().fingerprint, delta);
+        let Some(earlier) = self.store().find_infer(state, &delta_hash, &key)? else {
+            return Ok(None);
+        };
+        let span = info_span!("pack.replay", state = %state.short(), of = earlier.receipt_seq);
+        let _enter = span.enter();
+        let Extension {
+            tokens: prompt,
+            input_was_hot,
+            overhead,
+        } = self.extend(state, delta, 0, started)?;
+        let output = self.load(&earlier.output)?;
+        if !output.tokens.starts_with(&prompt)
+            || output.tokens.len() - prompt.len() > sampling.max_tokens
+        {
+            return Err(PackError::Inconsistent {
+                state: earlier.output,
+                reason: format!(
+                    "receipt {} records it as the answer to this request, but its tokens do not extend the request's",
+                    earlier.receipt_seq
+                ),
+            });
+        }
+        let generated = output.tokens[prompt.len()..].to_vec();
+        let hash = earlier.output;
+        let report = self
+            .record(
+                Pending {
+                    op: OpKind::Infer,
+                    input: Some(*state),
+                    input_was_hot,
+                    tokens: output.tokens,
+                    delta: delta.len(),
+                    delta_hash,
+                    outcome: Outcome {
+                        usage: EngineUsage::default(),
+                        engine_called: false,
+                        restored: Restored::default(),
+                    },
+                    output_text: Some(earlier.text.clone()),
+                    policy: None,
+                    sampling: Some((key, earlier.finish)),
+                    replay_of: Some(earlier.receipt_seq),
+                    started,
+                    overhead,
+                },
+                hash,
+                None,
+            )?
+            .0;
+        Ok(Some(Inference {
+            text: earlier.text,
+            generated,
+            finish: earlier.finish,
+            report,
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! The read endpoints: a stored state, a receipt, its inclusion proof, the newest
+//! checkpoint, health, metrics and the OpenAPI document. None of them uses the engine.
+
+use super::*;
+
+pub(super) async fn state_info(
+    State(s): State<Arc<AppState>>,
+    UrlPath(hash): UrlPath<String>,
+) -> Result<Json<StateInfo>, ApiError> {
+    let hash = parse_hash("the path's state hash", &hash)?;
+    let v = s.pack.state(&hash)?;
+    Ok(Json(StateInfo {
+        state_hash: v.hash,
+        tokens: v.tokens,
+        kv_bytes: v.kv_bytes,
+        hot: v.hot,
+        parent: v.parent,
+        op: v.op.as_str().to_string(),
+    }))
+}
+
+pub(super) fn parse_seq(s: &str) -> Result<u64, ApiError> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(
+            "a receipt number is a non-negative decimal integer".into(),
+        ));
+    }
+    s.parse()
+        .map_err(|_| ApiError::invalid("receipt number out of range".into()))
+}
+
+pub(super) fn known_receipt(s: &AppState, seq: u64) -> Result<(), ApiError> {
+    let count = s
+        .pack
+        .with_store(|st| st.receipt_count())
+        .map_err(|e| ApiError::internal("cannot count receipts", &e))?;
+    if seq >= count {
+        return Err(ApiError::new(
+            ErrorCode::UnknownReceipt,
+            format!("no receipt {seq}: the log holds {count} (0..{count})"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn receipt(
+    State(s): State<Arc<AppState>>,
+    UrlPath(seq): UrlPath<String>,
+) -> Result<Json<WireReceipt>, ApiError> {
+    let seq = parse_seq(&seq)?;
+    known_receipt(&s, seq)?;
+    Ok(Json(s.receipt(seq)?))
+}
+
+pub(super) async fn proof(
+    State(s): State<Arc<AppState>>,
+    UrlPath(seq): UrlPath<String>,
+) -> Result<Json<crate::ledger::ReceiptProof>, ApiError> {
+    let seq = parse_seq(&seq)?;
+    known_receipt(&s, seq)?;
+    s.pack
+        .with_store(|st| st.prove(seq))
+        .map(Json)
+        .map_err(|e| ApiError::internal("cannot build the proof", &e))
+}
+
+/// The newest signed checkpoint, written now if the log has grown since the last one.
+pub(super) async fn checkpoint(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<crate::ledger::SignedCheckpoint>, ApiError> {
+    s.pack
+        .with_store(|st| {
+            st.checkpoint()?;
+            st.latest_checkpoint()
+        })
+        .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("no checkpoint", &"the log is empty"))
+}
+
+pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+    let (states, receipts) = s
+        .pack
+        .with_store(|st| {
+            Ok::<_, crate::store::StoreError>((st.state_count()?, st.receipt_count()?))
+        })
+        .map_err(|e| ApiError::internal("cannot read the store", &e))?;
+    let info = s.pack.engine().info();
+    Ok(Json(Health {
+        status: if s.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else {
+            "ok"
+        }
+        .into(),
+        states_hot: s.pack.engine().hot_entries(),
+        states_cached: states,
+        receipts,
+        model: ModelSummary {
+            name: info.name.clone(),
+            fingerprint: info.fingerprint.to_hex(),
+            context_window: info.context_window,
+        },
+        queue: s.queue.stats(),
+    }))
+}
+
+pub(super) async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let q = s.queue.stats();
+    let body = s
+        .metrics
+        .render(s.pack.engine().hot_entries(), q.running, q.waiting);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn openapi_doc(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(s.openapi.clone())
+}
