@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use state_pack::agent::legal::LegalAgent;
-use state_pack::agent::{memory_usage, AgentEvent, AgentLoop, StopReason};
+use state_pack::agent::{AgentEvent, AgentLoop, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy, CostModel};
 use state_pack::engine::Engine;
 use state_pack::ledger::Signer;
@@ -213,4 +213,21 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()
         a.db.display()
     );
     Ok(())
+}
+
+/// This process's memory: (resident now, peak resident) in bytes, from `/proc/self/status`
+/// (`None` where that file does not exist).
+fn memory_usage() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

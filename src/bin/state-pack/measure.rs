@@ -1,0 +1,168 @@
+//! `state-pack bench`: timing the demo loop naive vs state-pack (and a peer), and a cold
+//! state restored from its KV blob vs prefilled again; the reports as tables.
+
+use super::*;
+
+pub(crate) async fn bench_cmd(
+    model: Option<&Path>,
+    cache: &Path,
+    spec: EngineSpec,
+    peer: Option<&bench::Peer>,
+    workload: bench::Workload,
+    steps: usize,
+    runs: usize,
+) -> Result<bench::BenchReport> {
+    let engine = spec.kind;
+    let reuse = load(model, cache, spec).await?;
+    let naive = load(model, cache, spec.hot_states(0)).await?;
+    let arms = 2 + usize::from(peer.is_some());
+    let bar = ProgressBar::new((arms * steps * runs) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let plan = bench::BenchPlan {
+        workload,
+        steps,
+        runs,
+        kv_blobs: !NO_KV_BLOBS.get().copied().unwrap_or(false),
+    };
+    let report = bench::run(reuse, naive, peer, plan, |arm, step| {
+        bar.set_message(format!("{engine} {} step {step}", arm.name()));
+        bar.inc(1);
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+pub(crate) fn print_bench(report: &bench::BenchReport) {
+    let of = |a: Arm| report.arm_runs.iter().filter(move |r| r.arm == a);
+    println!(
+        "{} on {}, {} steps x {} run(s), both arms in this process",
+        match report.workload {
+            bench::Workload::Demo => "demo",
+            bench::Workload::Agent => "agent (legal research, real tool calls)",
+        },
+        report.engine,
+        report.steps,
+        report.runs
+    );
+    println!("arm           prefilled  reused  wall (s)  per step (ms)");
+    for arm in [Arm::Naive, Arm::StatePack, Arm::Peer] {
+        for r in of(arm) {
+            println!(
+                "{:<12} {:>10}  {:>6}  {:>8.1}  {:>13.0}",
+                arm.name(),
+                r.totals.prefilled,
+                r.totals.reused,
+                r.totals.wall.as_secs_f64(),
+                r.mean_step_ms()
+            );
+        }
+    }
+    println!();
+    println!(
+        "speedup (median of naive/state-pack wall per run): {:.1}x",
+        report.speedup
+    );
+    println!(
+        "tokens prefilled saved: {:.1}%",
+        100.0 * report.token_savings
+    );
+    println!(
+        "per step: naive {:.0} ms, state-pack {:.0} ms (medians)",
+        report.naive_step_ms, report.statepack_step_ms
+    );
+    println!(
+        "state-pack overhead (hashing, SQLite): {:.2}% of its wall time",
+        100.0 * report.overhead_fraction
+    );
+    println!(
+        "outputs identical in both arms: {}",
+        if report.outputs_identical {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    if let Some(p) = &report.peer {
+        println!(
+            "llama-server at {}: {:.0} ms per step (median); state-pack/llama-server per step, \
+             same runs: {:.2}x (median); same outputs as state-pack: {}",
+            p.url,
+            p.step_ms,
+            p.statepack_over_peer,
+            if p.outputs_match_statepack {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+}
+
+pub(crate) async fn restore_cmd(
+    model: Option<&Path>,
+    cache: &Path,
+    spec: EngineSpec,
+    tokens: usize,
+    runs: usize,
+    json: bool,
+) -> Result<()> {
+    if spec.kind != EngineKind::LlamaCpp {
+        anyhow::bail!(
+            "--workload restore needs --engine llamacpp: mistral.rs cannot save KV states, so a cold state is always prefilled again"
+        );
+    }
+    let path = match model {
+        Some(p) => p.to_path_buf(),
+        None => DEFAULT_MODEL.ensure(cache)?,
+    };
+    let bar = ProgressBar::new(runs as u64);
+    let report =
+        bench::restore_vs_prefill(|| load_engine(&path, spec), tokens, runs, |_| bar.inc(1))
+            .await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let med = |v: &[f64]| bench::median(v.to_vec());
+    println!(
+        "cold {}-token state on {} ({} runs, a fresh engine for each arm of each run)",
+        report.state_tokens, report.engine, report.runs
+    );
+    println!(
+        "KV {:.1} MB, blob on disk {:.1} MB (zstd)",
+        report.kv_bytes as f64 / 1e6,
+        report.blob_bytes as f64 / 1e6
+    );
+    println!(
+        "restore from blob   {:>8.1} ms (median; read, check, load)",
+        med(&report.restore_ms)
+    );
+    println!(
+        "prefill again       {:>8.1} ms (median)",
+        med(&report.reprefill_ms)
+    );
+    println!(
+        "speedup             {:>8.1}x (median of per-run ratios)",
+        report.speedup
+    );
+    println!(
+        "whole infer (delta + 8 tokens): {:.0} ms restored vs {:.0} ms re-prefilled ({:.1}x)",
+        med(&report.restored_infer_ms),
+        med(&report.reprefilled_infer_ms),
+        report.infer_speedup
+    );
+    println!(
+        "outputs identical: {}",
+        if report.outputs_identical {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    Ok(())
+}
