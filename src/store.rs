@@ -416,11 +416,12 @@ impl Store {
         Ok(self.db.prove(seq)?)
     }
 
-    /// The KV blob the signed log vouches for as `state`'s ([`ledger::log::vouched_kv`]).
+    /// The KV blobs the signed log vouches for as the blobs of `states`, one answer each
+    /// ([`ledger::log::vouched_kv`]).
     ///
     /// [`ledger::log::vouched_kv`]: crate::ledger::log::vouched_kv
-    pub fn vouched_kv(&self, state: &StateHash) -> Result<Option<ReceiptKv>, StoreError> {
-        Ok(crate::ledger::log::vouched_kv(self.conn(), state)?)
+    pub fn vouched_kv(&self, states: &[StateHash]) -> Result<Vec<Option<ReceiptKv>>, StoreError> {
+        Ok(crate::ledger::log::vouched_kv(self.conn(), states)?)
     }
 
     /// The newest infer (not itself a replay) from `input` with delta `delta` under

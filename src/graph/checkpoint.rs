@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::GraphError;
-use crate::ledger::DbError;
+use crate::ledger::{db, log};
 use crate::store::{now_ms, StoreError};
 use crate::StatePack;
 
@@ -159,22 +159,11 @@ fn corrupt(reason: impl Into<String>) -> GraphError {
 impl Checkpointer {
     /// Checkpoints in the database at `path` (created if needed, with the graph's table).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| {
-            StoreError::Db(DbError::Open {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_err)?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .map_err(open_err)?;
-        Self::with_connection(conn)
+        Self::with_connection(db::open_connection(path)?)
     }
 
+    /// Over `conn`, already configured ([`db::configure`]).
     fn with_connection(conn: Connection) -> Result<Self, StoreError> {
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -191,7 +180,9 @@ impl Checkpointer {
 
     /// Checkpoints in a throwaway in-memory database (tests, and packs kept in memory).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::with_connection(Connection::open_in_memory()?)
+        let conn = Connection::open_in_memory()?;
+        db::configure(&conn)?;
+        Self::with_connection(conn)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -210,10 +201,8 @@ impl Checkpointer {
         if !has_log {
             return Ok(0);
         }
-        let n: i64 = conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
-            r.get(0)
-        })?;
-        Ok(n as u64)
+        let head = log::head(&conn).map_err(StoreError::from)?;
+        Ok(head.map_or(0, |(seq, _)| seq + 1))
     }
 
     pub(crate) fn insert(&self, c: New<'_>) -> Result<CheckpointId, GraphError> {

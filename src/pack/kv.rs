@@ -122,35 +122,40 @@ impl StatePack {
             }
         };
         // The chain runs from its root to `state`: each blob's parent is the state of the one
-        // before it.
-        let mut owner = *state;
-        for blob in chain.iter().rev() {
+        // before it, so blob i belongs to blob i + 1's parent, and the last to `state`.
+        let owners: Option<Vec<StateHash>> = chain
+            .iter()
+            .skip(1)
+            .map(|b| b.parent)
+            .chain([Some(*state)])
+            .collect();
+        let Some(owners) = owners else {
+            warn!(state = %state.short(), "KV blob chain is broken; prefilling");
+            return none;
+        };
+        let vouched = match self.store().vouched_kv(&owners) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(state = %state.short(), error = %e, "cannot check the KV blobs against the log; prefilling");
+                return none;
+            }
+        };
+        // From `state` back to the root, as the chain was read.
+        for ((blob, owner), vouched) in chain.iter().zip(&owners).zip(vouched).rev() {
             let seen = ReceiptKv {
                 sha256: hex::encode(Sha256::digest(&blob.raw)),
                 start: blob.start as u64,
                 end: blob.end as u64,
                 parent: blob.parent,
             };
-            let vouched = self.store().vouched_kv(&owner);
-            match vouched {
-                Ok(Some(v)) if v == seen => {}
-                Ok(v) => {
-                    warn!(
-                        state = %owner.short(),
-                        vouched = v.is_some(),
-                        "KV blob not vouched for by the signed log: deleting it and prefilling"
-                    );
-                    self.forget_blob(&owner);
-                    return none;
-                }
-                Err(e) => {
-                    warn!(state = %owner.short(), error = %e, "cannot check a KV blob against the log; prefilling");
-                    return none;
-                }
-            }
-            match blob.parent {
-                Some(p) => owner = p,
-                None => break,
+            if vouched.as_ref() != Some(&seen) {
+                warn!(
+                    state = %owner.short(),
+                    vouched = vouched.is_some(),
+                    "KV blob not vouched for by the signed log: deleting it and prefilling"
+                );
+                self.forget_blob(owner);
+                return none;
             }
         }
         let end = chain.last().map_or(0, |b| b.end);

@@ -71,20 +71,8 @@ impl LedgerDb {
     /// Opens the database at `path` without a signing key: everything can be read, nothing
     /// appended. The schema is still brought up to date (a new file gets the empty schema).
     pub fn open_for_reading(path: &Path) -> Result<Self, DbError> {
-        let open_err = |source| DbError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        // Before anything else: other processes may be creating the same database right now.
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
-        // journal_mode returns a row; the rest do not.
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .map_err(open_err)?;
-        configure(&conn).map_err(open_err)?;
         let mut db = Self {
-            conn,
+            conn: open_connection(path)?,
             path: Some(path.to_path_buf()),
             ledger: None,
         };
@@ -144,12 +132,7 @@ impl LedgerDb {
 
     /// Receipts in the log: the next receipt's seq.
     pub fn receipt_count(&self) -> Result<u64, DbError> {
-        let n: i64 =
-            self.conn
-                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM receipts", [], |r| {
-                    r.get(0)
-                })?;
-        Ok(n as u64)
+        Ok(log::head(&self.conn)?.map_or(0, |(seq, _)| seq + 1))
     }
 
     /// Writes a signed checkpoint of the whole log now (a no-op if the newest receipt is
@@ -196,7 +179,28 @@ impl LedgerDb {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+/// A connection to the database file at `path` (created if missing) set up as every
+/// state-pack connection is: a busy timeout (other processes may be creating the same file),
+/// WAL, [`configure`]. Parts of state-pack that keep their own tables in the file open theirs
+/// with this.
+pub fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    let open_err = |source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    // Before anything else: other processes may be creating the same database right now.
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(open_err)?;
+    // journal_mode returns a row; the rest do not.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .map_err(open_err)?;
+    configure(&conn).map_err(open_err)?;
+    Ok(conn)
+}
+
+/// The settings of every state-pack connection, file or in memory.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // FULL: a committed operation survives power loss, not only a process crash.
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",

@@ -429,45 +429,56 @@ pub fn signed_key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, L
     Ok(out)
 }
 
-/// The KV blob the log vouches for as state `state`'s: the `kv` field of the newest receipt
-/// that made `state` and names one, once that receipt's signature checks under the key the
-/// (checked) key events say was current at its seq. `None` when no receipt vouches.
+/// The KV blobs the log vouches for as the blobs of `states`, one answer per state: the `kv`
+/// field of the newest receipt that made the state and names one, once that receipt's
+/// signature checks under the key the (checked) key events say was current at its seq.
+/// `None` where no receipt vouches. The key schedule is read and checked once for all.
 ///
 /// This is what lets a KV blob directory be untrusted: a blob is loaded into an engine only
 /// when its bytes hash to what a signed receipt says.
-pub fn vouched_kv(conn: &Connection, state: &StateHash) -> Result<Option<ReceiptKv>, LedgerError> {
-    let seqs: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT receipt_seq FROM operations
-             WHERE output = ?1 AND receipt_seq IS NOT NULL ORDER BY seq DESC",
-        )?
-        .query_map([state.as_bytes().as_slice()], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if seqs.is_empty() {
-        return Ok(None);
-    }
-    let schedule = signed_key_schedule(conn)?;
-    for seq in seqs {
-        let stored = receipt(conn, seq as u64)?;
-        let r = stored.receipt()?;
-        let Some(kv) = r.kv else { continue };
-        if r.output_state != Some(*state) || r.seq != stored.seq {
-            continue;
+pub fn vouched_kv(
+    conn: &Connection,
+    states: &[StateHash],
+) -> Result<Vec<Option<ReceiptKv>>, LedgerError> {
+    let mut schedule = None;
+    let mut out = Vec::with_capacity(states.len());
+    for state in states {
+        let seqs: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT receipt_seq FROM operations
+                 WHERE output = ?1 AND receipt_seq IS NOT NULL ORDER BY seq DESC",
+            )?
+            .query_map([state.as_bytes().as_slice()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut vouched = None;
+        for seq in seqs {
+            let stored = receipt(conn, seq as u64)?;
+            let r = stored.receipt()?;
+            let Some(kv) = r.kv else { continue };
+            if r.output_state != Some(*state) || r.seq != stored.seq {
+                continue;
+            }
+            if schedule.is_none() {
+                schedule = Some(signed_key_schedule(conn)?);
+            }
+            let key = schedule
+                .iter()
+                .flatten()
+                .rev()
+                .find(|(from, _)| *from <= stored.seq)
+                .map(|&(_, k)| k);
+            if key.is_some_and(|k| k.verify(stored.hash().as_bytes(), &stored.signature)) {
+                vouched = Some(kv);
+                break;
+            }
+            tracing::warn!(
+                seq,
+                "a receipt naming a KV blob does not verify: not trusting it"
+            );
         }
-        let key = schedule
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= stored.seq)
-            .map(|&(_, k)| k);
-        if key.is_some_and(|k| k.verify(stored.hash().as_bytes(), &stored.signature)) {
-            return Ok(Some(kv));
-        }
-        tracing::warn!(
-            seq,
-            "a receipt naming a KV blob does not verify: not trusting it"
-        );
+        out.push(vouched);
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// The key that signs the next receipt, with the seq it took over from.
