@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::agent::legal::LegalAgent;
 use crate::agent::{Agent, AgentLoop, StopReason};
 use crate::demo::{self, Start, StepTotals};
 use crate::engine::Engine;
+use crate::legal::LegalAgent;
 use crate::pack::{PackError, StatePack};
 use crate::store::{Store, StoreError};
 

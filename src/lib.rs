@@ -1,43 +1,49 @@
 //! # state-pack
 //!
 //! LLM agents re-send their whole context at every step. state-pack keeps the model's KV
-//! state of everything already seen and prefills only the new tokens, by owning the token
-//! chains and sending token ids to mistral.rs so that its prefix cache matches exactly.
+//! state of everything already seen and prefills only the new tokens, compacts the context
+//! before it grows out of hand, and writes a signed, hash-linked receipt of every operation.
 //!
-//! - [`state`]: content-addressed states ([`StateHash`]).
-//! - [`engine`]: the [`Engine`](engine::Engine) trait and [`MistralRsEngine`](engine::MistralRsEngine).
-//! - [`pack`]: [`StatePack`] — create / merge / infer, with measured token accounting.
-//! - [`store`]: SQLite persistence ([`Store`]).
-//! - [`ledger`]: signed, hash-linked receipts of every operation, checkpoints and `verify`.
-//! - [`model`]: the pinned default model, fetched with pip.
-//! - [`agent`]: [`Agent`](agent::Agent), typed tools and [`AgentLoop`](agent::AgentLoop).
-//! - [`compaction`]: when (a measured cost model, the window, a period) and how (mask,
-//!   summarize) an agent's context is compacted.
-//! - [`graph`]: LangGraph-style [`StateGraph`](graph::StateGraph)s of nodes and agents, with
-//!   checkpoints, interrupts, resume and time travel in the same SQLite database.
-//! - [`demo`] and [`bench`]: the built-in legal-research agent loop and its naive-vs-reused
-//!   benchmark, behind `state-pack run` and `state-pack bench`.
+//! This is the application crate: the `state-pack` binary and what only it needs — the
+//! pinned default model and its pip fetch ([`model`]), the built-in demo loop ([`demo`]),
+//! the naive-vs-reused benchmark ([`bench`]), the HTTP load test ([`load`]) and the two
+//! example workloads whose code lives in `examples/` ([`legal`], [`research`]). The library
+//! it is built on is re-exported under the paths it always had:
 //!
-//! See `ARCHITECTURE.md` for the bird's-eye view and its invariants.
+//! - [`engine`], [`pack`], [`store`], [`kv_blob`], [`agent`], [`compaction`]: the core
+//!   crate, `state-pack-core`.
+//! - [`graph`]: LangGraph-style workflows, `state-pack-graph`.
+//! - [`server`]: `state-pack serve`, `state-pack-server`.
+//! - [`ledger`] and [`state`]: receipts, checkpoints, `verify` and state hashing,
+//!   `state-pack-ledger` (what an auditor builds alone).
+//!
+//! See `ARCHITECTURE.md` for the crate graph and its invariants.
 #![warn(missing_docs)]
 
-pub mod agent;
+// The example workloads below are the files in `examples/`, which name this crate
+// `state_pack` as any user's code would.
+extern crate self as state_pack;
+
 pub mod bench;
-pub mod compaction;
 pub mod demo;
-pub mod engine;
-pub mod graph;
-pub mod kv_blob;
+pub mod load;
 pub mod model;
-pub mod pack;
-pub mod server;
-pub mod store;
 
-/// The receipt ledger, its own crate (`state-pack-ledger`): what an auditor builds alone.
-pub use state_pack_ledger as ledger;
-/// Content-addressed states: [`state_pack_ledger::hash`].
-pub use state_pack_ledger::hash as state;
+/// The legal-research agent (`examples/legal_agent/legal.rs`): clause lookup over a bundled
+/// corpus and a calculator. The agent behind `state-pack run`, `agent` and `bench`.
+#[path = "../examples/legal_agent/legal.rs"]
+pub mod legal;
 
-pub use pack::{Inference, OpReport, PackError, StatePack};
-pub use state::{ModelFingerprint, StateHash};
-pub use store::Store;
+/// The research graph (`examples/research_graph/research.rs`): a researcher agent and a
+/// reviewer agent with a retry loop, behind `state-pack graph`.
+#[path = "../examples/research_graph/research.rs"]
+pub mod research;
+
+pub use state_pack_core::{agent, compaction, engine, kv_blob, ledger, pack, state, store};
+pub use state_pack_core::{
+    Inference, ModelFingerprint, OpReport, PackError, StateHash, StatePack, Store,
+};
+/// LangGraph-style workflows: the `state-pack-graph` crate.
+pub use state_pack_graph as graph;
+/// The HTTP server: the `state-pack-server` crate.
+pub use state_pack_server as server;

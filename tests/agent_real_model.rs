@@ -9,11 +9,11 @@ use std::sync::Arc;
 use common::tools::Clumsy;
 use common::*;
 use serde_json::json;
-use state_pack::agent::legal::LegalAgent;
 use state_pack::agent::{Action, AgentLoop, Decoding, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy};
 use state_pack::engine::Grammar;
 use state_pack::ledger::{verify_file, Receipt, ReceiptOp, VerifyOptions};
+use state_pack::legal::LegalAgent;
 use state_pack::StatePack;
 
 fn verify_ok(db: &std::path::Path, receipts: u64) {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::tools::{Nothing, Panics};
 use serde_json::json;
-use state_pack::agent::legal::{ClauseLookup, Multiply};
 use state_pack::agent::{Action, Tool, ToolBox, ToolCall, ToolError};
+use state_pack::legal::{ClauseLookup, Multiply};
 
 struct Sleeps;
 #[async_trait]

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use state_pack::agent::legal::Multiply;
 use state_pack::agent::{Agent, Tool, ToolBox, ToolError};
+use state_pack::legal::Multiply;
 
 /// No arguments.
 #[derive(Deserialize, JsonSchema)]

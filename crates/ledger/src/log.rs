@@ -134,7 +134,9 @@ impl StoredReceipt {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 on a clock before it): the time stamp of receipts,
+/// operations and graph checkpoints.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use state_pack::agent::legal::LegalAgent;
 use state_pack::agent::{AgentEvent, AgentLoop, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy, CostModel};
 use state_pack::engine::Engine;
 use state_pack::ledger::Signer;
+use state_pack::legal::LegalAgent;
 
 #[derive(Args)]
 pub struct AgentArgs {

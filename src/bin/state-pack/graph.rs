@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use state_pack::engine::Engine;
-use state_pack::graph::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::graph::{Checkpointer, GraphEvent, GraphRun, RunStatus};
 use state_pack::ledger::Signer;
+use state_pack::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::Store;
 
 #[derive(Subcommand)]

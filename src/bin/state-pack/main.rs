@@ -42,7 +42,7 @@ struct Cli {
     key: Option<PathBuf>,
     /// The engine that runs the model: mistralrs (default) or llamacpp (a build with the
     /// `llamacpp` cargo feature; faster on CPU, and states survive restarts as KV blobs).
-    #[arg(long, global = true, env = "STATE_PACK_ENGINE", value_enum, default_value_t = EngineKind::MistralRs)]
+    #[arg(long, global = true, env = "STATE_PACK_ENGINE", value_parser = engine_kind(), default_value_t = EngineKind::MistralRs)]
     engine: EngineKind,
     /// CPU threads the engine uses [default: every core]. Sets RAYON_NUM_THREADS for
     /// mistral.rs and the thread count of llama.cpp.
@@ -335,7 +335,8 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 }
             };
             let engines = if compare_engines {
-                vec![EngineKind::MistralRs, EngineKind::LlamaCpp]
+                EngineKind::ALL
+                    .to_vec()
                     .into_iter()
                     .filter(|k| k.available())
                     .collect()
@@ -546,4 +547,11 @@ async fn run(
     );
     println!("for a measured naive-vs-state-pack comparison run `state-pack bench`");
     Ok(())
+}
+
+/// `--engine`: one of [`EngineKind::ALL`] by name (the engine crate knows nothing of clap).
+fn engine_kind() -> impl clap::builder::TypedValueParser<Value = EngineKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(EngineKind::ALL.map(EngineKind::name))
+        .try_map(|name: String| name.parse::<EngineKind>())
 }

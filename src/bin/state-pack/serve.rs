@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use state_pack::engine::EngineSpec;
 use state_pack::ledger::Signer;
-use state_pack::server::{self, load, Auth, Server, ServerConfig};
+use state_pack::load;
+use state_pack::server::{self, Auth, Server, ServerConfig};
 use state_pack::Store;
 
 /// Options of `state-pack serve`.

@@ -2,7 +2,7 @@
 //! checks the finding, and a router loops back to the researcher until the reviewer
 //! approves or the rounds run out. Both agents are [`LegalAgent`]s: they share a system
 //! prompt, so its base state is prefilled once for all of them. Behind `state-pack graph`
-//! and `examples/research_graph.rs`.
+//! and of this example (the application crate compiles this file as `state_pack::research`).
 //!
 //! ```text
 //! START --> researcher --> reviewer -.-> researcher
@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{reduce, AgentNode, GraphState, NodeOptions, RetryPolicy, StateGraph, END, START};
-use crate::agent::legal::LegalAgent;
-use crate::agent::{AgentLoop, AgentReport};
-use crate::StatePack;
+use state_pack::agent::{AgentLoop, AgentReport};
+use state_pack::graph::{
+    reduce, AgentNode, GraphState, NodeOptions, RetryPolicy, StateGraph, END, START,
+};
+use state_pack::legal::LegalAgent;
+use state_pack::StatePack;
 
 /// The research state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -55,7 +55,7 @@ pub(super) async fn receipt(
 pub(super) async fn proof(
     State(s): State<Arc<AppState>>,
     UrlPath(seq): UrlPath<String>,
-) -> Result<Json<crate::ledger::ReceiptProof>, ApiError> {
+) -> Result<Json<state_pack_ledger::ReceiptProof>, ApiError> {
     let seq = parse_seq(&seq)?;
     known_receipt(&s, seq)?;
     s.pack
@@ -67,7 +67,7 @@ pub(super) async fn proof(
 /// The newest signed checkpoint, written now if the log has grown since the last one.
 pub(super) async fn checkpoint(
     State(s): State<Arc<AppState>>,
-) -> Result<Json<crate::ledger::SignedCheckpoint>, ApiError> {
+) -> Result<Json<state_pack_ledger::SignedCheckpoint>, ApiError> {
     s.pack
         .with_store(|st| {
             st.checkpoint()?;
@@ -82,7 +82,7 @@ pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health
     let (states, receipts) = s
         .pack
         .with_store(|st| {
-            Ok::<_, crate::store::StoreError>((st.state_count()?, st.receipt_count()?))
+            Ok::<_, state_pack_core::store::StoreError>((st.state_count()?, st.receipt_count()?))
         })
         .map_err(|e| ApiError::internal("cannot read the store", &e))?;
     let info = s.pack.engine().info();

@@ -19,7 +19,7 @@ use crate::engine::Grammar;
 /// use async_trait::async_trait;
 /// use schemars::JsonSchema;
 /// use serde::Deserialize;
-/// use state_pack::agent::{Tool, ToolError};
+/// use state_pack_core::agent::{Tool, ToolError};
 ///
 /// #[derive(Deserialize, JsonSchema)]
 /// struct Add { a: f64, b: f64 }

@@ -6,7 +6,7 @@
 //! or none.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
@@ -197,11 +197,8 @@ pub struct Store {
     db: LedgerDb,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+fn now_ms() -> i64 {
+    i64::try_from(crate::ledger::log::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn digest(b: Vec<u8>, table: &'static str) -> Result<[u8; 32], StoreError> {

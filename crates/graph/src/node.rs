@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::GraphState;
-use crate::agent::{Agent, AgentLoop, AgentReport};
+use state_pack_core::agent::{Agent, AgentLoop, AgentReport};
 
 /// A node's error: anything, shown to the user and fed to the retry policy.
 pub type NodeError = Box<dyn std::error::Error + Send + Sync>;

@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use state_pack::agent::legal::LegalAgent;
 use state_pack::agent::{AgentEvent, AgentLoop};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy};
 use state_pack::engine::{MistralRsEngine, MistralRsOptions};
 use state_pack::ledger::Signer;
+use state_pack::legal::LegalAgent;
 use state_pack::{model, StatePack, Store};
 
 #[tokio::main]

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::api::*;
-use super::error::ErrorCode;
-use crate::ledger::{ReceiptProof, SignedCheckpoint};
+use super::error::{ErrorBody, ErrorCode};
+use state_pack_ledger::{ReceiptProof, SignedCheckpoint};
 
 fn body<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
     json!({

@@ -4,9 +4,26 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::api::{ErrorBody, ErrorDetail};
-use crate::engine::EngineError;
-use crate::pack::PackError;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use state_pack_core::engine::EngineError;
+use state_pack_core::pack::PackError;
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable machine-readable `code` and a message for people.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable code: one of `ErrorCode::ALL` (`docs/SERVER.md` lists them with their status).
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
 
 /// Every error code the server answers with: its wire name and its HTTP status. The
 /// handlers, the OpenAPI document and `docs/SERVER.md` are all made from this list (a test
@@ -273,7 +290,7 @@ mod tests {
     /// `docs/SERVER.md`'s error table: every code, on a row of its own status.
     #[test]
     fn the_server_doc_lists_every_error_code_with_its_status() {
-        let doc = include_str!("../../docs/SERVER.md");
+        let doc = include_str!("../../../docs/SERVER.md");
         let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| ")).collect();
         for code in ErrorCode::ALL {
             let name = format!("`{}`", code.as_str());

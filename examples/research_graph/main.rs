@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use state_pack::engine::{MistralRsEngine, MistralRsOptions};
-use state_pack::graph::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::graph::{Checkpointer, GraphEvent, RunStatus, Source};
 use state_pack::ledger::Signer;
+use state_pack::research::{self, BaseLog, Research, ResearchUpdate};
 use state_pack::{model, StatePack, Store};
 
 const QUESTION: &str = "What is the liability cap in clause 14.5 of NSA-2021-044?";
@@ -30,7 +30,7 @@ async fn main() -> Result<()> {
         Store::open(&db, Signer::generate()?)?,
     ));
     let bases = BaseLog::default();
-    // The graph (see src/graph/research.rs for how it is built), paused before the reviewer.
+    // The graph (see research.rs next to this file for how it is built), paused before the reviewer.
     let graph = research::graph(pack.clone(), 2, bases.clone())
         .interrupt_before(&["reviewer"])
         .compile(Checkpointer::for_pack(&pack)?)?;

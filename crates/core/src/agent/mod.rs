@@ -7,7 +7,6 @@
 //! tool calls or an answer. When a [`CompactionPolicy`] says so, the loop replaces the
 //! context with a compacted one (a receipted `compact` operation) and goes on from there.
 
-pub mod legal;
 mod tool;
 mod transcript;
 

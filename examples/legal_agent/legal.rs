@@ -1,11 +1,12 @@
-//! A small legal-research agent with real tools over a bundled corpus: the agent of
-//! `examples/legal_agent.rs` and of the agent-loop tests.
+//! A small legal-research agent with real tools over a bundled corpus: the agent of this
+//! example, of `state-pack run` / `agent` / `bench` (the application crate compiles this file
+//! as `state_pack::legal`) and of the agent-loop tests.
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Agent, Tool, ToolBox, ToolError};
+use state_pack::agent::{Agent, Tool, ToolBox, ToolError};
 
 /// Clauses of two bundled contracts: (contract, clause, text).
 pub const CORPUS: &[(&str, &str, &str)] = &[

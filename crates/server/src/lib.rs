@@ -3,7 +3,7 @@
 //! Any client may continue any state in the store by its hash; the server keeps no session.
 //! Every mutating answer carries its signed receipt. Engine work goes through one bounded,
 //! per-client round-robin queue ([`queue::FairQueue`]); a full queue answers 503 with
-//! `Retry-After`. Every error is JSON with a stable `code` ([`api::ErrorBody`]).
+//! `Retry-After`. Every error is JSON with a stable `code` ([`error::ErrorBody`]).
 //!
 //! ```text
 //! POST /states   {base_text}                       -> StateResponse
@@ -18,7 +18,7 @@ pub mod api;
 mod compact;
 pub mod error;
 mod layers;
-pub mod load;
+
 mod metrics;
 mod openapi;
 pub mod queue;
@@ -46,7 +46,7 @@ use self::layers::{authenticate, json_errors, observe, panicked};
 use self::metrics::Metrics;
 use self::queue::{FairQueue, Permit};
 use self::reads::{checkpoint, health, metrics_text, openapi_doc, proof, receipt, state_info};
-use crate::pack::StatePack;
+use state_pack_core::pack::StatePack;
 
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     /// The final checkpoint could not be written.
     #[error(transparent)]
-    Pack(#[from] crate::pack::PackError),
+    Pack(#[from] state_pack_core::pack::PackError),
 }
 
 struct AppState {
@@ -258,7 +258,7 @@ impl Server {
         let receipts = state
             .pack
             .with_store(|s| s.receipt_count())
-            .map_err(crate::pack::PackError::from)?;
+            .map_err(state_pack_core::pack::PackError::from)?;
         tracing::info!(receipts, "final checkpoint written");
         Ok(Shutdown { receipts })
     }
@@ -332,7 +332,7 @@ impl AppState {
     /// The answer to a create or merge, counted in the metrics.
     fn state_answer(
         &self,
-        report: &crate::pack::OpReport,
+        report: &state_pack_core::pack::OpReport,
         queued: Duration,
     ) -> Result<Json<StateResponse>, ApiError> {
         self.metrics.operation(report);
@@ -361,7 +361,7 @@ impl AppState {
             .engine()
             .tokenize(text)
             .await
-            .map_err(crate::pack::PackError::from)?;
+            .map_err(state_pack_core::pack::PackError::from)?;
         if tokens.len() > self.config.max_delta_tokens {
             return Err(too_long(field, self.config.max_delta_tokens));
         }
@@ -383,7 +383,7 @@ async fn create(
 ) -> Result<Json<StateResponse>, ApiError> {
     let tokens = s.tokenize("base_text", &req.base_text).await?;
     if tokens.is_empty() {
-        return Err(crate::pack::PackError::EmptyBase.into());
+        return Err(state_pack_core::pack::PackError::EmptyBase.into());
     }
     let (_permit, queued) = s.engine(&client).await?;
     let report = s

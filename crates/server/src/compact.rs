@@ -2,9 +2,9 @@
 //! turns, so it finds them by the `<|im_start|>` token, keeps the first and last few
 //! verbatim and folds the ones between into one note.
 
-use crate::engine::Sampling;
-use crate::pack::{Inference, OpReport, PackError, StatePack};
-use crate::state::StateHash;
+use state_pack_core::engine::Sampling;
+use state_pack_core::pack::{Inference, OpReport, PackError, StatePack};
+use state_pack_ledger::hash::StateHash;
 
 use super::api::CompactPolicy;
 

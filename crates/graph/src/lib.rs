@@ -1,5 +1,5 @@
 //! LangGraph-style workflows: a [`StateGraph`] of async nodes (functions or
-//! [`Agent`](crate::agent::Agent)s) over a typed state, run in super-steps with checkpoints in
+//! [`Agent`](state_pack_core::agent::Agent)s) over a typed state, run in super-steps with checkpoints in
 //! the pack's SQLite database.
 //!
 //! - **State and reducers.** The state is a user type implementing [`GraphState`]: nodes
@@ -22,7 +22,7 @@
 //!   [`fork`](CompiledGraph::fork) branches from any of them without touching the rest.
 //!
 //! ```no_run
-//! # use state_pack::graph::{GraphState, StateGraph, START, END, reduce, NodeInput, Checkpointer};
+//! # use state_pack_graph::{GraphState, StateGraph, START, END, reduce, NodeInput, Checkpointer};
 //! # use serde::{Serialize, Deserialize};
 //! #[derive(Clone, Default, Serialize, Deserialize)]
 //! struct Chat { messages: Vec<String> }
@@ -48,7 +48,6 @@
 mod checkpoint;
 mod node;
 pub mod reduce;
-pub mod research;
 mod run;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -62,7 +61,7 @@ pub use checkpoint::{CheckpointId, CheckpointInfo, Checkpointer, Source};
 pub use node::{AgentNode, FnNode, Node, NodeContext, NodeError, NodeInput};
 pub use run::{GraphEvent, GraphRun, RunStatus};
 
-use crate::store::StoreError;
+use state_pack_core::store::StoreError;
 
 /// The entry: edges from here name the first nodes.
 pub const START: &str = "__start__";

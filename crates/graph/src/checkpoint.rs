@@ -8,9 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::GraphError;
-use crate::ledger::{db, log};
-use crate::store::{now_ms, StoreError};
-use crate::StatePack;
+use state_pack_core::store::StoreError;
+use state_pack_core::StatePack;
+use state_pack_ledger::{db, log};
 
 /// A checkpoint's id: unique in its database, increasing with time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -223,7 +223,7 @@ impl Checkpointer {
                 serde_json::to_vec(c.joins)?,
                 c.receipts.0 as i64,
                 c.receipts.1 as i64,
-                now_ms(),
+                i64::try_from(log::now_ms()).unwrap_or(i64::MAX),
             ],
         )?;
         Ok(CheckpointId(conn.last_insert_rowid()))
@@ -401,7 +401,9 @@ mod own_connection_tests {
         drop(c);
         // Reopening (the table exists) works, and so does a store opening the same file.
         Checkpointer::open(&db).unwrap();
-        let store = crate::Store::open(&db, crate::ledger::Signer::from_seed([1; 32])).unwrap();
+        let store =
+            state_pack_core::Store::open(&db, state_pack_ledger::Signer::from_seed([1; 32]))
+                .unwrap();
         assert_eq!(store.receipt_count().unwrap(), 1);
         drop(store);
         assert_eq!(Checkpointer::open(&db).unwrap().receipt_count().unwrap(), 1);

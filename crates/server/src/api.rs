@@ -4,10 +4,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{FinishReason, Grammar, Sampling};
-use crate::ledger::log::StoredReceipt;
-use crate::pack::{OpReport, Timings, TokenCounts};
-use crate::state::StateHash;
+use state_pack_core::engine::{FinishReason, Grammar, Sampling};
+use state_pack_core::pack::{OpReport, Timings, TokenCounts};
+use state_pack_ledger::hash::StateHash;
+use state_pack_ledger::log::StoredReceipt;
 
 use super::error::{ApiError, ErrorCode};
 
@@ -371,22 +371,6 @@ pub struct Health {
     pub model: ModelSummary,
     /// The engine queue.
     pub queue: super::queue::QueueStats,
-}
-
-/// The error body of every 4xx and 5xx answer.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// One error: a stable machine-readable `code` and a message for people.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-pub struct ErrorDetail {
-    /// Stable code: one of `ErrorCode::ALL` (`docs/SERVER.md` lists them with their status).
-    pub code: String,
-    /// What went wrong and what to do.
-    pub message: String,
 }
 
 /// Parses a state hash strictly: exactly 64 lowercase hex characters.

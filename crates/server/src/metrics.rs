@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::pack::OpReport;
+use state_pack_core::pack::OpReport;
 
 /// Upper bounds of the latency histogram, seconds.
 const BUCKETS: [f64; 14] = [

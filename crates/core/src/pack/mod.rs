@@ -26,12 +26,13 @@ use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoredState}
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use state_pack::engine::{MistralRsEngine, MistralRsOptions, Sampling};
-/// use state_pack::ledger::{default_key_path, Signer};
-/// use state_pack::{model, StatePack, Store};
+/// use state_pack_core::engine::{MistralRsEngine, MistralRsOptions, Sampling};
+/// use state_pack_core::ledger::{default_key_path, Signer};
+/// use state_pack_core::{StatePack, Store};
 ///
-/// let path = model::DEFAULT_MODEL.ensure(&model::cache_dir(None))?;
-/// let engine = MistralRsEngine::load(&path, MistralRsOptions::default()).await?;
+/// // A local GGUF (`state-pack model fetch` puts the default one in the cache).
+/// let path = std::path::Path::new("SmolLM2-135M-Instruct-Q4_1.gguf");
+/// let engine = MistralRsEngine::load(path, MistralRsOptions::default()).await?;
 /// let (key, _) = Signer::load_or_create(&default_key_path())?;
 /// let pack = StatePack::new(Arc::new(engine), Store::open("agent.db".as_ref(), key)?);
 /// let base = pack.create("<|im_start|>system\nYou are terse.<|im_end|>\n").await?;

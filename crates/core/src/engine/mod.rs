@@ -287,20 +287,21 @@ pub trait Engine: Send + Sync {
 }
 
 /// Which engine runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     /// mistral.rs ([`MistralRsEngine`]): the default.
     #[default]
-    #[value(name = "mistralrs")]
     MistralRs,
     /// llama.cpp (`LlamaCppEngine`, cargo feature `llamacpp`): faster on CPU, and states
     /// survive a restart as KV blobs.
-    #[value(name = "llamacpp")]
     LlamaCpp,
 }
 
 impl EngineKind {
+    /// Every engine, built in or not.
+    pub const ALL: [EngineKind; 2] = [EngineKind::MistralRs, EngineKind::LlamaCpp];
+
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
