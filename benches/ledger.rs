@@ -13,9 +13,8 @@
 mod synthetic;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use state_pack::ledger::receipt::{
-    LogId, Receipt, ReceiptHash, ReceiptOp, ReceiptTimings, ReceiptTokens, RECEIPT_VERSION,
-};
+use state_pack::ledger::measured::{Timings, Tokens};
+use state_pack::ledger::receipt::{LogId, Receipt, ReceiptHash, ReceiptOp, RECEIPT_VERSION};
 use state_pack::ledger::{verify_file, Signer, VerifyOptions};
 use state_pack::state::{DeltaHash, StateHash};
 use state_pack::Store;
@@ -32,15 +31,15 @@ fn seal(c: &mut Criterion) {
         output_state: Some(StateHash::from_bytes([4; 32])),
         delta_hash: Some(DeltaHash::of(&MODEL, &[1, 2, 3])),
         model: Some(MODEL),
-        tokens: Some(ReceiptTokens {
+        tokens: Some(Tokens {
             delta: 30,
             state: 600,
             prefilled: 31,
             reused: 569,
             generated: 8,
-            restored: None,
+            restored: 0,
         }),
-        timings: Some(ReceiptTimings {
+        timings: Some(Timings {
             prefill_us: 500_000,
             decode_us: 250_000,
             total_us: 760_000,

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use state_pack::ledger::measured::{Measured, Timings, Tokens};
 use state_pack::ledger::Signer;
 use state_pack::state::{DeltaHash, ModelFingerprint, StateHash};
 use state_pack::store::{OpKind, OperationRecord, Store, StoredState};
@@ -52,28 +53,27 @@ fn durable_record(c: &mut Criterion) {
                     op: OpKind::Create,
                     tokens: t,
                 };
+                let measured = Measured {
+                    tokens: Tokens {
+                        delta: n as u64 + 1,
+                        state: n as u64 + 1,
+                        prefilled: 30,
+                        reused: n as u64 - 29,
+                        generated: 8,
+                        restored: 0,
+                    },
+                    timings: Timings::new(
+                        Duration::from_millis(500),
+                        Duration::from_millis(250),
+                        Duration::from_millis(760),
+                        None,
+                    ),
+                };
+                let delta = DeltaHash::of(&model, &[i]);
                 let op = OperationRecord {
-                    op: OpKind::Create,
-                    input: None,
-                    output: hash,
-                    delta_tokens: n + 1,
-                    delta_hash: DeltaHash::of(&model, &[i]),
-                    input_was_hot: None,
-                    policy: None,
                     prompt_tokens: n + 1,
-                    prefilled: 30,
-                    reused: n - 29,
-                    generated: 8,
-                    prefill: Duration::from_millis(500),
-                    decode: Duration::from_millis(250),
-                    total: Duration::from_millis(760),
                     output_text: Some("clause_lookup(NSA-2021-044, 14.5)".into()),
-                    sampling: None,
-                    finish: None,
-                    replay_of: None,
-                    restored: 0,
-                    restore: Duration::ZERO,
-                    kv: None,
+                    ..OperationRecord::new(OpKind::Create, None, hash, delta, measured)
                 };
                 store.record(&state, &op).expect("record")
             })

@@ -267,9 +267,9 @@ async fn run_agent_arm(
     // Everything the run did: tool calls, turn closings, the loop itself.
     let totals = StepTotals {
         steps: 1 + report.steps.len(),
-        prefilled: report.tokens.prefilled,
-        reused: report.tokens.reused,
-        generated: report.tokens.generated,
+        prefilled: report.tokens.prefilled as usize,
+        reused: report.tokens.reused as usize,
+        generated: report.tokens.generated as usize,
         wall: report.wall,
         overhead: std::iter::once(&report.base)
             .chain(report.steps.iter().map(|s| &s.report))
@@ -485,7 +485,7 @@ where
     let text = long_base(engine.as_ref(), &session, tokens).await?;
     let base = pack.create(&text).await?;
     let state = base.output;
-    let state_tokens = base.tokens.state;
+    let state_tokens = base.tokens.state as usize;
     let blob_path = blobs.dir().join(format!("{}.kv", state.to_hex()));
     let blob_bytes = std::fs::metadata(&blob_path)?.len();
     let model = engine.info().fingerprint;

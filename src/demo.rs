@@ -159,9 +159,9 @@ impl StepTotals {
     pub fn of<'a>(reports: impl IntoIterator<Item = &'a OpReport>) -> Self {
         reports.into_iter().fold(Self::default(), |mut t, r| {
             t.steps += 1;
-            t.prefilled += r.tokens.prefilled;
-            t.reused += r.tokens.reused;
-            t.generated += r.tokens.generated;
+            t.prefilled += r.tokens.prefilled as usize;
+            t.reused += r.tokens.reused as usize;
+            t.generated += r.tokens.generated as usize;
             t.wall += r.timings.total;
             t.overhead += r.timings.overhead;
             t

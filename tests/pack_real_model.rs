@@ -32,7 +32,7 @@ async fn hot_states_prefill_only_the_delta() {
         // Everything already seen is reused. After an infer the engine lacks only the KV of
         // the last sampled token (it was never run through the model), so that one token is
         // prefilled again with the delta.
-        let missing = usize::from(parent_from_infer);
+        let missing = u64::from(parent_from_infer);
         assert_eq!(r.tokens.reused, parent_len - missing, "{r:?}");
         assert_eq!(r.tokens.prefilled, r.tokens.delta + missing, "{r:?}");
         assert!(r.tokens.generated >= 1 && r.tokens.generated <= 6);
@@ -106,7 +106,7 @@ async fn same_input_same_output_hot_or_cold_and_after_restart() {
     );
     assert_eq!(
         cold.report.tokens.prefilled,
-        tokens_before.len() + cold.report.tokens.delta
+        tokens_before.len() as u64 + cold.report.tokens.delta
     );
     // Re-prefilled from scratch, the model must say exactly what it said on reused KV.
     assert_eq!(cold.text, first.text);

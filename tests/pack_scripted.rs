@@ -40,8 +40,8 @@ const TURN: &str = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
 async fn create_merge_infer_account_what_the_engine_did() {
     let engine = Arc::new(ScriptedEngine::replying("hello"));
     let pack = in_memory(engine.clone());
-    let base_len = ScriptedEngine::encode(BASE).len();
-    let turn_len = ScriptedEngine::encode(TURN).len();
+    let base_len = ScriptedEngine::encode(BASE).len() as u64;
+    let turn_len = ScriptedEngine::encode(TURN).len() as u64;
 
     let base = pack.create(BASE).await.unwrap();
     assert!(base.engine_called);
@@ -71,7 +71,7 @@ async fn create_merge_infer_account_what_the_engine_did() {
     assert_eq!((t.prefilled, t.reused), (1, base_len + turn_len));
     assert_eq!(
         t.generated,
-        "hello".len() + 1,
+        "hello".len() as u64 + 1,
         "the reply and its end-of-turn token"
     );
     assert_eq!(t.state, base_len + turn_len + 1 + t.generated);
@@ -80,7 +80,7 @@ async fn create_merge_infer_account_what_the_engine_did() {
     let totals = pack.totals().unwrap();
     assert_eq!(totals.operations, 4);
     assert_eq!(
-        totals.prefilled as usize,
+        totals.prefilled,
         base_len + turn_len + 1,
         "the repeated create prefilled nothing"
     );

@@ -345,8 +345,11 @@ async fn an_engine_failure_is_a_500_and_writes_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["output"], "ok");
     assert_eq!(body["tokens"]["prefilled"], 1, "{body}");
-    // The wire carries every count the receipt signs.
-    assert_eq!(body["tokens"]["restored"], 0, "{body}");
+    // The wire carries the counts the receipt signs, in the receipt's own shape (`restored`
+    // is left out when zero, as in the signed body).
+    let signed: Value = serde_json::from_str(body["receipt"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["tokens"], signed["tokens"], "{body}");
+    assert!(body["tokens"].get("restored").is_none(), "{body}");
 }
 
 #[tokio::test]
@@ -553,4 +556,37 @@ async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
     .unwrap();
     assert!(report.ok(), "{:#?}", report.failures);
     assert!(report.receipts > 1);
+}
+
+/// Reads (receipts, proofs, health) go through the server's own read-only connection, and
+/// see every write the moment it commits.
+#[tokio::test]
+async fn reads_see_each_commit_through_their_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reads.db");
+    let f = fixture_at(
+        Some(&db),
+        ScriptedOptions::default(),
+        ServerConfig::default(),
+    );
+    let health = |f: &Fixture| {
+        let router = f.router.clone();
+        async move {
+            let req = request(Method::GET, "/health", None);
+            send(&router, req).await.2["receipts"].as_u64().unwrap()
+        }
+    };
+    let before = health(&f).await;
+    let req = request(Method::POST, "/states", Some(json!({"base_text": BASE})));
+    let (status, _, body) = send(&f.router, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seq = body["receipt"]["seq"].as_u64().unwrap();
+    assert_eq!(health(&f).await, before + 1, "the new receipt is counted");
+    let req = request(Method::GET, &format!("/receipts/{seq}"), None);
+    let (status, _, got) = send(&f.router, req).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got, body["receipt"], "the receipt read back is the one written");
+    let req = request(Method::GET, &format!("/receipts/{seq}/proof"), None);
+    let (status, _, proof) = send(&f.router, req).await;
+    assert_eq!(status, StatusCode::OK, "{proof}");
 }

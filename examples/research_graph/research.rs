@@ -126,9 +126,9 @@ fn log_base(log: &BaseLog, node: &str, report: &AgentReport) {
     log.lock().unwrap_or_else(|p| p.into_inner()).push((
         node.to_string(),
         BaseUse {
-            tokens: t.state,
-            prefilled: t.prefilled,
-            reused: t.reused,
+            tokens: t.state as usize,
+            prefilled: t.prefilled as usize,
+            reused: t.reused as usize,
         },
     ));
 }

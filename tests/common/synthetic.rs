@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use state_pack::ledger::measured::{Measured, Timings, Tokens};
 use state_pack::state::{DeltaHash, ModelFingerprint, StateHash};
 use state_pack::store::{OpKind, OperationRecord, Recorded, Store, StoredState};
 
@@ -41,28 +42,26 @@ impl Chain {
             op,
             tokens: self.tokens.clone(),
         };
+        let measured = Measured {
+            tokens: Tokens {
+                delta: delta_tokens.len() as u64,
+                state: self.tokens.len() as u64,
+                prefilled: delta_tokens.len() as u64,
+                reused: (self.tokens.len() - delta_tokens.len()) as u64,
+                ..Tokens::default()
+            },
+            timings: Timings::new(
+                Duration::from_micros(1234),
+                Duration::ZERO,
+                Duration::from_micros(1300),
+                None,
+            ),
+        };
+        let delta = DeltaHash::of(&MODEL, &delta_tokens);
         let record = OperationRecord {
-            op,
-            input: self.head,
-            output: hash,
-            delta_tokens: delta_tokens.len(),
-            delta_hash: DeltaHash::of(&MODEL, &delta_tokens),
             input_was_hot: self.head.map(|_| true),
-            policy: None,
             prompt_tokens: self.tokens.len(),
-            prefilled: delta_tokens.len(),
-            reused: self.tokens.len() - delta_tokens.len(),
-            generated: 0,
-            prefill: Duration::from_micros(1234),
-            decode: Duration::ZERO,
-            total: Duration::from_micros(1300),
-            output_text: None,
-            sampling: None,
-            finish: None,
-            replay_of: None,
-            restored: 0,
-            restore: Duration::ZERO,
-            kv: None,
+            ..OperationRecord::new(op, self.head, hash, delta, measured)
         };
         let recorded = store.record(&state, &record).expect("record");
         self.head = Some(hash);

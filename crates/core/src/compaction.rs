@@ -313,12 +313,12 @@ impl CostMeter {
         let t = &r.tokens;
         let prefill = r.timings.prefill.as_secs_f64();
         let decode = r.timings.decode.as_secs_f64();
-        if t.prefilled >= BULK && prefill > 0.0 {
-            self.bulk_prefill_tokens += t.prefilled;
+        if t.prefilled >= BULK as u64 && prefill > 0.0 {
+            self.bulk_prefill_tokens += t.prefilled as usize;
             self.bulk_prefill_seconds += prefill;
         }
         if t.generated > 0 && decode > 0.0 {
-            self.decode_tokens += t.generated;
+            self.decode_tokens += t.generated as usize;
             self.decode_seconds += decode;
         }
         // Only ordinary steps (a hot state plus a small delta) show how the per-step cost
@@ -410,7 +410,7 @@ mod tests {
 
     use super::*;
     use crate::ledger::{ReceiptHash, ReceiptRef};
-    use crate::pack::{Timings, TokenCounts};
+    use crate::pack::{Timings, Tokens};
     use crate::state::StateHash;
 
     fn report(
@@ -433,13 +433,12 @@ mod tests {
             input_was_hot: true,
             engine_called: true,
             replay_of: None,
-            tokens: TokenCounts {
-                delta: prefilled,
-                state,
-                prefilled,
-                reused: 0,
-                generated,
-                restored: 0,
+            tokens: Tokens {
+                delta: prefilled as u64,
+                state: state as u64,
+                prefilled: prefilled as u64,
+                generated: generated as u64,
+                ..Tokens::default()
             },
             timings: Timings {
                 prefill: Duration::from_millis(pre_ms),

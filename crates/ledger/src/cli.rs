@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::log::StoredReceipt;
-use crate::receipt::ReceiptTokens;
+use crate::measured::Tokens;
 use crate::{
     verify_file, LedgerDb, PublicKey, Receipt, ReceiptProof, Signer, TrustedCheckpoint,
     VerifyOptions, VerifyReport,
@@ -191,9 +191,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             for stored in store.receipts(from, limit)? {
                 let r = parse(&stored)?;
                 let t = r.tokens;
-                let n = |f: fn(&ReceiptTokens) -> u64| {
-                    t.as_ref().map_or("-".into(), |t| f(t).to_string())
-                };
+                let n = |f: fn(&Tokens) -> u64| t.as_ref().map_or("-".into(), |t| f(t).to_string());
                 writeln!(
                     out,
                     "{:>6}  {:<10}  {:<12}  {:>6}  {:>9}  {:>6}  {:>9}  {}",

@@ -63,20 +63,30 @@ impl LedgerDb {
 
     /// [`open`](Self::open), writing a signed checkpoint every `checkpoint_every` receipts.
     pub fn open_with(path: &Path, signer: Signer, checkpoint_every: u64) -> Result<Self, DbError> {
-        let mut db = Self::open_for_reading(path)?;
+        let mut db = Self::open_unsigned(path)?;
         db.ledger = Some(Ledger::attach(&mut db.conn, signer, checkpoint_every)?);
         Ok(db)
     }
 
-    /// Opens the database at `path` without a signing key: everything can be read, nothing
-    /// appended. The schema is still brought up to date (a new file gets the empty schema).
-    pub fn open_for_reading(path: &Path) -> Result<Self, DbError> {
+    /// The connection with its schema up to date, no ledger attached yet.
+    fn open_unsigned(path: &Path) -> Result<Self, DbError> {
         let mut db = Self {
             conn: open_connection(path)?,
             path: Some(path.to_path_buf()),
             ledger: None,
         };
         db.migrate()?;
+        Ok(db)
+    }
+
+    /// Opens the database at `path` without a signing key: everything can be read, nothing
+    /// written (the connection is `query_only` once the schema is brought up to date; a new
+    /// file gets the empty schema).
+    pub fn open_for_reading(path: &Path) -> Result<Self, DbError> {
+        let db = Self::open_unsigned(path)?;
+        // From here on this connection only reads: a bug that tried to write through it
+        // fails instead of racing the writer.
+        db.conn.pragma_update(None, "query_only", true)?;
         Ok(db)
     }
 
@@ -225,5 +235,22 @@ impl Drop for LedgerDb {
                 tracing::warn!(error = %e, "could not write the closing checkpoint");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_connection_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let writer = LedgerDb::open(&path, Signer::from_seed([3; 32])).unwrap();
+        let reader = LedgerDb::open_for_reading(&path).unwrap();
+        assert_eq!(reader.receipt_count().unwrap(), writer.receipt_count().unwrap());
+        let refused = reader.conn().execute("DELETE FROM receipts", []).unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        assert_eq!(writer.receipt_count().unwrap(), 1, "the open_log receipt is still there");
     }
 }

@@ -12,9 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use crate::checkpoint::{Checkpoint, ReceiptProof, ReceiptTree, SignedCheckpoint};
 use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
 use crate::keys::{KeyError, PublicKey, Signer};
+use crate::measured::{Timings, Tokens};
 use crate::receipt::{
-    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, ReceiptTimings,
-    ReceiptTokens, RECEIPT_VERSION,
+    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, RECEIPT_VERSION,
 };
 
 /// Receipts between automatic checkpoints, unless the store is told otherwise.
@@ -74,9 +74,9 @@ pub struct ReceiptDraft {
     /// Model fingerprint.
     pub model: Option<ModelFingerprint>,
     /// Token counts.
-    pub tokens: Option<ReceiptTokens>,
+    pub tokens: Option<Tokens>,
     /// Timings.
-    pub timings: Option<ReceiptTimings>,
+    pub timings: Option<Timings>,
     /// Whether the input was hot.
     pub input_was_hot: Option<bool>,
     /// Compaction policy.

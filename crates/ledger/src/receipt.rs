@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hash::{digest_type, DeltaHash, ModelFingerprint, StateHash};
+use crate::measured::{Timings, Tokens};
 
 /// Domain tag that starts every receipt hash pre-image.
 pub const RECEIPT_DOMAIN_TAG: &[u8] = b"state-pack/receipt/v1\0";
@@ -96,41 +97,6 @@ impl ReceiptOp {
     }
 }
 
-/// Token counts as the engine reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiptTokens {
-    /// Tokens the caller added (for create, the base).
-    pub delta: u64,
-    /// Tokens in the output state.
-    pub state: u64,
-    /// Tokens the engine ran through the model.
-    pub prefilled: u64,
-    /// Tokens whose KV the engine already held.
-    pub reused: u64,
-    /// Tokens generated.
-    pub generated: u64,
-    /// Of `reused`, tokens whose KV was loaded from a KV blob on disk rather than held in
-    /// memory (absent when none were).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restored: Option<u64>,
-}
-
-/// Times in microseconds, as measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiptTimings {
-    /// Engine prefill time.
-    pub prefill_us: u64,
-    /// Engine decode time.
-    pub decode_us: u64,
-    /// Wall time of the operation up to its commit.
-    pub total_us: u64,
-    /// Time spent reading a KV blob and loading it into the engine (absent when none was).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_us: Option<u64>,
-}
-
 /// The KV blob an operation wrote for its output state (llama.cpp engine): the engine's
 /// bytes for positions `start..end`, whose SHA-256 the signature covers. A blob on disk is
 /// loaded into the engine only if its bytes hash to this; anyone able to write the blob
@@ -175,10 +141,10 @@ pub struct Receipt {
     pub model: Option<ModelFingerprint>,
     /// Token counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<ReceiptTokens>,
+    pub tokens: Option<Tokens>,
     /// Timings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timings: Option<ReceiptTimings>,
+    pub timings: Option<Timings>,
     /// Whether the engine held the input state's KV when the operation started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_was_hot: Option<bool>,
@@ -264,15 +230,15 @@ mod tests {
             output_state: Some(StateHash::from_bytes([4; 32])),
             delta_hash: Some(DeltaHash::of(&model, &[5, 6])),
             model: Some(model),
-            tokens: Some(ReceiptTokens {
+            tokens: Some(Tokens {
                 delta: 2,
                 state: 40,
                 prefilled: 3,
                 reused: 37,
                 generated: 8,
-                restored: None,
+                restored: 0,
             }),
-            timings: Some(ReceiptTimings {
+            timings: Some(Timings {
                 prefill_us: 1500,
                 decode_us: 2500,
                 total_us: 4100,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use state_pack_ledger::log::ReceiptDraft;
-use state_pack_ledger::receipt::ReceiptTokens;
+use state_pack_ledger::measured::Tokens;
 use state_pack_ledger::{DeltaHash, LedgerDb, ModelFingerprint, ReceiptOp, Signer, StateHash};
 
 fn ledger_bin(args: &[&str]) -> Command {
@@ -41,13 +41,13 @@ fn write_log(db: &Path, signer: Signer, n: usize) {
                     output_state: Some(StateHash::of(&model, &tokens)),
                     delta_hash: Some(DeltaHash::of(&model, &tokens[i..])),
                     model: Some(model),
-                    tokens: Some(ReceiptTokens {
+                    tokens: Some(Tokens {
                         delta: 1,
                         state: tokens.len() as u64,
                         prefilled: 1,
                         reused: i as u64,
                         generated: 0,
-                        restored: None,
+                        restored: 0,
                     }),
                     timings: None,
                     input_was_hot: None,

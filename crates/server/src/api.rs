@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use state_pack_core::engine::{FinishReason, Grammar, Sampling};
-use state_pack_core::pack::{OpReport, Timings, TokenCounts};
+use state_pack_core::pack::{OpReport, Timings, Tokens};
 use state_pack_ledger::hash::StateHash;
 use state_pack_ledger::log::StoredReceipt;
 
@@ -156,36 +156,6 @@ impl Default for CompactPolicy {
     }
 }
 
-/// Token counts of one operation, as the engine reported them.
-#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
-pub struct WireTokens {
-    /// Tokens the request added (the delta; for create, the base).
-    pub delta: usize,
-    /// Tokens in the output state.
-    pub state: usize,
-    /// Tokens the engine ran through the model.
-    pub prefilled: usize,
-    /// Tokens whose KV the engine already held.
-    pub reused: usize,
-    /// Tokens the engine generated.
-    pub generated: usize,
-    /// Of `reused`, tokens whose KV was loaded from a KV blob (the receipt signs it too).
-    pub restored: usize,
-}
-
-impl From<TokenCounts> for WireTokens {
-    fn from(t: TokenCounts) -> Self {
-        Self {
-            delta: t.delta,
-            state: t.state,
-            prefilled: t.prefilled,
-            reused: t.reused,
-            generated: t.generated,
-            restored: t.restored,
-        }
-    }
-}
-
 /// Measured times of one operation, milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
 pub struct WireTimings {
@@ -256,7 +226,7 @@ pub struct StateResponse {
     #[schemars(with = "String")]
     pub new_state_hash: StateHash,
     /// Token counts.
-    pub tokens: WireTokens,
+    pub tokens: Tokens,
     /// Times.
     pub timings: WireTimings,
     /// Whether the engine ran (not when it already held every token).
@@ -271,7 +241,7 @@ impl StateResponse {
         Self {
             state_hash: r.output,
             new_state_hash: r.output,
-            tokens: r.tokens.into(),
+            tokens: r.tokens,
             timings: WireTimings::new(&r.timings, queued),
             engine_called: r.engine_called,
             receipt,
@@ -291,7 +261,7 @@ pub struct InferResponse {
     #[schemars(with = "String")]
     pub finish: FinishReason,
     /// Token counts (all engine counts are 0 for an answer from the store).
-    pub tokens: WireTokens,
+    pub tokens: Tokens,
     /// Times.
     pub timings: WireTimings,
     /// Whether the engine ran.
@@ -315,7 +285,7 @@ pub struct CompactResponse {
     /// The summary the model wrote, if the policy asked for one.
     pub summary: Option<String>,
     /// Token counts of the compaction.
-    pub tokens: WireTokens,
+    pub tokens: Tokens,
     /// Times (the summary's generation included).
     pub timings: WireTimings,
     /// The policy applied.

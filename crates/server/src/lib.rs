@@ -47,6 +47,7 @@ use self::metrics::Metrics;
 use self::queue::{FairQueue, Permit};
 use self::reads::{checkpoint, health, metrics_text, openapi_doc, proof, receipt, state_info};
 use state_pack_core::pack::StatePack;
+use state_pack_core::store::{Store, StoreError};
 
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
@@ -173,6 +174,9 @@ pub enum ServerError {
 
 struct AppState {
     pack: Arc<StatePack>,
+    /// The read endpoints' own read-only connection to the pack's database (none for an
+    /// in-memory store, whose only connection is the writer's).
+    reader: Option<std::sync::Mutex<Store>>,
     queue: FairQueue,
     metrics: Metrics,
     config: ServerConfig,
@@ -199,10 +203,19 @@ pub struct Shutdown {
 impl Server {
     /// A server for `pack`.
     pub fn new(pack: Arc<StatePack>, config: ServerConfig) -> Self {
+        let path = pack.with_store(|s| s.path().map(Path::to_path_buf));
+        let reader = path.and_then(|p| match Store::open_for_reading(&p) {
+            Ok(store) => Some(std::sync::Mutex::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no read-only connection: reads share the writer's");
+                None
+            }
+        });
         Self {
             state: Arc::new(AppState {
                 queue: FairQueue::new(config.queue_capacity, config.queue_depth),
                 pack,
+                reader,
                 metrics: Metrics::default(),
                 config,
                 draining: AtomicBool::new(false),
@@ -439,7 +452,7 @@ async fn infer(
     Ok(Json(InferResponse {
         new_state_hash: r.output,
         finish: answer.finish,
-        tokens: r.tokens.into(),
+        tokens: r.tokens,
         timings: WireTimings::new(&r.timings, queued),
         engine_called: r.engine_called,
         replay_of: r.replay_of,
@@ -486,7 +499,7 @@ async fn compact_state(
         new_state_hash: done.report.output,
         steps_folded: done.folded,
         tokens_before: done.before,
-        tokens: done.report.tokens.into(),
+        tokens: done.report.tokens,
         timings,
         policy,
         summary_receipt: done

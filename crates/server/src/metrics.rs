@@ -57,11 +57,10 @@ impl Metrics {
     /// Counts the engine work of one operation.
     pub fn operation(&self, r: &OpReport) {
         self.prefilled
-            .fetch_add(r.tokens.prefilled as u64, Ordering::Relaxed);
-        self.reused
-            .fetch_add(r.tokens.reused as u64, Ordering::Relaxed);
+            .fetch_add(r.tokens.prefilled, Ordering::Relaxed);
+        self.reused.fetch_add(r.tokens.reused, Ordering::Relaxed);
         self.generated
-            .fetch_add(r.tokens.generated as u64, Ordering::Relaxed);
+            .fetch_add(r.tokens.generated, Ordering::Relaxed);
         if r.replay_of.is_some() {
             self.replays.fetch_add(1, Ordering::Relaxed);
         }

@@ -3,12 +3,34 @@
 
 use super::*;
 
+impl AppState {
+    /// Runs `f` on the read-only connection (the writer's for an in-memory store) on a
+    /// blocking thread, so that a slow read never holds an async worker or the writer's lock.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        what: &'static str,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || match &s.reader {
+            Some(r) => f(&mut r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
+            None => s.pack.with_store(f),
+        })
+        .await
+        .map_err(|e| ApiError::internal(what, &e))?
+        .map_err(|e| ApiError::internal(what, &e))
+    }
+}
+
 pub(super) async fn state_info(
     State(s): State<Arc<AppState>>,
     UrlPath(hash): UrlPath<String>,
 ) -> Result<Json<StateInfo>, ApiError> {
     let hash = parse_hash("the path's state hash", &hash)?;
-    let v = s.pack.state(&hash)?;
+    let pack = s.pack.clone();
+    let v = tokio::task::spawn_blocking(move || pack.state(&hash))
+        .await
+        .map_err(|e| ApiError::internal("cannot read the state", &e))??;
     Ok(Json(StateInfo {
         state_hash: v.hash,
         tokens: v.tokens,
@@ -29,11 +51,10 @@ pub(super) fn parse_seq(s: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid("receipt number out of range".into()))
 }
 
-pub(super) fn known_receipt(s: &AppState, seq: u64) -> Result<(), ApiError> {
+pub(super) async fn known_receipt(s: &Arc<AppState>, seq: u64) -> Result<(), ApiError> {
     let count = s
-        .pack
-        .with_store(|st| st.receipt_count())
-        .map_err(|e| ApiError::internal("cannot count receipts", &e))?;
+        .read("cannot count receipts", |st| st.receipt_count())
+        .await?;
     if seq >= count {
         return Err(ApiError::new(
             ErrorCode::UnknownReceipt,
@@ -48,8 +69,11 @@ pub(super) async fn receipt(
     UrlPath(seq): UrlPath<String>,
 ) -> Result<Json<WireReceipt>, ApiError> {
     let seq = parse_seq(&seq)?;
-    known_receipt(&s, seq)?;
-    Ok(Json(s.receipt(seq)?))
+    known_receipt(&s, seq).await?;
+    let r = s
+        .read("cannot read the receipt", move |st| st.receipt(seq))
+        .await?;
+    Ok(Json(WireReceipt::from(&r)))
 }
 
 pub(super) async fn proof(
@@ -57,11 +81,27 @@ pub(super) async fn proof(
     UrlPath(seq): UrlPath<String>,
 ) -> Result<Json<state_pack_ledger::ReceiptProof>, ApiError> {
     let seq = parse_seq(&seq)?;
-    known_receipt(&s, seq)?;
-    s.pack
-        .with_store(|st| st.prove(seq))
+    known_receipt(&s, seq).await?;
+    // A proof is against a signed checkpoint that covers the receipt: if the newest does not,
+    // the writer signs one (a short write); the proof itself is built on the reader.
+    let covered = s
+        .read("cannot read the checkpoint", move |st| {
+            Ok(st
+                .latest_checkpoint()?
+                .and_then(|c| c.checkpoint().ok())
+                .is_some_and(|c| c.size > seq))
+        })
+        .await?;
+    if !covered {
+        let pack = s.pack.clone();
+        tokio::task::spawn_blocking(move || pack.with_store(|st| st.checkpoint()))
+            .await
+            .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?
+            .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?;
+    }
+    s.read("cannot build the proof", move |st| st.prove(seq))
+        .await
         .map(Json)
-        .map_err(|e| ApiError::internal("cannot build the proof", &e))
 }
 
 /// The newest signed checkpoint, written now if the log has grown since the last one.
@@ -80,11 +120,10 @@ pub(super) async fn checkpoint(
 
 pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
     let (states, receipts) = s
-        .pack
-        .with_store(|st| {
-            Ok::<_, state_pack_core::store::StoreError>((st.state_count()?, st.receipt_count()?))
+        .read("cannot read the store", |st| {
+            Ok((st.state_count()?, st.receipt_count()?))
         })
-        .map_err(|e| ApiError::internal("cannot read the store", &e))?;
+        .await?;
     let info = s.pack.engine().info();
     Ok(Json(Health {
         status: if s.draining.load(Ordering::SeqCst) {

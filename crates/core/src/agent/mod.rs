@@ -21,7 +21,7 @@ pub use tool::{Action, Tool, ToolBox, ToolCall, ToolError, ToolResult, MAX_CALLS
 
 use crate::compaction::{CompactionPolicy, CompactionStrategy, CostMeter, Trigger};
 use crate::engine::{FinishReason, Grammar, Sampling};
-use crate::pack::{OpReport, PackError, StatePack, TokenCounts};
+use crate::pack::{OpReport, PackError, StatePack, Tokens};
 use crate::state::StateHash;
 use transcript::Transcript;
 
@@ -122,7 +122,7 @@ pub struct AgentReport {
     /// The base state (system prompt and tools).
     pub base: OpReport,
     /// Token totals over the base, every step, observation merge and compaction.
-    pub tokens: TokenCounts,
+    pub tokens: Tokens,
     /// The longest context any step ran on.
     pub peak_context: usize,
     /// The state the run ended in.
@@ -280,7 +280,7 @@ impl<A: Agent> AgentLoop<A> {
             state: base.output,
             steps: Vec::new(),
             compactions: Vec::new(),
-            peak_context: base.tokens.state,
+            peak_context: base.tokens.state as usize,
             since_compaction: 0,
         };
         run.meter.observe(&base);
@@ -358,7 +358,7 @@ impl<A: Agent> AgentLoop<A> {
         let delta = run.transcript.pending().to_vec();
         let inference = self.pack.infer_tokens(&run.state, &delta, sampling).await?;
         run.record(&inference.report);
-        run.peak_context = run.peak_context.max(inference.report.tokens.state);
+        run.peak_context = run.peak_context.max(inference.report.tokens.state as usize);
         let mut output_tokens = inference.generated.clone();
         run.state = inference.report.output;
         // The grammar ends each output with the end-of-turn token; if generation stopped
@@ -509,7 +509,7 @@ impl<A: Agent> AgentLoop<A> {
                 trigger,
                 replaced,
                 tokens_before,
-                tokens_after: report.tokens.state,
+                tokens_after: report.tokens.state as usize,
                 masked: applied.masked,
                 summarized: applied.summarized,
                 summary,
@@ -537,7 +537,7 @@ impl<A: Agent> AgentLoop<A> {
 struct Run {
     meter: CostMeter,
     transcript: Transcript,
-    totals: TokenCounts,
+    totals: Tokens,
     last_receipt: u64,
     state: StateHash,
     steps: Vec<Step>,

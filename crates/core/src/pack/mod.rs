@@ -12,13 +12,13 @@ use tracing::{info_span, warn, Instrument};
 
 use crate::engine::{Engine, EngineUsage, FinishReason, Sampling};
 use crate::kv_blob::{KvBlobStore, DEFAULT_BUDGET_BYTES};
-use crate::ledger::receipt::ReceiptKv;
+use crate::ledger::{self, receipt::ReceiptKv};
 use crate::state::{DeltaHash, StateHash};
 mod kv;
 mod replay;
 mod report;
 
-pub use self::report::{Inference, OpReport, PackError, StateView, Timings, TokenCounts};
+pub use self::report::{Inference, Measured, OpReport, PackError, StateView, Timings, Tokens};
 use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoredState};
 
 /// Immutable token states over one engine, persisted in a [`Store`].
@@ -477,7 +477,23 @@ impl StatePack {
         } else {
             Duration::ZERO
         };
-        let state_len = p.tokens.len();
+        let measured = Measured {
+            tokens: Tokens {
+                delta: p.delta as u64,
+                state: p.tokens.len() as u64,
+                prefilled: usage.prefilled as u64,
+                reused: usage.reused as u64,
+                generated: usage.generated as u64,
+                restored: restored as u64,
+            },
+            // The stored total cannot include its own write; the report's does.
+            timings: ledger::measured::Timings::new(
+                usage.prefill_time,
+                usage.decode_time,
+                p.started.elapsed(),
+                (restored > 0).then_some(restore),
+            ),
+        };
         let stored = StoredState {
             hash,
             model,
@@ -486,28 +502,15 @@ impl StatePack {
             tokens: p.tokens,
         };
         let record = OperationRecord {
-            op: p.op,
-            input: p.input,
-            output: hash,
-            delta_tokens: p.delta,
-            delta_hash: p.delta_hash,
             input_was_hot: p.input.map(|_| p.input_was_hot),
             policy: p.policy,
             prompt_tokens: usage.prompt_tokens,
-            prefilled: usage.prefilled,
-            reused: usage.reused,
-            generated: usage.generated,
-            prefill: usage.prefill_time,
-            decode: usage.decode_time,
-            // The stored total cannot include its own write; the report's does.
-            total: p.started.elapsed(),
             output_text: p.output_text,
             sampling: p.sampling.as_ref().map(|(s, _)| s.clone()),
             finish: p.sampling.as_ref().map(|(_, f)| *f),
             replay_of: p.replay_of,
-            restored,
-            restore,
             kv,
+            ..OperationRecord::new(p.op, p.input, hash, p.delta_hash, measured)
         };
         let recorded = self.store().record(&stored, &record)?;
         let report = OpReport {
@@ -519,14 +522,7 @@ impl StatePack {
             input_was_hot: p.input_was_hot,
             engine_called: p.outcome.engine_called,
             replay_of: p.replay_of,
-            tokens: TokenCounts {
-                delta: p.delta,
-                state: state_len,
-                prefilled: usage.prefilled,
-                reused: usage.reused,
-                generated: usage.generated,
-                restored,
-            },
+            tokens: measured.tokens,
             timings: Timings {
                 prefill: usage.prefill_time,
                 decode: usage.decode_time,

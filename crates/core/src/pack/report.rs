@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::{EngineError, FinishReason};
+pub use crate::ledger::measured::{Measured, Tokens};
 use crate::ledger::ReceiptRef;
 use crate::state::{ModelFingerprint, StateHash};
 use crate::store::{OpKind, StoreError};
@@ -60,24 +61,6 @@ pub enum PackError {
     Store(#[from] StoreError),
 }
 
-/// Token counts of one operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TokenCounts {
-    /// Tokens the caller added (the delta; for create, the base).
-    pub delta: usize,
-    /// Tokens in the output state.
-    pub state: usize,
-    /// Tokens the engine ran through the model.
-    pub prefilled: usize,
-    /// Tokens whose KV the engine already held.
-    pub reused: usize,
-    /// Tokens generated.
-    pub generated: usize,
-    /// Of `reused`, tokens whose KV was loaded from the state's KV blob on disk (the engine
-    /// no longer held it; see [`crate::kv_blob`]) instead of being prefilled again.
-    pub restored: usize,
-}
-
 /// Time spent in one operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
@@ -117,7 +100,7 @@ pub struct OpReport {
     /// For an infer answered from the store: the receipt of the infer it repeats.
     pub replay_of: Option<u64>,
     /// Token counts.
-    pub tokens: TokenCounts,
+    pub tokens: Tokens,
     /// Timings.
     pub timings: Timings,
 }

@@ -252,13 +252,21 @@ impl Verifier<'_> {
             return;
         };
         let t = r.tokens;
-        if let Some(t) = t {
-            if let Some(restored) = t.restored.filter(|&n| n == 0 || n > t.reused) {
+        if let Some(t) = t.filter(|t| t.restored > t.reused) {
+            self.fail(
+                Some(seq),
+                format!(
+                    "receipt {seq}: claims {} tokens loaded from a KV blob, more than the {} reused",
+                    t.restored, t.reused
+                ),
+            );
+        }
+        if let (Some(t), Some(tm)) = (t, r.timings) {
+            if (t.restored > 0) != tm.restore_us.is_some() {
                 self.fail(
                     Some(seq),
                     format!(
-                        "receipt {seq}: claims {restored} tokens loaded from a KV blob, but restored tokens must be between 1 and the {} reused",
-                        t.reused
+                        "receipt {seq}: a restore time must be signed exactly when tokens were restored"
                     ),
                 );
             }
@@ -299,7 +307,7 @@ impl Verifier<'_> {
             ("prefilled", op.prefilled, t.map(|t| t.prefilled)),
             ("reused", op.reused, t.map(|t| t.reused)),
             ("generated", op.generated, t.map(|t| t.generated)),
-            ("restored", op.restored, t.map(|t| t.restored.unwrap_or(0))),
+            ("restored", op.restored, t.map(|t| t.restored)),
         ];
         let tm = r.timings;
         let times = [

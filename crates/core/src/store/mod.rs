@@ -6,187 +6,24 @@
 //! or none.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use serde::Serialize;
 
 use crate::engine::FinishReason;
 use crate::ledger::codec::{blob_to_tokens, tokens_to_blob};
 use crate::ledger::log::{ReceiptDraft, StoredReceipt};
 use crate::ledger::receipt::canonical_bytes;
-use crate::ledger::receipt::{ReceiptKv, ReceiptOp, ReceiptTimings, ReceiptTokens};
+use crate::ledger::receipt::ReceiptKv;
 use crate::ledger::{
-    Checkpoint, DbError, Ledger, LedgerDb, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint,
-    Signer, DEFAULT_CHECKPOINT_EVERY,
+    Checkpoint, Ledger, LedgerDb, LedgerError, ReceiptProof, ReceiptRef, SignedCheckpoint, Signer,
+    DEFAULT_CHECKPOINT_EVERY,
 };
 use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 
-/// Errors from the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be opened, was written by a newer build, or its ledger
-    /// refused to attach.
-    #[error(transparent)]
-    Db(#[from] DbError),
-    /// A stored row is not what the schema promises.
-    #[error("corrupt row in {table}: {reason}")]
-    Corrupt {
-        /// Table.
-        table: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The receipt ledger refused or failed.
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    /// Any other SQLite error.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-}
-
-/// The operation kinds of the pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpKind {
-    /// A new base state from text.
-    Create,
-    /// A state extended by a delta.
-    Merge,
-    /// A state extended by a delta and generated tokens.
-    Infer,
-    /// A shorter base replacing a long state.
-    Compact,
-}
-
-impl OpKind {
-    /// The name stored in SQLite.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Create => "create",
-            OpKind::Merge => "merge",
-            OpKind::Infer => "infer",
-            OpKind::Compact => "compact",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "create" => OpKind::Create,
-            "merge" => OpKind::Merge,
-            "infer" => OpKind::Infer,
-            "compact" => OpKind::Compact,
-            _ => return None,
-        })
-    }
-
-    fn receipt_op(self) -> ReceiptOp {
-        match self {
-            OpKind::Create => ReceiptOp::Create,
-            OpKind::Merge => ReceiptOp::Merge,
-            OpKind::Infer => ReceiptOp::Infer,
-            OpKind::Compact => ReceiptOp::Compact,
-        }
-    }
-}
-
-/// A state as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredState {
-    /// Its hash.
-    pub hash: StateHash,
-    /// The model its tokens belong to.
-    pub model: ModelFingerprint,
-    /// The state it was made from, if any.
-    pub parent: Option<StateHash>,
-    /// The operation that made it.
-    pub op: OpKind,
-    /// Its tokens.
-    pub tokens: Vec<u32>,
-}
-
-/// One operation to record, with the measured figures.
-#[derive(Debug, Clone)]
-pub struct OperationRecord {
-    /// What was done.
-    pub op: OpKind,
-    /// The input state.
-    pub input: Option<StateHash>,
-    /// The output state.
-    pub output: StateHash,
-    /// Tokens appended by the caller (the delta; for create, the base).
-    pub delta_tokens: usize,
-    /// Hash of those tokens.
-    pub delta_hash: DeltaHash,
-    /// Whether the engine held the input state when the operation started.
-    pub input_was_hot: Option<bool>,
-    /// Policy and strategy parameters (compact only), recorded in the receipt.
-    pub policy: Option<serde_json::Value>,
-    /// Tokens sent to the engine (0 when the engine was not needed).
-    pub prompt_tokens: usize,
-    /// Tokens the engine ran through the model.
-    pub prefilled: usize,
-    /// Tokens the engine took from its cache.
-    pub reused: usize,
-    /// Tokens generated.
-    pub generated: usize,
-    /// Of `reused`, tokens whose KV was loaded from a KV blob (see [`crate::kv_blob`]).
-    pub restored: usize,
-    /// Time spent loading that blob.
-    pub restore: Duration,
-    /// The KV blob written for the output state, signed into the receipt.
-    pub kv: Option<ReceiptKv>,
-    /// Engine prefill time.
-    pub prefill: Duration,
-    /// Engine decode time.
-    pub decode: Duration,
-    /// Wall time of the whole operation.
-    pub total: Duration,
-    /// Generated text (infer only).
-    pub output_text: Option<String>,
-    /// Sampling parameters (infer only), recorded in the receipt and keying replays.
-    pub sampling: Option<serde_json::Value>,
-    /// Why generation stopped (infer only).
-    pub finish: Option<FinishReason>,
-    /// The receipt of the infer whose result this one repeats (an infer answered from the
-    /// store without running the engine).
-    pub replay_of: Option<u64>,
-}
-
-/// A recorded infer that a deterministic request with the same key can repeat.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordedInfer {
-    /// Its receipt.
-    pub receipt_seq: u64,
-    /// The state it made.
-    pub output: StateHash,
-    /// The text it generated.
-    pub text: String,
-    /// Why generation stopped.
-    pub finish: FinishReason,
-}
-
-/// Totals over all operations in a store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OperationTotals {
-    /// Operations recorded.
-    pub operations: u64,
-    /// Tokens prefilled.
-    pub prefilled: u64,
-    /// Tokens reused.
-    pub reused: u64,
-    /// Tokens generated.
-    pub generated: u64,
-}
-
-/// Where an operation was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Recorded {
-    /// Its row in the operations table.
-    pub operation: u64,
-    /// Its receipt.
-    pub receipt: ReceiptRef,
-}
+mod records;
+pub use records::{
+    OpKind, OperationRecord, OperationTotals, Recorded, RecordedInfer, StoreError, StoredState,
+};
 
 /// The SQLite store: states, operations, and the receipt ledger that signs them.
 ///
@@ -303,7 +140,6 @@ impl Store {
         let ledger = ledger.ok_or(LedgerError::ReadOnly)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_state(&tx, state)?;
-        let us = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
         let receipt = ledger.append(
             &tx,
             ReceiptDraft {
@@ -312,20 +148,8 @@ impl Store {
                 output_state: Some(op.output),
                 delta_hash: Some(op.delta_hash),
                 model: Some(state.model),
-                tokens: Some(ReceiptTokens {
-                    delta: op.delta_tokens as u64,
-                    state: state.tokens.len() as u64,
-                    prefilled: op.prefilled as u64,
-                    reused: op.reused as u64,
-                    generated: op.generated as u64,
-                    restored: (op.restored > 0).then_some(op.restored as u64),
-                }),
-                timings: Some(ReceiptTimings {
-                    prefill_us: us(op.prefill),
-                    decode_us: us(op.decode),
-                    total_us: us(op.total),
-                    restore_us: (op.restored > 0).then(|| us(op.restore)),
-                }),
+                tokens: Some(op.measured.tokens),
+                timings: Some(op.measured.timings),
                 input_was_hot: op.input_was_hot,
                 policy: op.policy.clone(),
                 sampling: op.sampling.clone(),
@@ -341,6 +165,7 @@ impl Store {
             .transpose()
             .map_err(LedgerError::from)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let (t, tm) = (op.measured.tokens, op.measured.timings);
         tx.execute(
             "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
                  reused, generated, prefill_us, decode_us, total_us, output_text, created_at,
@@ -351,14 +176,14 @@ impl Store {
                 op.op.as_str(),
                 op.input.map(|h| h.as_bytes().to_vec()),
                 op.output.as_bytes().as_slice(),
-                op.delta_tokens as i64,
+                t.delta as i64,
                 op.prompt_tokens as i64,
-                op.prefilled as i64,
-                op.reused as i64,
-                op.generated as i64,
-                op.prefill.as_micros() as i64,
-                op.decode.as_micros() as i64,
-                op.total.as_micros() as i64,
+                t.prefilled as i64,
+                t.reused as i64,
+                t.generated as i64,
+                tm.prefill_us as i64,
+                tm.decode_us as i64,
+                tm.total_us as i64,
                 op.output_text,
                 now_ms(),
                 receipt.seq as i64,
@@ -366,8 +191,8 @@ impl Store {
                 sampling,
                 op.finish.map(finish_name),
                 op.replay_of.map(|s| s as i64),
-                op.restored as i64,
-                op.restore.as_micros() as i64,
+                t.restored as i64,
+                tm.restore_us.unwrap_or(0) as i64,
             ],
         )?;
         let operation = tx.last_insert_rowid() as u64;
@@ -542,6 +367,8 @@ fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::measured::{Measured, Timings, Tokens};
+    use std::time::Duration;
 
     fn state(tokens: Vec<u32>, parent: Option<StateHash>) -> StoredState {
         let model = ModelFingerprint::from_bytes([1; 32]);
@@ -563,28 +390,27 @@ mod tests {
     }
 
     fn op(s: &StoredState) -> OperationRecord {
+        let n = s.tokens.len() as u64;
+        let measured = Measured {
+            tokens: Tokens {
+                delta: 1,
+                state: n,
+                prefilled: 1,
+                reused: n - 1,
+                ..Tokens::default()
+            },
+            timings: Timings::new(
+                Duration::from_millis(3),
+                Duration::ZERO,
+                Duration::from_millis(4),
+                None,
+            ),
+        };
+        let delta = DeltaHash::of(&s.model, &s.tokens[s.tokens.len() - 1..]);
         OperationRecord {
-            op: s.op,
-            input: s.parent,
-            output: s.hash,
-            delta_tokens: 1,
-            delta_hash: DeltaHash::of(&s.model, &s.tokens[s.tokens.len() - 1..]),
             input_was_hot: s.parent.map(|_| true),
-            policy: None,
             prompt_tokens: s.tokens.len(),
-            prefilled: 1,
-            reused: s.tokens.len() - 1,
-            generated: 0,
-            prefill: Duration::from_millis(3),
-            decode: Duration::ZERO,
-            total: Duration::from_millis(4),
-            output_text: None,
-            sampling: None,
-            finish: None,
-            replay_of: None,
-            restored: 0,
-            restore: Duration::ZERO,
-            kv: None,
+            ..OperationRecord::new(s.op, s.parent, s.hash, delta, measured)
         }
     }
 
@@ -639,7 +465,10 @@ mod tests {
             .unwrap();
         assert!(matches!(
             Store::open(&path, key()),
-            Err(StoreError::Db(DbError::TooNew { found: 99, .. }))
+            Err(StoreError::Db(crate::ledger::DbError::TooNew {
+                found: 99,
+                ..
+            }))
         ));
     }
 }
