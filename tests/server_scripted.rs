@@ -585,7 +585,10 @@ async fn reads_see_each_commit_through_their_own_connection() {
     let req = request(Method::GET, &format!("/receipts/{seq}"), None);
     let (status, _, got) = send(&f.router, req).await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    assert_eq!(got, body["receipt"], "the receipt read back is the one written");
+    assert_eq!(
+        got, body["receipt"],
+        "the receipt read back is the one written"
+    );
     let req = request(Method::GET, &format!("/receipts/{seq}/proof"), None);
     let (status, _, proof) = send(&f.router, req).await;
     assert_eq!(status, StatusCode::OK, "{proof}");

@@ -248,9 +248,19 @@ mod tests {
         let path = dir.path().join("l.db");
         let writer = LedgerDb::open(&path, Signer::from_seed([3; 32])).unwrap();
         let reader = LedgerDb::open_for_reading(&path).unwrap();
-        assert_eq!(reader.receipt_count().unwrap(), writer.receipt_count().unwrap());
-        let refused = reader.conn().execute("DELETE FROM receipts", []).unwrap_err();
+        assert_eq!(
+            reader.receipt_count().unwrap(),
+            writer.receipt_count().unwrap()
+        );
+        let refused = reader
+            .conn()
+            .execute("DELETE FROM receipts", [])
+            .unwrap_err();
         assert!(refused.to_string().contains("readonly"), "{refused}");
-        assert_eq!(writer.receipt_count().unwrap(), 1, "the open_log receipt is still there");
+        assert_eq!(
+            writer.receipt_count().unwrap(),
+            1,
+            "the open_log receipt is still there"
+        );
     }
 }

@@ -199,7 +199,8 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
 /// A model file as every engine opens it first: its metadata, the fingerprint receipts name
 /// it by (SHA-256 of the file) and a display name.
 pub(crate) struct ModelFile {
-    /// The GGUF metadata.
+    /// The GGUF metadata (mistral.rs reads the architecture's settings from it).
+    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
     pub meta: GgufMetadata,
     /// SHA-256 of the whole file.
     pub fingerprint: crate::state::ModelFingerprint,

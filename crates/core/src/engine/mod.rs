@@ -16,14 +16,18 @@ pub mod fatal_signal;
 pub mod gguf;
 #[cfg(feature = "llamacpp")]
 pub mod llamacpp;
+#[cfg(feature = "mistralrs")]
 pub mod mistralrs;
+mod options;
 mod sampler;
 #[cfg(any(test, feature = "testing"))]
 pub mod scripted;
 
 #[cfg(feature = "llamacpp")]
 pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
-pub use self::mistralrs::{ActivationDType, MistralRsEngine, MistralRsOptions};
+#[cfg(feature = "mistralrs")]
+pub use self::mistralrs::MistralRsEngine;
+pub use self::options::{ActivationDType, MistralRsOptions};
 
 /// An [`EngineError::Load`] for the model file at `path`.
 pub(crate) fn load_err(path: &std::path::Path, reason: impl ToString) -> EngineError {
@@ -313,7 +317,7 @@ impl EngineKind {
     /// Whether this build includes the engine.
     pub fn available(self) -> bool {
         match self {
-            EngineKind::MistralRs => true,
+            EngineKind::MistralRs => cfg!(feature = "mistralrs"),
             EngineKind::LlamaCpp => cfg!(feature = "llamacpp"),
         }
     }
@@ -393,12 +397,13 @@ pub const DEFAULT_LLAMACPP_BATCH: usize = 512;
 /// Loads the GGUF model at `path` in the engine `spec` names.
 ///
 /// Fails with [`EngineError::Load`] if the model cannot be loaded, or if this build does not
-/// include the engine (llama.cpp needs the `llamacpp` cargo feature).
+/// include the engine (cargo features `mistralrs`, on by default, and `llamacpp`).
 pub async fn load_engine(
     path: &std::path::Path,
     spec: EngineSpec,
 ) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
     match spec.kind {
+        #[cfg(feature = "mistralrs")]
         EngineKind::MistralRs => Ok(std::sync::Arc::new(
             MistralRsEngine::load(
                 path,
@@ -424,6 +429,11 @@ pub async fn load_engine(
             )
             .await?,
         )),
+        #[cfg(not(feature = "mistralrs"))]
+        EngineKind::MistralRs => Err(EngineError::Load {
+            path: path.to_path_buf(),
+            reason: "this build has no mistral.rs engine: rebuild with the `mistralrs` feature (on by default)".into(),
+        }),
         #[cfg(not(feature = "llamacpp"))]
         EngineKind::LlamaCpp => Err(EngineError::Load {
             path: path.to_path_buf(),

@@ -9,15 +9,20 @@
 //! passes: on a prefix-cache hit that context holds only the uncached tokens, so its length
 //! would differ between a hot and a cold run of the same prompt.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
+#[cfg(feature = "mistralrs")]
+use std::sync::atomic::Ordering;
 
+#[cfg(feature = "mistralrs")]
 use mistralrs::{CustomLogitsProcessor, DType, Result as CandleResult, Tensor};
 
 pub(crate) struct SeededSampler {
     pub seed: u64,
     pub temperature: f32,
     pub top_p: f32,
-    /// Position of the next token to draw: the prompt length, then one more per draw.
+    /// Position of the next token to draw: the prompt length, then one more per draw
+    /// (mistral.rs's logits processor counts here; llama.cpp passes positions itself).
+    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
     pub next_position: AtomicUsize,
 }
 
@@ -74,6 +79,7 @@ impl SeededSampler {
     }
 }
 
+#[cfg(feature = "mistralrs")]
 impl CustomLogitsProcessor for SeededSampler {
     fn apply(&self, logits: &Tensor, _context: &[u32]) -> CandleResult<Tensor> {
         let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -1,0 +1,41 @@
+//! How the mistral.rs engine is set up. These types exist in every build, so that an
+//! [`EngineSpec`](super::EngineSpec) means the same whichever engines a build includes.
+
+/// Activation and KV-cache precision on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationDType {
+    /// 32-bit floats: no conversion in the quantized kernels' hot loop.
+    #[default]
+    F32,
+    /// bfloat16: half the KV memory, slower on CPUs without native bf16 matmul.
+    Bf16,
+}
+
+/// How the mistral.rs engine (`MistralRsEngine`, cargo feature `mistralrs`) is set up.
+#[derive(Debug, Clone)]
+pub struct MistralRsOptions {
+    /// Prefix-cache entries (token sequences with their KV) kept; the oldest beyond this are
+    /// dropped. `0` disables the prefix cache: every prompt is prefilled in full (the naive
+    /// baseline of `state-pack bench`).
+    pub prefix_cache_entries: usize,
+    /// Activation / KV precision.
+    pub dtype: ActivationDType,
+    /// Requantize weight types that candle multiplies with a scalar loop on x86 (Q4_1,
+    /// Q5_0, Q5_1: the default model is Q4_1) to Q8_0, which has an AVX2 kernel, when the
+    /// model is loaded. On by default (the CLI's `--requantize-q8 false` turns it off): agent
+    /// steps 1.44x and prefill 1.7x faster on the default model (`docs/PERFORMANCE.md`).
+    /// The weights then hold the file's values to within Q8_0's rounding (a step of 1/127
+    /// of each 32-weight block's largest magnitude), so outputs can differ from the exact
+    /// weights'; the receipts' model fingerprint is still the file's.
+    pub requantize_q8: bool,
+}
+
+impl Default for MistralRsOptions {
+    fn default() -> Self {
+        Self {
+            prefix_cache_entries: 8,
+            dtype: ActivationDType::F32,
+            requantize_q8: true,
+        }
+    }
+}
