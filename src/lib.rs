@@ -10,7 +10,7 @@
 //! example workloads whose code lives in `examples/` ([`legal`], [`research`]). The library
 //! it is built on is re-exported under the paths it always had:
 //!
-//! - [`engine`], [`pack`], [`store`], [`kv_blob`], [`agent`], [`compaction`]: the core
+//! - [`engine`], [`pack`], [`store`], [`kv_blob`], [`agent`], [`compaction`], [`template`]: the core
 //!   crate, `state-pack-core`.
 //! - [`graph`]: LangGraph-style workflows, `state-pack-graph`.
 //! - [`server`]: `state-pack serve`, `state-pack-server`.
@@ -39,7 +39,9 @@ pub mod legal;
 #[path = "../examples/research_graph/research.rs"]
 pub mod research;
 
-pub use state_pack_core::{agent, compaction, engine, kv_blob, ledger, pack, state, store};
+pub use state_pack_core::{
+    agent, compaction, engine, kv_blob, ledger, pack, state, store, template,
+};
 pub use state_pack_core::{
     Inference, ModelFingerprint, OpReport, PackError, StateHash, StatePack, Store,
 };

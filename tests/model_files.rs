@@ -37,3 +37,59 @@ fn default_model_matches_its_pin() {
     let path = common::model_path();
     state_pack::model::DEFAULT_MODEL.verify(&path).unwrap();
 }
+
+/// The default model's own Jinja template (from its GGUF), evaluated by minijinja, renders a
+/// conversation exactly as `ChatTemplate` writes it turn by turn; the loaded engine reports
+/// that template.
+#[tokio::test]
+async fn the_default_models_template_is_rendered_turn_by_turn() {
+    use state_pack::engine::gguf::GgufMetadata;
+    use state_pack::engine::Engine;
+    use state_pack::template::{ChatTemplate, Role};
+
+    let path = common::model_path();
+    let meta = GgufMetadata::read(&path).unwrap();
+    let jinja = meta
+        .str("tokenizer.chat_template")
+        .expect("SmolLM2 ships a template");
+    let template = ChatTemplate::recognise(Some(jinja)).unwrap();
+    assert_eq!(template, ChatTemplate::CHATML);
+
+    let conversation = [
+        (Role::System, "You are terse."),
+        (Role::User, "What caps liability?"),
+        (Role::Assistant, "clause_lookup(14.5)"),
+        (
+            Role::User,
+            "Observation from clause_lookup: fees of 12 months",
+        ),
+    ];
+    let mut env = minijinja::Environment::new();
+    env.add_template("model", jinja).unwrap();
+    let messages: Vec<_> = conversation
+        .iter()
+        .map(|(role, content)| {
+            let role = match role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            minijinja::context! { role => role, content => *content }
+        })
+        .collect();
+    let whole = env
+        .get_template("model")
+        .unwrap()
+        .render(minijinja::context! { messages => messages, add_generation_prompt => true })
+        .unwrap();
+    let mut turns = String::new();
+    let mut previous = None;
+    for (role, content) in conversation {
+        turns += &template.turn(previous, role, content).unwrap();
+        previous = Some(role);
+    }
+    turns += template.reply_prompt();
+    assert_eq!(turns, whole);
+
+    assert_eq!(common::engine().await.info().template, ChatTemplate::CHATML);
+}

@@ -206,6 +206,7 @@ mod tests {
             fingerprint: ModelFingerprint::from_bytes([0; 32]),
             context_window: 1 << 20,
             kv_bytes_per_token: 0,
+            template: state_pack_core::template::ChatTemplate::CHATML,
         })
     }
 

@@ -10,6 +10,8 @@
 //! - [`store`]: SQLite persistence of states and operations ([`Store`]), over the ledger.
 //! - [`kv_blob`]: engine KV state on disk, bound to the receipts that vouch for it.
 //! - [`agent`]: [`Agent`](agent::Agent), typed tools and [`AgentLoop`](agent::AgentLoop).
+//! - [`template`]: [`ChatTemplate`](template::ChatTemplate), the one place that knows a model
+//!   family's turn markup.
 //! - [`compaction`]: when (a measured cost model, the window, a period) and how (mask,
 //!   summarize) an agent's context is compacted.
 //!
@@ -23,6 +25,7 @@ pub mod engine;
 pub mod kv_blob;
 pub mod pack;
 pub mod store;
+pub mod template;
 
 /// The receipt ledger, its own crate (`state-pack-ledger`): what an auditor builds alone.
 pub use state_pack_ledger as ledger;

@@ -21,6 +21,7 @@ use state_pack::ledger::DbError;
 use state_pack::ledger::{default_key_path, Signer};
 use state_pack::model::{self, DEFAULT_MODEL};
 use state_pack::store::StoreError;
+use state_pack::template::ChatTemplate;
 use state_pack::{StateHash, StatePack, Store};
 
 #[derive(Parser)]
@@ -65,6 +66,10 @@ struct Cli {
     /// within Q8_0's rounding of the file's weights). `false` or `0` runs the file's weights.
     #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_Q8", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     requantize_q8: bool,
+    /// The model's chat template: chatml, llama3, gemma, phi3 or mistral [default: the one
+    /// the model file names].
+    #[arg(long, global = true, env = "STATE_PACK_CHAT_TEMPLATE", value_parser = chat_template)]
+    chat_template: Option<ChatTemplate>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +110,7 @@ impl Cli {
                 Dtype::Bf16 => ActivationDType::Bf16,
             },
             requantize_q8: self.requantize_q8,
+            chat_template: self.chat_template,
             ..EngineSpec::new(self.engine)
         }
     }
@@ -554,4 +560,9 @@ fn engine_kind() -> impl clap::builder::TypedValueParser<Value = EngineKind> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(EngineKind::ALL.map(EngineKind::name))
         .try_map(|name: String| name.parse::<EngineKind>())
+}
+
+/// `--chat-template`: a template family by name.
+fn chat_template(name: &str) -> Result<ChatTemplate, String> {
+    ChatTemplate::named(name).map_err(|e| e.to_string())
 }

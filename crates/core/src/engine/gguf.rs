@@ -199,8 +199,7 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
 /// A model file as every engine opens it first: its metadata, the fingerprint receipts name
 /// it by (SHA-256 of the file) and a display name.
 pub(crate) struct ModelFile {
-    /// The GGUF metadata (mistral.rs reads the architecture's settings from it).
-    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
+    /// The GGUF metadata.
     pub meta: GgufMetadata,
     /// SHA-256 of the whole file.
     pub fingerprint: crate::state::ModelFingerprint,
@@ -209,6 +208,22 @@ pub(crate) struct ModelFile {
 }
 
 impl ModelFile {
+    /// The chat template: `explicit` if given, else the family of the file's own
+    /// `tokenizer.chat_template`; neither is a load error saying why.
+    pub(crate) fn chat_template(
+        &self,
+        path: &Path,
+        explicit: Option<crate::template::ChatTemplate>,
+    ) -> Result<crate::template::ChatTemplate, super::EngineError> {
+        match explicit {
+            Some(t) => Ok(t),
+            None => {
+                crate::template::ChatTemplate::recognise(self.meta.str("tokenizer.chat_template"))
+                    .map_err(|e| super::load_err(path, e))
+            }
+        }
+    }
+
     /// Reads the metadata and hashes the file; errors are [`super::EngineError::Load`].
     pub(crate) fn open(path: &Path) -> Result<Self, super::EngineError> {
         let meta = GgufMetadata::read(path).map_err(|e| {

@@ -87,11 +87,13 @@ impl MistralRsEngine {
     /// Fails with [`EngineError::Load`] if the file is missing, unreadable, not GGUF, or a
     /// model mistral.rs cannot run.
     pub async fn load(path: &Path, options: MistralRsOptions) -> Result<Self, EngineError> {
+        let file = ModelFile::open(path)?;
+        let template = file.chat_template(path, options.chat_template)?;
         let ModelFile {
             meta,
             fingerprint,
             name,
-        } = ModelFile::open(path)?;
+        } = file;
         super::fatal_signal::install();
         let ctx_meta = meta.arch_usize("context_length");
         let layers = meta.arch_usize("block_count");
@@ -187,6 +189,7 @@ impl MistralRsEngine {
                 fingerprint,
                 context_window,
                 kv_bytes_per_token,
+                template,
             },
             eos,
             mirror: Mutex::new(PrefixCacheMirror {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::state::ModelFingerprint;
+use crate::template::ChatTemplate;
 
 pub mod fatal_signal;
 pub mod gguf;
@@ -55,6 +56,9 @@ pub struct ModelInfo {
     pub context_window: usize,
     /// Bytes of KV cache one token occupies in the engine (all layers, keys and values).
     pub kv_bytes_per_token: usize,
+    /// How the model's conversations are marked up: chosen when the engine was loaded, else
+    /// recognised from the file's `tokenizer.chat_template`.
+    pub template: ChatTemplate,
 }
 
 /// How to pick each generated token.
@@ -364,6 +368,9 @@ pub struct EngineSpec {
     /// mistral.rs: requantize Q4_1/Q5_0/Q5_1 weights to Q8_0 at load
     /// ([`MistralRsOptions::requantize_q8`]).
     pub requantize_q8: bool,
+    /// The chat template; `None` recognises it from the model file (an error if the file
+    /// has none or an unknown one).
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl EngineSpec {
@@ -379,6 +386,7 @@ impl EngineSpec {
             flash_attention: None,
             dtype: mistralrs.dtype,
             requantize_q8: mistralrs.requantize_q8,
+            chat_template: None,
         }
     }
 
@@ -411,6 +419,7 @@ pub async fn load_engine(
                     prefix_cache_entries: spec.hot_states,
                     dtype: spec.dtype,
                     requantize_q8: spec.requantize_q8,
+                    chat_template: spec.chat_template,
                 },
             )
             .await?,
@@ -424,6 +433,7 @@ pub async fn load_engine(
                     threads: spec.threads,
                     batch: spec.batch,
                     flash_attention: spec.flash_attention,
+                    chat_template: spec.chat_template,
                     ..LlamaCppOptions::default()
                 },
             )

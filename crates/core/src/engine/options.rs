@@ -28,6 +28,8 @@ pub struct MistralRsOptions {
     /// of each 32-weight block's largest magnitude), so outputs can differ from the exact
     /// weights'; the receipts' model fingerprint is still the file's.
     pub requantize_q8: bool,
+    /// The chat template; `None` recognises it from the model file.
+    pub chat_template: Option<crate::template::ChatTemplate>,
 }
 
 impl Default for MistralRsOptions {
@@ -36,6 +38,7 @@ impl Default for MistralRsOptions {
             prefix_cache_entries: 8,
             dtype: ActivationDType::F32,
             requantize_q8: true,
+            chat_template: None,
         }
     }
 }

@@ -165,6 +165,7 @@ impl ScriptedEngine {
                 fingerprint: ModelFingerprint::from_bytes(*b"state-pack scripted engine v1\0\0\0"),
                 context_window: options.context_window,
                 kv_bytes_per_token: 64,
+                template: crate::template::ChatTemplate::CHATML,
             },
             options,
             reply,

@@ -72,6 +72,8 @@ pub struct LlamaCppOptions {
     /// forces it. Without it attention spans every used cell of the shared pool, so steps
     /// slow down as other sequences stay hot; `docs/PERFORMANCE.md` has the figures.
     pub flash_attention: Option<bool>,
+    /// The chat template; `None` recognises it from the model file.
+    pub chat_template: Option<crate::template::ChatTemplate>,
 }
 
 impl Default for LlamaCppOptions {
@@ -82,6 +84,7 @@ impl Default for LlamaCppOptions {
             context: 0,
             batch: super::DEFAULT_LLAMACPP_BATCH,
             flash_attention: None,
+            chat_template: None,
         }
     }
 }
@@ -144,9 +147,11 @@ impl LlamaCppEngine {
 
     fn load_blocking(path: &Path, options: LlamaCppOptions) -> Result<Self, EngineError> {
         let started = Instant::now();
+        let file = ModelFile::open(path)?;
+        let template = file.chat_template(path, options.chat_template)?;
         let ModelFile {
             fingerprint, name, ..
-        } = ModelFile::open(path)?;
+        } = file;
         super::fatal_signal::install();
         let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
@@ -233,6 +238,7 @@ impl LlamaCppEngine {
                 fingerprint,
                 context_window: n_ctx,
                 kv_bytes_per_token,
+                template,
             },
             model,
             slots,
