@@ -137,7 +137,10 @@ fn a_model_name_mistral_rs_cannot_run_is_refused_before_fetching() {
 
 #[test]
 fn unknown_model_names_list_the_known_ones() {
-    assert_one_line_error(&["model", "fetch", "llama-70b"], "smollm2-135m, gemma3-270m");
+    assert_one_line_error(
+        &["model", "fetch", "llama-70b"],
+        "smollm2-135m, gemma3-270m",
+    );
     assert_one_line_error(
         &["--model", "no-such-model", "model", "info"],
         "smollm2-135m, gemma3-270m",
@@ -148,5 +151,8 @@ fn unknown_model_names_list_the_known_ones() {
 fn unknown_chat_templates_name_the_choices() {
     let (ok, err) = state_pack(&["--chat-template", "vicuna", "model", "info"]);
     assert!(!ok);
-    assert!(err.contains("chatml, llama3, gemma, phi3, mistral"), "{err}");
+    assert!(
+        err.contains("chatml, llama3, gemma, phi3, mistral"),
+        "{err}"
+    );
 }
