@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::legal::LegalAgent;
 use crate::pack::{PackError, StatePack};
 use crate::store::{Store, StoreError};
+use crate::template::{Role, TemplateError};
 
 mod peer;
 pub use peer::Peer;
@@ -87,6 +88,55 @@ pub struct ArmRun {
     pub step_ms: Vec<f64>,
     /// Generated texts, per step.
     pub outputs: Vec<String>,
+    /// How far the agent got with its task (the agent workload only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<AgentProgress>,
+}
+
+/// Task progress of one agent run: what it called and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentProgress {
+    /// Tool calls the model made.
+    pub calls: usize,
+    /// Distinct calls among them (tool and arguments).
+    pub distinct_calls: usize,
+    /// Calls the loop guard answered from an earlier result instead of running the tool.
+    pub repeats: usize,
+    /// Whether the model gave an answer the agent accepted.
+    pub answered: bool,
+    /// Why the run ended (`answer`, `max_steps`, `stuck`, ...).
+    pub stop: String,
+}
+
+impl AgentProgress {
+    /// The progress of `report`.
+    pub fn of(report: &crate::agent::AgentReport) -> Self {
+        let mut distinct: Vec<&crate::agent::ToolCall> = Vec::new();
+        let (mut calls, mut repeats) = (0, 0);
+        for s in &report.steps {
+            for r in &s.results {
+                calls += 1;
+                repeats += usize::from(r.repeat_of.is_some());
+                if !distinct.contains(&&r.call) {
+                    distinct.push(&r.call);
+                }
+            }
+        }
+        let stop = match &report.stop {
+            StopReason::Answer => "answer",
+            StopReason::MaxSteps => "max_steps",
+            StopReason::ContextFull { .. } => "context_full",
+            StopReason::Stuck { .. } => "stuck",
+            StopReason::Error(_) => "error",
+        };
+        Self {
+            calls,
+            distinct_calls: distinct.len(),
+            repeats,
+            answered: report.answer.is_some(),
+            stop: stop.to_string(),
+        }
+    }
 }
 
 impl ArmRun {
@@ -181,6 +231,12 @@ pub enum BenchError {
     },
 }
 
+impl From<TemplateError> for BenchError {
+    fn from(e: TemplateError) -> Self {
+        Self::Pack(PackError::from(e))
+    }
+}
+
 /// The median (the mean of the middle two for an even count; 0 for none).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -214,7 +270,8 @@ async fn run_arm(
     if workload == Workload::Agent {
         return run_agent_arm(arm, pack, session, steps, on_step).await;
     }
-    let base = pack.create(&demo::base_text(session)).await?;
+    let template = pack.engine().info().template;
+    let base = pack.create(&demo::base_text(&template, session)?).await?;
     let start = Start {
         state: base.output,
         next_step: 1,
@@ -231,6 +288,7 @@ async fn run_arm(
             .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
             .collect(),
         outputs: done.into_iter().map(|s| s.output).collect(),
+        progress: None,
     })
 }
 
@@ -284,6 +342,7 @@ async fn run_agent_arm(
             .iter()
             .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
             .collect(),
+        progress: Some(AgentProgress::of(&report)),
         outputs: report.steps.into_iter().map(|s| s.output).collect(),
     })
 }
@@ -446,15 +505,19 @@ async fn long_base(
     session: &str,
     tokens: usize,
 ) -> Result<String, BenchError> {
-    let mut text = demo::base_text(session);
-    text.push_str("<|im_start|>user\nThe contract, clause by clause:\n");
+    let t = engine.info().template;
+    let base = demo::base_text(&t, session)? + t.end_of_turn() + t.after_reply();
+    let mut clauses = String::from("The contract, clause by clause:\n");
     let mut i = 0;
-    while engine.tokenize(&text).await.map_err(PackError::from)?.len() < tokens {
+    loop {
+        let text = base.clone() + &t.turn(Some(Role::Assistant), Role::User, &clauses)?;
+        if engine.tokenize(&text).await.map_err(PackError::from)?.len() >= tokens {
+            return Ok(text);
+        }
         let (tool, obs) = demo::OBSERVATIONS[i % demo::OBSERVATIONS.len()];
-        text.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));
+        clauses.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));
         i += 1;
     }
-    Ok(text)
 }
 
 /// Creates a state of about `tokens` tokens with its KV blob, then `runs` times, each on a
@@ -494,11 +557,14 @@ where
         .map_err(|e| BenchError::Io(std::io::Error::other(e)))?
         .map_or(0, |b| b.raw.len() as u64);
     let engine_name = engine.engine_name().to_string();
+    let t = engine.info().template;
     pack.close()?;
     drop(pack);
     drop(engine);
 
-    let delta = "<|im_start|>user\nWhich clause caps liability?<|im_end|>\n<|im_start|>assistant\n";
+    let delta =
+        t.turn(Some(Role::User), Role::User, "Which clause caps liability?")? + t.reply_prompt();
+    let delta = delta.as_str();
     let sampling = crate::engine::Sampling::greedy(8);
     let mut r = RestoreReport {
         engine: engine_name,

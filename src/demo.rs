@@ -11,10 +11,11 @@ use serde::Serialize;
 use crate::engine::{FinishReason, Sampling};
 use crate::pack::{OpReport, PackError, StatePack};
 use crate::state::StateHash;
+use crate::template::{ChatTemplate, Role, TemplateError};
 
-/// The base prompt, in SmolLM2's ChatML markup. `{session}` keeps benchmark runs apart.
-const BASE: &str = "<|im_start|>system
-You are Lex, a careful legal-research assistant working for a small commercial law firm. \
+/// The system prompt. `{session}` keeps benchmark runs apart.
+const SYSTEM: &str =
+    "You are Lex, a careful legal-research assistant working for a small commercial law firm. \
 You review contracts clause by clause and answer questions with citations to the clause \
 numbers you relied on. You never invent clauses, dates or amounts: when a fact is missing \
 you say what you would need to look up.
@@ -32,15 +33,18 @@ precedent in the firm's case notes.
 
 Rules: cite clause numbers as [Cl. n]. Compute every amount with the calculator. Keep the \
 client's deadline in mind: the notice must be served within the contractual period. \
-Session {session}.<|im_end|>
-<|im_start|>user
-Our client, Harbour Logistics Ltd, wants to terminate its warehouse services agreement with \
+Session {session}.";
+
+/// The task.
+const TASK: &str =
+    "Our client, Harbour Logistics Ltd, wants to terminate its warehouse services agreement with \
 Northgate Storage plc (contract NSA-2021-044) early because of repeated late deliveries. \
 Work out whether they may terminate for cause, what notice they must give, whether any \
 early-termination fee applies and how much it would be if the monthly fee is 18,400 GBP, \
-and whether they can recover the 12,000 GBP of spoiled stock. Use the tools step by step.<|im_end|>
-<|im_start|>assistant
-clause_lookup(NSA-2021-044, 14.2)";
+and whether they can recover the 12,000 GBP of spoiled stock. Use the tools step by step.";
+
+/// The start of the agent's first reply, written for it (the turn stays open).
+const FIRST_CALL: &str = "clause_lookup(NSA-2021-044, 14.2)";
 
 /// Canned tool observations, in the order the demo agent receives them.
 pub const OBSERVATIONS: &[(&str, &str)] = &[
@@ -69,21 +73,30 @@ pub const OBSERVATIONS: &[(&str, &str)] = &[
 /// Tokens generated per demo step.
 pub const TOKENS_PER_STEP: usize = 8;
 
-/// The demo's base text for benchmark session `session`.
-pub fn base_text(session: &str) -> String {
-    BASE.replace("{session}", session)
+/// The demo's base text for benchmark session `session`, in `template`: the system prompt,
+/// the task, and the agent's first call, its turn left open (the model goes on from there).
+pub fn base_text(template: &ChatTemplate, session: &str) -> Result<String, TemplateError> {
+    Ok(
+        template.turn(None, Role::System, &SYSTEM.replace("{session}", session))?
+            + &template.first_request(TASK)?
+            + FIRST_CALL,
+    )
 }
 
 /// The delta for observation `i` (cycling through [`OBSERVATIONS`]), closing the previous
 /// assistant turn unless the model already closed it with its end-of-turn token.
-pub fn observation_delta(i: usize, previous_turn_closed: bool) -> String {
+pub fn observation_delta(
+    template: &ChatTemplate,
+    i: usize,
+    previous_turn_closed: bool,
+) -> Result<String, TemplateError> {
     let (tool, text) = OBSERVATIONS[i % OBSERVATIONS.len()];
     let close = if previous_turn_closed {
-        "\n"
+        ""
     } else {
-        "<|im_end|>\n"
+        template.end_of_turn()
     };
-    format!("{close}<|im_start|>user\nObservation from {tool}: {text}<|im_end|>\n<|im_start|>assistant\n")
+    Ok(close.to_string() + &template.next_request(&ChatTemplate::observation(tool, text))?)
 }
 
 /// One step of the demo loop.
@@ -115,12 +128,13 @@ pub async fn run_steps(
     steps: usize,
     mut on_step: impl FnMut(&Step),
 ) -> Result<Vec<Step>, PackError> {
+    let template = pack.engine().info().template;
     let mut state = start.state;
     let mut closed = start.turn_closed;
     let mut out = Vec::with_capacity(steps);
     for k in 0..steps {
         let number = start.next_step + k;
-        let delta = observation_delta(number - 1, closed);
+        let delta = observation_delta(&template, number - 1, closed)?;
         let inf = pack
             .infer(&state, &delta, &Sampling::greedy(TOKENS_PER_STEP))
             .await?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::demo::{self, OBSERVATIONS};
+use crate::template::{ChatTemplate, TemplateError};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -21,6 +22,20 @@ pub struct LoadConfig {
     pub steps: usize,
     /// Tokens generated per step (greedy).
     pub max_tokens: usize,
+    /// The served model's chat template (the server's `GET /health` names it), in which the
+    /// clients write their turns.
+    pub template: ChatTemplate,
+}
+
+/// Why a load test could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The template cannot write the demo's turns.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// The measured result.
@@ -87,10 +102,16 @@ struct ClientLog {
     replays: usize,
 }
 
-fn delta(client: usize, step: usize, closed: bool) -> String {
+fn delta(
+    t: &ChatTemplate,
+    client: usize,
+    step: usize,
+    closed: bool,
+) -> Result<String, TemplateError> {
     let (tool, text) = OBSERVATIONS[(client + step) % OBSERVATIONS.len()];
-    let close = if closed { "\n" } else { "<|im_end|>\n" };
-    format!("{close}<|im_start|>user\n[agent {client}, step {step}] Observation from {tool}: {text}<|im_end|>\n<|im_start|>assistant\n")
+    let close = if closed { "" } else { t.end_of_turn() };
+    let said = ChatTemplate::observation(tool, text);
+    Ok(close.to_string() + &t.next_request(&format!("[agent {client}, step {step}] {said}"))?)
 }
 
 async fn post<T: serde::de::DeserializeOwned>(
@@ -117,9 +138,22 @@ async fn post<T: serde::de::DeserializeOwned>(
         .map_err(|e| (false, format!("{path}: bad answer: {e}")))
 }
 
+/// What one client sends.
+struct ClientRun {
+    cfg: LoadConfig,
+    base_text: String,
+}
+
+impl std::ops::Deref for ClientRun {
+    type Target = LoadConfig;
+    fn deref(&self) -> &LoadConfig {
+        &self.cfg
+    }
+}
+
 async fn client(
     http: reqwest::Client,
-    cfg: LoadConfig,
+    cfg: ClientRun,
     id: usize,
     on_step: impl Fn() + Send + Sync,
 ) -> ClientLog {
@@ -135,7 +169,7 @@ async fn client(
         &http,
         &cfg,
         "/states",
-        serde_json::json!({"base_text": demo::base_text("serve")}),
+        serde_json::json!({ "base_text": cfg.base_text }),
     )
     .await
     {
@@ -149,6 +183,13 @@ async fn client(
     log.base = Some(base);
     let mut closed = false;
     for step in 0..cfg.steps {
+        let delta = match delta(&cfg.template, id, step, closed) {
+            Ok(d) => d,
+            Err(e) => {
+                fail(&mut log, (false, e.to_string()));
+                break;
+            }
+        };
         log.requests += 1;
         let started = Instant::now();
         let answer: Result<InferResponseLite, _> = post(
@@ -157,7 +198,7 @@ async fn client(
             "/infer",
             serde_json::json!({
                 "state_hash": state,
-                "delta_text": delta(id, step, closed),
+                "delta_text": delta,
                 "sampling": {"max_tokens": cfg.max_tokens},
             }),
         )
@@ -216,14 +257,21 @@ struct TimingsLite {
 pub async fn run(
     cfg: &LoadConfig,
     on_step: impl Fn() + Send + Sync + Clone + 'static,
-) -> Result<LoadReport, reqwest::Error> {
+) -> Result<LoadReport, LoadError> {
+    let base_text = demo::base_text(&cfg.template, "serve")?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .pool_max_idle_per_host(cfg.clients)
         .build()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..cfg.clients)
-        .map(|id| tokio::spawn(client(http.clone(), cfg.clone(), id, on_step.clone())))
+        .map(|id| {
+            let run = ClientRun {
+                cfg: cfg.clone(),
+                base_text: base_text.clone(),
+            };
+            tokio::spawn(client(http.clone(), run, id, on_step.clone()))
+        })
         .collect();
     let mut logs = Vec::new();
     for t in tasks {

@@ -78,6 +78,7 @@ async fn the_step_limit_and_a_full_window_stop_the_loop() {
     let (pack, _) = scripted_pack(Reply::Fixed(call.into()), ScriptedOptions::default());
     let report = AgentLoop::new(pack, Clumsy)
         .max_steps(3)
+        .max_repeats(0)
         .run("Multiply forever.")
         .await
         .unwrap();
@@ -93,6 +94,7 @@ async fn the_step_limit_and_a_full_window_stop_the_loop() {
     );
     let report = AgentLoop::new(pack, Clumsy)
         .max_steps(100)
+        .max_repeats(0)
         .run("Multiply until the window is full.")
         .await
         .unwrap();
@@ -122,4 +124,76 @@ async fn an_engine_failure_ends_the_run_with_an_error_not_a_panic() {
         ),
         Err(e) => assert!(e.to_string().contains("device lost"), "{e}"),
     }
+}
+
+/// The loop guard: a call identical to an earlier one gets the earlier result back with a
+/// note, without running the tool; the third identical call stops the run as `stuck`, and
+/// the observation that says so is a receipted merge at the end of the run.
+#[tokio::test]
+async fn a_repeated_call_is_answered_from_its_first_result_then_the_run_stops_stuck() {
+    let same = r#"{"calls":[{"tool":"multiply","args":{"a":2,"b":3}}]}"#;
+    let other = r#"{"calls":[{"tool":"multiply","args":{"a":4,"b":5}}]}"#;
+    let (pack, _) = scripted_pack(
+        Reply::queue([same, other, same, same, r#"{"answer":"6"}"#]),
+        ScriptedOptions::default(),
+    );
+    let report = AgentLoop::new(pack.clone(), Clumsy)
+        .max_steps(10)
+        .run("Multiply two and three.")
+        .await
+        .unwrap();
+    let call = state_pack::agent::ToolCall {
+        tool: "multiply".into(),
+        args: serde_json::json!({"a": 2, "b": 3}),
+    };
+    assert_eq!(report.stop, StopReason::Stuck { call, times: 3 });
+    assert_eq!(report.steps.len(), 4);
+    let first = &report.steps[0].results[0];
+    assert_eq!((first.output.as_str(), first.repeat_of), ("6", None));
+    assert_eq!(report.steps[1].results[0].output, "20");
+    for s in &report.steps[2..] {
+        let r = &s.results[0];
+        assert_eq!(r.repeat_of, Some(1), "step {}", s.number);
+        assert!(
+            r.output.starts_with("6 (the same call as step 1"),
+            "{}",
+            r.output
+        );
+        assert_eq!(r.elapsed, std::time::Duration::ZERO, "not run again");
+    }
+    // The run's last receipt is the merge of the observation that ends it.
+    let last = pack
+        .with_store(|s| s.receipts(report.receipts.1, report.receipts.1 + 1))
+        .unwrap();
+    let receipt = state_pack::ledger::Receipt::from_body(&last[0].body).unwrap();
+    assert_eq!(receipt.op, state_pack::ledger::ReceiptOp::Merge);
+    let text = String::from_utf8_lossy(
+        &pack
+            .tokens(&report.final_state)
+            .unwrap()
+            .iter()
+            .filter_map(|&t| u8::try_from(t.checked_sub(3)?).ok())
+            .collect::<Vec<u8>>(),
+    )
+    .into_owned();
+    assert!(
+        text.contains("Stopped: multiply was called 3 times with the same arguments."),
+        "{text}"
+    );
+
+    // With the guard off, every call runs and the run goes on to its answer.
+    let (pack, _) = scripted_pack(
+        Reply::queue([same, other, same, same, r#"{"answer":"6"}"#]),
+        ScriptedOptions::default(),
+    );
+    let report = AgentLoop::new(pack, Clumsy)
+        .max_steps(10)
+        .max_repeats(0)
+        .run("Multiply two and three.")
+        .await
+        .unwrap();
+    assert_eq!(report.stop, StopReason::Answer);
+    assert!(report.steps[2..4]
+        .iter()
+        .all(|s| s.results[0].repeat_of.is_none() && s.results[0].output == "6"));
 }

@@ -119,9 +119,10 @@ impl Peer {
                 .await
                 .map_err(|e| BenchError::Pack(PackError::from(e)))
         };
-        let end_of_turn = tokenize("<|im_end|>".into()).await?;
+        let template = engine.info().template;
+        let end_of_turn = tokenize(template.end_of_turn().into()).await?;
         let run_started = Instant::now();
-        let mut context = tokenize(demo::base_text(session)).await?;
+        let mut context = tokenize(demo::base_text(&template, session)?).await?;
         // The base is prefilled once, as state-pack's `create` does (one token is generated
         // and dropped: the server needs n_predict >= 1 to evaluate a prompt).
         let base = self.complete(&context, 1).await?;
@@ -135,7 +136,7 @@ impl Peer {
         let mut outputs = Vec::with_capacity(steps);
         for k in 0..steps {
             let started = Instant::now();
-            context.extend(tokenize(demo::observation_delta(k, closed)).await?);
+            context.extend(tokenize(demo::observation_delta(&template, k, closed)?).await?);
             let c = self.complete(&context, demo::TOKENS_PER_STEP).await?;
             step_ms.push(started.elapsed().as_secs_f64() * 1e3);
             let prefilled = c.timings.as_ref().map_or(context.len(), |t| t.prompt_n);
@@ -159,6 +160,7 @@ impl Peer {
             totals,
             step_ms,
             outputs,
+            progress: None,
         })
     }
 }
@@ -173,6 +175,7 @@ mod tests {
     use super::*;
     use crate::engine::{EngineError, EngineUsage, Generation, ModelInfo, Sampling};
     use crate::state::ModelFingerprint;
+    use crate::template::ChatTemplate;
 
     /// Tokenizes text as its bytes; nothing else is needed by the peer arm.
     struct Bytes(ModelInfo);
@@ -269,16 +272,17 @@ mod tests {
         assert_eq!(run.totals.generated, 3);
 
         let bytes = |s: String| s.bytes().map(u32::from).collect::<Vec<u32>>();
-        let base = bytes(demo::base_text("s"));
-        let delta1 = bytes(demo::observation_delta(0, false));
+        let t = ChatTemplate::CHATML;
+        let base = bytes(demo::base_text(&t, "s").unwrap());
+        let delta1 = bytes(demo::observation_delta(&t, 0, false).unwrap());
         // Step 1 stopped on end of turn: the server's tokens lack it, the pack's state has it,
         // and the next observation does not close the turn again.
-        let delta2 = bytes(demo::observation_delta(1, true));
+        let delta2 = bytes(demo::observation_delta(&t, 1, true).unwrap());
         let mut step1 = base.clone();
         step1.extend(&delta1);
         let mut step2 = step1.clone();
         step2.extend([7, 8]);
-        step2.extend(bytes("<|im_end|>".into()));
+        step2.extend(bytes(t.end_of_turn().into()));
         step2.extend(&delta2);
         let seen = seen.lock().expect("lock").clone();
         assert_eq!(seen, vec![base, step1, step2]);

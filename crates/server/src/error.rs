@@ -244,7 +244,9 @@ impl From<PackError> for ApiError {
             PackError::WrongModel { .. } => Self::new(ErrorCode::WrongModel, msg),
             PackError::EmptyBase | PackError::EmptyDelta => Self::new(ErrorCode::EmptyText, msg),
             PackError::ContextOverflow { .. } => Self::new(ErrorCode::ContextOverflow, msg),
-            PackError::InvalidParameters(_) => Self::new(ErrorCode::InvalidParameters, msg),
+            PackError::InvalidParameters(_) | PackError::Template(_) => {
+                Self::new(ErrorCode::InvalidParameters, msg)
+            }
             PackError::Engine(EngineError::Rejected(_)) => {
                 Self::new(ErrorCode::InvalidParameters, msg)
             }

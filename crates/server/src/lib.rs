@@ -15,7 +15,7 @@
 //! ```
 
 pub mod api;
-mod compact;
+pub mod compact;
 pub mod error;
 mod layers;
 
@@ -482,7 +482,9 @@ async fn compact_state(
                 .await
                 .map_err(|e| match e {
                     compact::CompactError::Pack(p) => ApiError::from(p),
-                    compact::CompactError::KeepLast => ApiError::invalid(e.to_string()),
+                    compact::CompactError::KeepLast | compact::CompactError::Template(_) => {
+                        ApiError::invalid(e.to_string())
+                    }
                     other => ApiError::new(ErrorCode::NothingToCompact, other.to_string()),
                 })
         })

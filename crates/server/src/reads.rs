@@ -139,6 +139,7 @@ pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health
             name: info.name.clone(),
             fingerprint: info.fingerprint.to_hex(),
             context_window: info.context_window,
+            chat_template: info.template.name().to_string(),
         },
         queue: s.queue.stats(),
     }))

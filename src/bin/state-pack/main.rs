@@ -492,7 +492,8 @@ async fn run(
     let public_key = signer.public_key().to_hex();
     let store = open_store(db, signer)?;
     let engine = load(model, cache, spec).await?;
-    let end_of_turn = engine.tokenize("<|im_end|>").await?;
+    let template = engine.info().template;
+    let end_of_turn = engine.tokenize(template.end_of_turn()).await?;
     let pack = new_pack(engine, store);
     let before = pack.totals()?;
 
@@ -514,7 +515,7 @@ async fn run(
             }
         }
         None => {
-            let base = pack.create(&demo::base_text("demo")).await?;
+            let base = pack.create(&demo::base_text(&template, "demo")?).await?;
             println!(
                 "base  {}  {:>4} tokens  prefilled {:>4}  {:>7.0} ms",
                 base.output.short(),

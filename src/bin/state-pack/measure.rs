@@ -61,6 +61,25 @@ pub(crate) fn print_bench(report: &bench::BenchReport) {
             );
         }
     }
+    let progress: Vec<_> = of(Arm::StatePack)
+        .filter_map(|r| r.progress.as_ref())
+        .collect();
+    if !progress.is_empty() {
+        println!();
+        println!(
+            "task progress (state-pack arm, per run): calls  distinct  repeats  answered  stop"
+        );
+        for p in progress {
+            println!(
+                "{:>44}  {:>8}  {:>7}  {:>8}  {}",
+                p.calls,
+                p.distinct_calls,
+                p.repeats,
+                if p.answered { "yes" } else { "no" },
+                p.stop
+            );
+        }
+    }
     println!();
     println!(
         "speedup (median of naive/state-pack wall per run): {:.1}x",

@@ -168,6 +168,7 @@ pub async fn bench(
     let store = Store::open(&db, Signer::generate()?)?;
     // Every client's state stays hot, plus the base and the states being replaced.
     let engine = crate::load(model, cache, spec.hot_states(2 * clients + 2)).await?;
+    let template = engine.info().template;
     let pack = Arc::new(crate::new_pack(engine, store));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -193,6 +194,7 @@ pub async fn bench(
             clients,
             steps,
             max_tokens: state_pack::demo::TOKENS_PER_STEP,
+            template,
         },
         move || tick.inc(1),
     )

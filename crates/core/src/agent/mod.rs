@@ -1,10 +1,13 @@
 //! Tool-using agents over a [`StatePack`]: [`Agent`], typed [`Tool`]s and [`AgentLoop`].
 //!
 //! The context is append-only: the system prompt and tool list are one base state, and each
-//! step appends exactly one delta (the task, or the tool results) rendered in the chat
-//! template and tokenized on its own, so every step prefills only its delta. Each step's
+//! step appends exactly one delta (the task, or the tool results) rendered in the model's
+//! [`ChatTemplate`](crate::template::ChatTemplate) and tokenized on its own, so every step
+//! prefills only its delta. Each step's
 //! output is constrained by a grammar built from the tools' schemas, so it always parses as
-//! tool calls or an answer. When a [`CompactionPolicy`] says so, the loop replaces the
+//! tool calls or an answer. A loop guard answers a call identical to an earlier one with the
+//! earlier result (and a note) instead of running the tool again, and stops a run that
+//! keeps repeating itself ([`StopReason::Stuck`]). When a [`CompactionPolicy`] says so, the loop replaces the
 //! context with a compacted one (a receipted `compact` operation) and goes on from there.
 
 mod tool;
@@ -23,6 +26,7 @@ use crate::compaction::{CompactionPolicy, CompactionStrategy, CostMeter, Trigger
 use crate::engine::{FinishReason, Grammar, Sampling};
 use crate::pack::{OpReport, PackError, StatePack, Tokens};
 use crate::state::StateHash;
+use crate::template::Role;
 use transcript::Transcript;
 
 /// An agent: what it is told, and what it can do.
@@ -61,6 +65,15 @@ pub enum StopReason {
         needed: usize,
         /// The window.
         window: usize,
+    },
+    /// The model made the same call in `times` steps (the loop guard's limit,
+    /// [`AgentLoop::max_repeats`]). The run's last operation is a receipted merge of the
+    /// observation that says so.
+    Stuck {
+        /// The repeated call.
+        call: ToolCall,
+        /// How many times the model made it.
+        times: usize,
     },
     /// The pack or engine failed.
     Error(String),
@@ -170,9 +183,6 @@ pub enum Decoding {
     Free,
 }
 
-/// Chat template pieces (ChatML, as SmolLM2 and many others use).
-pub(crate) const TURN_END: &str = "<|im_end|>";
-
 /// Runs an [`Agent`] over a [`StatePack`].
 pub struct AgentLoop<A> {
     pack: Arc<StatePack>,
@@ -190,22 +200,35 @@ pub struct AgentLoop<A> {
     /// The first step that may answer; earlier steps must call tools (with
     /// [`Decoding::Tools`]).
     pub answer_from_step: usize,
+    /// The loop guard's limit: a run whose model makes one call (same tool, same arguments)
+    /// in this many steps stops with [`StopReason::Stuck`]. Repeats before the limit get the
+    /// earlier result back without running the tool. `0` turns the guard off (every call
+    /// runs).
+    pub max_repeats: usize,
 }
 
 impl<A: Agent> AgentLoop<A> {
-    /// A loop of at most 8 steps of at most 96 generated tokens, constrained by the tools'
-    /// grammar, without compaction.
+    /// A loop of at most 8 steps of at most 192 generated tokens (room for
+    /// [`MAX_CALLS_PER_STEP`] calls: a call that runs out of tokens does not parse),
+    /// constrained by the tools' grammar, without compaction.
     pub fn new(pack: Arc<StatePack>, agent: A) -> Self {
         Self {
             pack,
             agent,
             max_steps: 8,
-            max_tokens_per_step: 96,
+            max_tokens_per_step: 192,
             policy: CompactionPolicy::never(),
             strategy: CompactionStrategy::default(),
             decoding: Decoding::Tools,
             answer_from_step: 1,
+            max_repeats: 3,
         }
+    }
+
+    /// Sets the loop guard's limit ([`max_repeats`](Self::max_repeats); `0`: off).
+    pub fn max_repeats(mut self, n: usize) -> Self {
+        self.max_repeats = n;
+        self
     }
 
     /// Steps before `step` must call tools: the grammar leaves the answer out. Makes a
@@ -253,17 +276,18 @@ impl<A: Agent> AgentLoop<A> {
             .and_then(|()| self.strategy.validate())
             .map_err(PackError::InvalidParameters)?;
         let tools = self.agent.tools();
-        let base_text = format!(
-            "<|im_start|>system\n{}\n{}{TURN_END}\n",
-            self.agent.system_prompt(),
-            tools.describe()
-        );
-        let base = self.pack.create(&base_text).await?;
+        let template = self.pack.engine().info().template;
+        let system = format!("{}\n{}", self.agent.system_prompt(), tools.describe());
+        let base = self
+            .pack
+            .create(&template.turn(None, Role::System, &system)?)
+            .await?;
         let greedy = Sampling::greedy(self.max_tokens_per_step);
+        let end = template.end_of_turn();
         let (sampling, calls_only) = match &self.decoding {
             Decoding::Tools => (
-                greedy.clone().constrained(tools.grammar(TURN_END)),
-                greedy.constrained(tools.calls_grammar(TURN_END)),
+                greedy.clone().constrained(tools.grammar(end)),
+                greedy.constrained(tools.calls_grammar(end)),
             ),
             Decoding::Grammar(g) => {
                 let s = greedy.constrained(g.clone());
@@ -282,6 +306,8 @@ impl<A: Agent> AgentLoop<A> {
             compactions: Vec::new(),
             peak_context: base.tokens.state as usize,
             since_compaction: 0,
+            calls: Vec::new(),
+            stuck: None,
         };
         run.meter.observe(&base);
         let mut answer = None;
@@ -308,7 +334,12 @@ impl<A: Agent> AgentLoop<A> {
                     stop = StopReason::Answer;
                     break;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(s) = self.stuck(&mut run).await {
+                        stop = s;
+                        break;
+                    }
+                }
                 Err(PackError::ContextOverflow { needed, window }) => {
                     stop = StopReason::ContextFull { needed, window };
                     break;
@@ -364,7 +395,8 @@ impl<A: Agent> AgentLoop<A> {
         // The grammar ends each output with the end-of-turn token; if generation stopped
         // early (the token budget), close the turn so the next delta starts a fresh one.
         if inference.finish != FinishReason::Stop {
-            let close = self.pack.engine().tokenize(TURN_END).await?;
+            let end = self.pack.engine().info().template.end_of_turn();
+            let close = self.pack.engine().tokenize(end).await?;
             let merged = self.pack.merge_tokens(&run.state, &close).await?;
             run.record(&merged);
             run.state = merged.output;
@@ -375,22 +407,44 @@ impl<A: Agent> AgentLoop<A> {
         let mut answer_refused = None;
         match &action {
             Ok(Action::Calls(calls)) => {
+                // Results in call order: repeats and refusals are answered here, the rest
+                // run together.
+                let mut slots: Vec<Option<ToolResult>> = Vec::with_capacity(calls.len());
                 let mut allowed = Vec::new();
                 for call in calls {
                     on_event(AgentEvent::ToolCall(call.clone()));
+                    if let Some(earlier) = run.repeat(call, number, self.max_repeats) {
+                        slots.push(Some(earlier));
+                        continue;
+                    }
                     match self.agent.before_tool_call(call).await {
-                        Ok(()) => allowed.push(call.clone()),
-                        Err(reason) => results.push(ToolResult {
+                        Ok(()) => {
+                            allowed.push(call.clone());
+                            slots.push(None);
+                        }
+                        Err(reason) => slots.push(Some(ToolResult {
                             call: call.clone(),
                             ok: false,
                             output: format!("error: refused: {reason}"),
                             elapsed: Duration::ZERO,
-                        }),
+                            repeat_of: None,
+                        })),
                     }
                 }
-                results.extend(tools.run(&allowed).await);
-                for r in &results {
+                let mut ran = tools.run(&allowed).await.into_iter();
+                for slot in slots {
+                    let r = match slot {
+                        Some(r) => r,
+                        None => match ran.next() {
+                            Some(r) => {
+                                run.first_result(number, &r);
+                                r
+                            }
+                            None => continue,
+                        },
+                    };
                     on_event(AgentEvent::ToolResult(r.clone()));
+                    results.push(r);
                 }
             }
             Ok(Action::Answer(a)) => {
@@ -423,13 +477,35 @@ impl<A: Agent> AgentLoop<A> {
             _ => None,
         };
         if accepted.is_none() {
-            run.transcript
-                .push_turn(output_tokens, &observation_body(&step))
-                .await?;
+            let mut body = observation_body(&step);
+            if let Some((call, times)) = run.over_limit(self.max_repeats) {
+                body.push_str(&format!(
+                    "Stopped: {} was called {times} times with the same arguments.\n",
+                    call.tool
+                ));
+                run.stuck = Some((call, times));
+            }
+            run.transcript.push_turn(output_tokens, &body).await?;
         }
         run.steps.push(step);
         run.since_compaction += 1;
         Ok(accepted)
+    }
+
+    /// After a step whose call reached the loop guard's limit: merges the step's
+    /// observation, which says the run stops and why (a receipted operation).
+    async fn stuck(&self, run: &mut Run) -> Option<StopReason> {
+        let (call, times) = run.stuck.take()?;
+        tracing::warn!(tool = %call.tool, times, "agent stuck: the same call repeated");
+        let delta = run.transcript.pending().to_vec();
+        match self.pack.merge_tokens(&run.state, &delta).await {
+            Ok(report) => {
+                run.record(&report);
+                run.state = report.output;
+                Some(StopReason::Stuck { call, times })
+            }
+            Err(e) => Some(StopReason::Error(e.to_string())),
+        }
     }
 
     /// Compacts the context if the policy fires.
@@ -544,9 +620,82 @@ struct Run {
     compactions: Vec<Compaction>,
     peak_context: usize,
     since_compaction: usize,
+    /// Every distinct call of the run (a run makes a few dozen at most).
+    calls: Vec<Seen>,
+    /// The call that reached the loop guard's limit, and how many times it was made.
+    stuck: Option<(ToolCall, usize)>,
+}
+
+/// One distinct call: the step that first made it, its result, and in how many steps the
+/// model made it.
+struct Seen {
+    call: ToolCall,
+    step: usize,
+    last_step: usize,
+    result: Option<(bool, String)>,
+    times: usize,
 }
 
 impl Run {
+    /// The loop guard: counts `call`, and when an earlier step made it and got a result,
+    /// answers it with that result and a note instead of running the tool again.
+    fn repeat(&mut self, call: &ToolCall, step: usize, max_repeats: usize) -> Option<ToolResult> {
+        if max_repeats == 0 {
+            return None;
+        }
+        let i = match self.calls.iter().position(|s| s.call == *call) {
+            Some(i) => i,
+            None => {
+                self.calls.push(Seen {
+                    call: call.clone(),
+                    step,
+                    last_step: 0,
+                    result: None,
+                    times: 0,
+                });
+                self.calls.len() - 1
+            }
+        };
+        let seen = &mut self.calls[i];
+        // Counted once a step: the same call twice in one step is one repeat of intent.
+        if seen.last_step != step {
+            seen.times += 1;
+            seen.last_step = step;
+        }
+        let (ok, output) = seen.result.clone()?;
+        Some(ToolResult {
+            call: call.clone(),
+            ok,
+            output: format!(
+                "{output} (the same call as step {}: its result again, not run twice; call something else or answer)",
+                seen.step
+            ),
+            elapsed: Duration::ZERO,
+            repeat_of: Some(seen.step),
+        })
+    }
+
+    /// Keeps the result of a call that ran, for later repeats of it.
+    fn first_result(&mut self, step: usize, r: &ToolResult) {
+        if let Some(seen) = self.calls.iter_mut().find(|s| s.call == r.call) {
+            if seen.result.is_none() {
+                seen.step = step;
+                seen.result = Some((r.ok, r.output.clone()));
+            }
+        }
+    }
+
+    /// A call the model has made `max_repeats` times (`0`: the guard is off).
+    fn over_limit(&self, max_repeats: usize) -> Option<(ToolCall, usize)> {
+        if max_repeats == 0 {
+            return None;
+        }
+        self.calls
+            .iter()
+            .find(|s| s.times >= max_repeats)
+            .map(|s| (s.call.clone(), s.times))
+    }
+
     fn record(&mut self, r: &OpReport) {
         self.meter.observe(r);
         let t = &mut self.totals;

@@ -54,7 +54,7 @@ pub trait Tool: Send + Sync + 'static {
 pub struct ToolError(pub String);
 
 /// One call the model asked for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCall {
     /// Tool name.
     pub tool: String,
@@ -74,6 +74,10 @@ pub struct ToolResult {
     pub output: String,
     /// How long it took.
     pub elapsed: Duration,
+    /// The earlier step that made the same call, when the loop guard answered it with that
+    /// step's result instead of running the tool again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<usize>,
 }
 
 /// What the model decided in one step.
@@ -321,12 +325,14 @@ impl ToolBox {
                     ok: true,
                     output,
                     elapsed,
+                    repeat_of: None,
                 },
                 Err(output) => ToolResult {
                     call,
                     ok: false,
                     output: format!("error: {output}"),
                     elapsed,
+                    repeat_of: None,
                 },
             });
         }

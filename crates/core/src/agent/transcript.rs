@@ -1,18 +1,19 @@
 //! The token segments of an agent's context, so that compaction can rebuild it.
 //!
-//! Every segment is rendered in the chat template and tokenized on its own, exactly as the
+//! Every segment is rendered in the model's chat template and tokenized on its own, exactly as the
 //! deltas the loop sends, so the transcript's tokens are the state's tokens. A compacted
 //! context keeps the system prompt and the task, replaces old observations by a placeholder
 //! (masking) and old steps by a model-written summary inside the task turn (summarizing).
 
 use std::sync::Arc;
 
-use super::TURN_END;
 use crate::compaction::CompactionStrategy;
 use crate::pack::{PackError, StatePack};
+use crate::template::ChatTemplate;
 
 pub(crate) struct Transcript {
     pack: Arc<StatePack>,
+    template: ChatTemplate,
     system: Vec<u32>,
     task: String,
     /// The task turn as it is now in the context (with the summary once there is one).
@@ -51,17 +52,23 @@ pub(crate) struct Applied {
     pub summarized: usize,
 }
 
-fn observation_text(body: &str) -> String {
-    format!("\n<|im_start|>user\nObservation:\n{body}{TURN_END}\n<|im_start|>assistant\n")
+/// The delta after a step: its observation as the next user turn.
+fn observation_text(t: &ChatTemplate, body: &str) -> Result<String, PackError> {
+    Ok(t.next_request(&format!("Observation:\n{body}"))?)
 }
 
-fn task_text(task: &str, summary: Option<(usize, &str)>) -> String {
-    match summary {
-        None => format!("<|im_start|>user\n{task}{TURN_END}\n<|im_start|>assistant\n"),
-        Some((steps, s)) => format!(
-            "<|im_start|>user\n{task}\n\nProgress so far ({steps} earlier steps, summarized): {s}{TURN_END}\n<|im_start|>assistant\n"
-        ),
-    }
+/// The task turn, with the summary of the steps folded into it once there is one.
+fn task_text(
+    t: &ChatTemplate,
+    task: &str,
+    summary: Option<(usize, &str)>,
+) -> Result<String, PackError> {
+    Ok(match summary {
+        None => t.first_request(task)?,
+        Some((steps, s)) => t.first_request(&format!(
+            "{task}\n\nProgress so far ({steps} earlier steps, summarized): {s}"
+        ))?,
+    })
 }
 
 impl Transcript {
@@ -70,15 +77,18 @@ impl Transcript {
         system: Vec<u32>,
         task: &str,
     ) -> Result<Self, PackError> {
-        let task_turn = pack.engine().tokenize(&task_text(task, None)).await?;
+        let template = pack.engine().info().template;
+        let task_turn = pack
+            .engine()
+            .tokenize(&task_text(&template, task, None)?)
+            .await?;
         let masked_observation = pack
             .engine()
-            .tokenize(&format!(
-                "\n<|im_start|>user\nObservation: (elided){TURN_END}\n<|im_start|>assistant\n"
-            ))
+            .tokenize(&template.next_request("Observation: (elided)")?)
             .await?;
         Ok(Self {
             pack,
+            template,
             system,
             task: task.to_string(),
             task_turn,
@@ -147,7 +157,7 @@ impl Transcript {
         let observation = self
             .pack
             .engine()
-            .tokenize(&observation_text(observation_body))
+            .tokenize(&observation_text(&self.template, observation_body)?)
             .await?;
         self.turns.push(Turn {
             output,
@@ -162,9 +172,9 @@ impl Transcript {
         Ok(self
             .pack
             .engine()
-            .tokenize(&format!(
-                "\n<|im_start|>user\nBefore going on: in one or two sentences, what have the tool calls so far found?{TURN_END}\n<|im_start|>assistant\n"
-            ))
+            .tokenize(&self.template.next_request(
+                "Before going on: in one or two sentences, what have the tool calls so far found?",
+            )?)
             .await?)
     }
 
@@ -190,7 +200,11 @@ impl Transcript {
         let task_turn = if drop > 0 {
             self.pack
                 .engine()
-                .tokenize(&task_text(&self.task, Some((self.summarized + drop, ""))))
+                .tokenize(&task_text(
+                    &self.template,
+                    &self.task,
+                    Some((self.summarized + drop, "")),
+                )?)
                 .await?
         } else {
             self.task_turn.clone()
@@ -226,9 +240,10 @@ impl Transcript {
             self.turns.drain(..plan.drop);
             self.summarized += plan.drop;
             let text = task_text(
+                &self.template,
                 &self.task,
                 Some((self.summarized, summary.unwrap_or("(no summary)"))),
-            );
+            )?;
             self.task_turn = self.pack.engine().tokenize(&text).await?;
         }
         Ok(Applied {

@@ -53,6 +53,9 @@ pub enum PackError {
         /// What disagrees.
         reason: String,
     },
+    /// A conversation the model's chat template cannot express.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
