@@ -87,7 +87,8 @@ pub struct BaseUse {
 /// engine prefills what an uninterrupted one reused, and the state must not differ).
 pub type BaseLog = Arc<Mutex<Vec<(String, BaseUse)>>>;
 
-/// What an agent run found: its answer, or else its last tool result (or error).
+/// What an agent run found: its answer, or else its last tool result (or error). Results
+/// the loop guard answered from an earlier call are skipped: the first one says the same.
 fn outcome(report: &AgentReport) -> String {
     if let Some(answer) = &report.answer {
         return answer.trim().to_string();
@@ -98,6 +99,7 @@ fn outcome(report: &AgentReport) -> String {
             .iter()
             .rev()
             .flat_map(|s| s.results.iter().rev())
+            .filter(|r| r.repeat_of.is_none())
     };
     match results().find(|r| r.ok).or_else(|| results().next()) {
         Some(r) if r.ok => r.output.trim().to_string(),
@@ -117,6 +119,7 @@ fn approves(report: &AgentReport, finding: &str) -> bool {
         .steps
         .iter()
         .flat_map(|s| &s.results)
+        .filter(|r| r.repeat_of.is_none())
         .any(|r| r.ok && !r.output.trim().is_empty() && finding.contains(r.output.trim()));
     said || checked
 }
