@@ -91,12 +91,26 @@ pub fn observation_delta(
     previous_turn_closed: bool,
 ) -> Result<String, TemplateError> {
     let (tool, text) = OBSERVATIONS[i % OBSERVATIONS.len()];
-    let close = if previous_turn_closed {
+    after_reply(
+        template,
+        previous_turn_closed,
+        &ChatTemplate::observation(tool, text),
+    )
+}
+
+/// The next request after a generated reply, saying `content`: the reply is closed first
+/// unless the model already closed it with its end-of-turn token.
+pub fn after_reply(
+    template: &ChatTemplate,
+    reply_closed: bool,
+    content: &str,
+) -> Result<String, TemplateError> {
+    let close = if reply_closed {
         ""
     } else {
         template.end_of_turn()
     };
-    Ok(close.to_string() + &template.next_request(&ChatTemplate::observation(tool, text))?)
+    Ok(close.to_string() + &template.next_request(content)?)
 }
 
 /// One step of the demo loop.

@@ -109,9 +109,8 @@ fn delta(
     closed: bool,
 ) -> Result<String, TemplateError> {
     let (tool, text) = OBSERVATIONS[(client + step) % OBSERVATIONS.len()];
-    let close = if closed { "" } else { t.end_of_turn() };
     let said = ChatTemplate::observation(tool, text);
-    Ok(close.to_string() + &t.next_request(&format!("[agent {client}, step {step}] {said}"))?)
+    demo::after_reply(t, closed, &format!("[agent {client}, step {step}] {said}"))
 }
 
 async fn post<T: serde::de::DeserializeOwned>(
@@ -138,22 +137,10 @@ async fn post<T: serde::de::DeserializeOwned>(
         .map_err(|e| (false, format!("{path}: bad answer: {e}")))
 }
 
-/// What one client sends.
-struct ClientRun {
-    cfg: LoadConfig,
-    base_text: String,
-}
-
-impl std::ops::Deref for ClientRun {
-    type Target = LoadConfig;
-    fn deref(&self) -> &LoadConfig {
-        &self.cfg
-    }
-}
-
 async fn client(
     http: reqwest::Client,
-    cfg: ClientRun,
+    cfg: LoadConfig,
+    base_text: String,
     id: usize,
     on_step: impl Fn() + Send + Sync,
 ) -> ClientLog {
@@ -169,7 +156,7 @@ async fn client(
         &http,
         &cfg,
         "/states",
-        serde_json::json!({ "base_text": cfg.base_text }),
+        serde_json::json!({ "base_text": base_text }),
     )
     .await
     {
@@ -266,11 +253,14 @@ pub async fn run(
     let started = Instant::now();
     let tasks: Vec<_> = (0..cfg.clients)
         .map(|id| {
-            let run = ClientRun {
-                cfg: cfg.clone(),
-                base_text: base_text.clone(),
-            };
-            tokio::spawn(client(http.clone(), run, id, on_step.clone()))
+            let client = client(
+                http.clone(),
+                cfg.clone(),
+                base_text.clone(),
+                id,
+                on_step.clone(),
+            );
+            tokio::spawn(client)
         })
         .collect();
     let mut logs = Vec::new();
