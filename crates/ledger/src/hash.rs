@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 pub const STATE_DOMAIN_TAG: &[u8] = b"state-pack/state/v1\0";
 /// Domain tag that starts every delta hash pre-image.
 pub const DELTA_DOMAIN_TAG: &[u8] = b"state-pack/delta/v1\0";
+/// Domain tag that starts every prefix chain ([`PrefixHash`]).
+pub const PREFIX_DOMAIN_TAG: &[u8] = b"state-pack/prefix/v1\0";
 
 /// Error parsing a 64-hex-character digest (a [`StateHash`] or [`ModelFingerprint`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +156,62 @@ impl DeltaHash {
     }
 }
 
+digest_type!(
+    /// A key of the prefix index: the chain hash of a token sequence on a model, computable
+    /// for every prefix of a sequence in one pass. `h0 = SHA-256("state-pack/prefix/v1\0" ||
+    /// model)`, `h(i) = SHA-256(h(i-1) || id(i) as u32 big-endian)`. It names no state (a
+    /// [`StateHash`] does); it lets a request find, by index lookups, the stored states its
+    /// tokens begin with.
+    PrefixHash
+);
+
+impl PrefixHash {
+    /// The seed of the chain on `model`: `h0`, the key of no sequence (only a start to
+    /// [`extend`](Self::extend) from).
+    pub fn start(model: &ModelFingerprint) -> Self {
+        Self(
+            Sha256::new()
+                .chain_update(PREFIX_DOMAIN_TAG)
+                .chain_update(model.as_bytes())
+                .finalize()
+                .into(),
+        )
+    }
+
+    /// The chain hash of this hash's sequence followed by `tokens`.
+    pub fn extend(self, tokens: &[u32]) -> Self {
+        tokens.iter().fold(self, |h, t| h.next(*t))
+    }
+
+    fn next(self, token: u32) -> Self {
+        Self(
+            Sha256::new()
+                .chain_update(self.0)
+                .chain_update(token.to_be_bytes())
+                .finalize()
+                .into(),
+        )
+    }
+
+    /// The chain hash of every prefix of `tokens`: element `i` is the hash of
+    /// `tokens[..=i]`.
+    pub fn chain(model: &ModelFingerprint, tokens: &[u32]) -> Vec<Self> {
+        let mut h = Self::start(model);
+        tokens
+            .iter()
+            .map(|t| {
+                h = h.next(*t);
+                h
+            })
+            .collect()
+    }
+
+    /// The chain hash of all of `tokens` (which must not be empty to name a prefix).
+    pub fn of(model: &ModelFingerprint, tokens: &[u32]) -> Option<Self> {
+        (!tokens.is_empty()).then(|| Self::start(model).extend(tokens))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +253,26 @@ mod tests {
             DeltaHash::of(&model, &[5]).as_bytes(),
             StateHash::of(&model, &[5]).as_bytes()
         );
+    }
+
+    #[test]
+    fn prefix_chain_known_answer_and_prefixes() {
+        // sha256 chain as in the type's docs, computed with Python's hashlib.
+        let model = ModelFingerprint::from_bytes(MODEL);
+        let chain = PrefixHash::chain(&model, &[1, 2, 70000]);
+        assert_eq!(chain.len(), 3);
+        assert_eq!(
+            chain[2].to_hex(),
+            "32e8b149c57ed0866070785f08b047e29285c6134947bff524e4afd6358ea489"
+        );
+        assert_eq!(PrefixHash::of(&model, &[1, 2]), Some(chain[1]));
+        assert_eq!(PrefixHash::of(&model, &[]), None);
+        assert_eq!(
+            PrefixHash::start(&model).extend(&[1, 2]).extend(&[70000]),
+            chain[2]
+        );
+        let other = ModelFingerprint::from_bytes([9; 32]);
+        assert_ne!(PrefixHash::chain(&other, &[1])[0], chain[0]);
     }
 
     #[test]

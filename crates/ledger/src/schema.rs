@@ -17,6 +17,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_kv_blobs",
         include_str!("../migrations/0005_kv_blobs.sql"),
     ),
+    (
+        "0006_prefix_index",
+        include_str!("../migrations/0006_prefix_index.sql"),
+    ),
 ];
 
 /// The schema version this build writes and reads.

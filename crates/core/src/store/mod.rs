@@ -20,6 +20,7 @@ use crate::ledger::{
 };
 use crate::state::{DeltaHash, ModelFingerprint, StateHash};
 
+mod prefix;
 mod records;
 pub use records::{
     OpKind, OperationRecord, OperationTotals, Recorded, RecordedInfer, StoreError, StoredState,
@@ -59,9 +60,9 @@ impl Store {
         signer: Signer,
         checkpoint_every: u64,
     ) -> Result<Self, StoreError> {
-        Ok(Self {
-            db: LedgerDb::open_with(path, signer, checkpoint_every)?,
-        })
+        let mut db = LedgerDb::open_with(path, signer, checkpoint_every)?;
+        prefix::backfill(db.parts_mut().0)?;
+        Ok(Self { db })
     }
 
     /// Opens the database at `path` without a signing key: everything can be read, nothing
@@ -139,7 +140,9 @@ impl Store {
         let (conn, ledger) = self.db.parts_mut();
         let ledger = ledger.ok_or(LedgerError::ReadOnly)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_state(&tx, state)?;
+        if insert_state(&tx, state)? {
+            prefix::index_state(&tx, state)?;
+        }
         let receipt = ledger.append(
             &tx,
             ReceiptDraft {
@@ -347,8 +350,9 @@ fn finish_name(f: FinishReason) -> &'static str {
     }
 }
 
-fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError> {
-    tx.execute(
+/// Inserts `s` unless it is stored already; whether it was new.
+fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<bool, StoreError> {
+    let inserted = tx.execute(
         "INSERT OR IGNORE INTO states (hash, model, parent, op, token_count, tokens, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -361,16 +365,16 @@ fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError>
             now_ms(),
         ],
     )?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::ledger::measured::{Measured, Timings, Tokens};
     use std::time::Duration;
 
-    fn state(tokens: Vec<u32>, parent: Option<StateHash>) -> StoredState {
+    pub(crate) fn state(tokens: Vec<u32>, parent: Option<StateHash>) -> StoredState {
         let model = ModelFingerprint::from_bytes([1; 32]);
         StoredState {
             hash: StateHash::of(&model, &tokens),
@@ -385,11 +389,11 @@ mod tests {
         }
     }
 
-    fn key() -> Signer {
+    pub(crate) fn key() -> Signer {
         Signer::from_seed([5; 32])
     }
 
-    fn op(s: &StoredState) -> OperationRecord {
+    pub(crate) fn op(s: &StoredState) -> OperationRecord {
         let n = s.tokens.len() as u64;
         let measured = Measured {
             tokens: Tokens {
