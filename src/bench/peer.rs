@@ -210,6 +210,7 @@ mod tests {
             context_window: 1 << 20,
             kv_bytes_per_token: 0,
             template: state_pack_core::template::ChatTemplate::CHATML,
+            kv_dtype: Default::default(),
         })
     }
 

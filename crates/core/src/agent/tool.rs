@@ -220,18 +220,12 @@ impl ToolBox {
     /// The grammar for one step: an action as JSON, then the chat template's end-of-turn
     /// token, so the turn closes itself and generation stops there.
     pub fn grammar(&self, end_of_turn: &str) -> Grammar {
-        Self::lark(end_of_turn, &self.action_schema())
+        Grammar::json_turn(&self.action_schema(), end_of_turn)
     }
 
     /// [`grammar`](Self::grammar) for tool calls only (no answer yet).
     pub fn calls_grammar(&self, end_of_turn: &str) -> Grammar {
-        Self::lark(end_of_turn, &self.calls_schema())
-    }
-
-    fn lark(end_of_turn: &str, schema: &Value) -> Grammar {
-        Grammar::Lark(format!(
-            "start: action {end_of_turn}\naction: %json {schema}\n"
-        ))
+        Grammar::json_turn(&self.calls_schema(), end_of_turn)
     }
 
     /// Lines for the system prompt: each tool, its arguments and the reply format.

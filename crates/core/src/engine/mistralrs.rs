@@ -29,11 +29,11 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::gguf::ModelFile;
 use super::options::{ActivationDType, MistralRsOptions};
-use super::sampler::SeededSampler;
+use super::sampler::{SeededSampler, TokenForwarder};
 use super::{common_prefix, load_err};
 use super::{
-    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
-    SamplingMode,
+    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, KvDType, ModelInfo,
+    Sampling, SamplingMode, TokenSink,
 };
 
 /// The GGUF architectures mistral.rs 0.8.1's quantized loader builds a model for
@@ -214,6 +214,10 @@ impl MistralRsEngine {
                 context_window,
                 kv_bytes_per_token,
                 template,
+                kv_dtype: match options.dtype {
+                    ActivationDType::F32 => KvDType::Float32,
+                    ActivationDType::Bf16 => KvDType::BFloat16,
+                },
             },
             eos,
             mirror: Mutex::new(PrefixCacheMirror {
@@ -241,7 +245,12 @@ impl MistralRsEngine {
         self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(&self, prompt: &[u32], sampling: &Sampling) -> Result<Generation, EngineError> {
+    async fn run(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+    ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
         let _turn = self.turn.lock().await;
         let predicted = self.mirror().predicted_reuse(prompt);
@@ -249,19 +258,29 @@ impl MistralRsEngine {
 
         let mut params = SamplingParams::deterministic();
         params.max_len = Some(sampling.max_tokens);
-        let processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>> = match sampling.mode {
-            SamplingMode::Greedy => None,
-            SamplingMode::Seeded {
-                seed,
-                temperature,
-                top_p,
-            } => Some(vec![Arc::new(SeededSampler {
+        let forwarder = sink.map(|sink| {
+            Arc::new(TokenForwarder {
+                sink,
+                seen: std::sync::Mutex::new((None, 0)),
+            })
+        });
+        let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
+        if let Some(f) = &forwarder {
+            processors.push(f.clone());
+        }
+        if let SamplingMode::Seeded {
+            seed,
+            temperature,
+            top_p,
+        } = sampling.mode
+        {
+            processors.push(Arc::new(SeededSampler {
                 seed,
                 temperature,
                 top_p,
                 next_position: std::sync::atomic::AtomicUsize::new(prompt.len()),
-            })]),
-        };
+            }));
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let runner = self.model.inner();
         let mut request = NormalRequest::new_simple(
@@ -278,7 +297,7 @@ impl MistralRsEngine {
             Some(Grammar::JsonSchema(schema)) => Constraint::JsonSchema(schema.clone()),
             Some(Grammar::Lark(lark)) => Constraint::Lark(lark.clone()),
         };
-        request.logits_processors = processors;
+        request.logits_processors = (!processors.is_empty()).then_some(processors);
         let sender = runner
             .get_sender(None)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
@@ -327,6 +346,11 @@ impl MistralRsEngine {
                 tokens.len(),
                 response.usage.completion_tokens
             )));
+        }
+        if let Some(f) = &forwarder {
+            for t in tokens.iter().skip(f.sent()) {
+                let _ = f.sink.send(*t);
+            }
         }
         let finish = if choice.finish_reason == "length" {
             FinishReason::Length
@@ -410,7 +434,7 @@ impl Engine for MistralRsEngine {
         // is exactly the prompt.
         let span = info_span!("engine.prefill", tokens = prompt.len());
         let g = self
-            .run(prompt, &Sampling::greedy(1))
+            .run(prompt, &Sampling::greedy(1), None)
             .instrument(span)
             .await?;
         // mistral.rs answers a request that ends in its prompt step before it stamps the
@@ -433,7 +457,24 @@ impl Engine for MistralRsEngine {
             tokens = prompt.len(),
             max = sampling.max_tokens
         );
-        self.run(prompt, sampling).instrument(span).await
+        self.run(prompt, sampling, None).instrument(span).await
+    }
+
+    async fn generate_streaming(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: TokenSink,
+    ) -> Result<Generation, EngineError> {
+        let span = info_span!(
+            "engine.generate",
+            tokens = prompt.len(),
+            max = sampling.max_tokens,
+            streaming = true
+        );
+        self.run(prompt, sampling, Some(sink))
+            .instrument(span)
+            .await
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
@@ -442,6 +483,11 @@ impl Engine for MistralRsEngine {
 
     fn hot_entries(&self) -> usize {
         self.mirror().entries.len()
+    }
+
+    fn hot_tokens(&self) -> usize {
+        // Each prefix-cache entry holds its own copy of its KV.
+        self.mirror().entries.iter().map(Vec::len).sum()
     }
 }
 

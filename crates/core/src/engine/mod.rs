@@ -38,6 +38,20 @@ pub(crate) fn load_err(path: &std::path::Path, reason: impl ToString) -> EngineE
     }
 }
 
+/// Distinct tokens in `sequences` when a shared prefix is held once (the nodes of their
+/// prefix tree).
+pub(crate) fn distinct_prefix_tokens(sequences: &[&[u32]]) -> usize {
+    let mut sorted = sequences.to_vec();
+    sorted.sort_unstable();
+    let mut total = 0;
+    let mut previous: &[u32] = &[];
+    for s in sorted {
+        total += s.len() - common_prefix(previous, s);
+        previous = s;
+    }
+    total
+}
+
 /// Length of the common prefix of two token sequences.
 pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -59,6 +73,54 @@ pub struct ModelInfo {
     /// How the model's conversations are marked up: chosen when the engine was loaded, else
     /// recognised from the file's `tokenizer.chat_template`.
     pub template: ChatTemplate,
+    /// The element type the engine keeps KV in.
+    #[serde(default)]
+    pub kv_dtype: KvDType,
+}
+
+/// The element type of an engine's KV cache, named as PyTorch names it (the seed's clients
+/// send those names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDType {
+    /// 32-bit floats.
+    #[default]
+    Float32,
+    /// IEEE half precision.
+    Float16,
+    /// bfloat16.
+    BFloat16,
+}
+
+impl KvDType {
+    /// `float32`, `float16` or `bfloat16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDType::Float32 => "float32",
+            KvDType::Float16 => "float16",
+            KvDType::BFloat16 => "bfloat16",
+        }
+    }
+
+    /// A name as PyTorch, NumPy or GGML writes it (`float16`, `fp16`, `f16`, `half`, ...).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name
+            .trim()
+            .to_ascii_lowercase()
+            .trim_start_matches("torch.")
+        {
+            "float32" | "fp32" | "f32" | "float" => Some(KvDType::Float32),
+            "float16" | "fp16" | "f16" | "half" => Some(KvDType::Float16),
+            "bfloat16" | "bf16" => Some(KvDType::BFloat16),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for KvDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How to pick each generated token.
@@ -101,6 +163,16 @@ pub enum Grammar {
     JsonSchema(serde_json::Value),
     /// The output matches this Lark grammar.
     Lark(String),
+}
+
+impl Grammar {
+    /// One JSON value valid under `schema`, then `end_of_turn` (the chat template's marker,
+    /// one special token): the turn closes itself and generation stops there.
+    pub fn json_turn(schema: &serde_json::Value, end_of_turn: &str) -> Self {
+        Grammar::Lark(format!(
+            "start: action {end_of_turn}\naction: %json {schema}\n"
+        ))
+    }
 }
 
 impl Sampling {
@@ -209,6 +281,10 @@ pub struct Generation {
     pub usage: EngineUsage,
 }
 
+/// Receives generated token ids, in order, as the engine samples them
+/// ([`Engine::generate_streaming`]). A closed receiver never stops generation.
+pub type TokenSink = tokio::sync::mpsc::UnboundedSender<u32>;
+
 /// Errors from an engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -258,12 +334,34 @@ pub trait Engine: Send + Sync {
         sampling: &Sampling,
     ) -> Result<Generation, EngineError>;
 
+    /// [`generate`](Self::generate), sending each sampled id to `sink` as soon as it is
+    /// chosen. The returned [`Generation`] is the answer; the sink only shows it early. The
+    /// default, for engines that cannot stream, sends every id when generation is done.
+    async fn generate_streaming(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: TokenSink,
+    ) -> Result<Generation, EngineError> {
+        let generation = self.generate(prompt, sampling).await?;
+        for t in &generation.tokens {
+            let _ = sink.send(*t);
+        }
+        Ok(generation)
+    }
+
     /// How many leading tokens of `tokens` the engine holds KV for right now (0 when it
     /// holds none).
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
 
     /// How many token sequences the engine holds KV for right now.
     fn hot_entries(&self) -> usize {
+        0
+    }
+
+    /// Tokens whose KV the engine holds in memory now, a cell shared by several sequences
+    /// counted once (times [`ModelInfo::kv_bytes_per_token`], the KV memory in use).
+    fn hot_tokens(&self) -> usize {
         0
     }
 
@@ -449,5 +547,22 @@ pub async fn load_engine(
             path: path.to_path_buf(),
             reason: "this build has no llama.cpp engine: rebuild with `--features llamacpp` (needs cmake and a C++ compiler)".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_prefixes_are_counted_once() {
+        assert_eq!(distinct_prefix_tokens(&[]), 0);
+        assert_eq!(distinct_prefix_tokens(&[&[1, 2, 3]]), 3);
+        // [1,2,3] and [1,2,4,5] share [1,2]; [7] shares nothing; [1,2] is inside both.
+        assert_eq!(
+            distinct_prefix_tokens(&[&[1, 2, 4, 5], &[7], &[1, 2, 3], &[1, 2]]),
+            6
+        );
+        assert_eq!(distinct_prefix_tokens(&[&[1, 2], &[1, 2]]), 2);
     }
 }

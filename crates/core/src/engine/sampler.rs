@@ -92,6 +92,43 @@ impl CustomLogitsProcessor for SeededSampler {
     }
 }
 
+/// A logits processor that changes nothing and forwards each token mistral.rs samples to a
+/// [`TokenSink`](super::TokenSink): at every sampling call the context ends with the token
+/// sampled at the previous call. A grammar can make mistral.rs sample twice at one position
+/// (once unconstrained, once masked), so a token is sent only when the context has grown.
+/// The last sampled token is never followed by another call: the engine sends it (and
+/// anything else not yet sent) from the finished generation.
+#[cfg(feature = "mistralrs")]
+pub(crate) struct TokenForwarder {
+    pub sink: super::TokenSink,
+    /// Context length at the previous call, and ids sent so far.
+    pub seen: std::sync::Mutex<(Option<usize>, usize)>,
+}
+
+#[cfg(feature = "mistralrs")]
+impl TokenForwarder {
+    /// Ids sent so far.
+    pub fn sent(&self) -> usize {
+        self.seen.lock().map(|s| s.1).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(feature = "mistralrs")]
+impl CustomLogitsProcessor for TokenForwarder {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> CandleResult<Tensor> {
+        if let Ok(mut seen) = self.seen.lock() {
+            if let (Some(before), Some(last)) = (seen.0, context.last()) {
+                if context.len() > before {
+                    let _ = self.sink.send(*last);
+                    seen.1 += 1;
+                }
+            }
+            seen.0 = Some(context.len());
+        }
+        Ok(logits.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

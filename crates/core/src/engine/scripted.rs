@@ -166,6 +166,7 @@ impl ScriptedEngine {
                 context_window: options.context_window,
                 kv_bytes_per_token: 64,
                 template: crate::template::ChatTemplate::CHATML,
+                kv_dtype: super::KvDType::Float32,
             },
             options,
             reply,
@@ -405,6 +406,12 @@ impl Engine for ScriptedEngine {
 
     fn hot_entries(&self) -> usize {
         lock(&self.inner).hot.len()
+    }
+
+    fn hot_tokens(&self) -> usize {
+        let inner = lock(&self.inner);
+        let held: Vec<&[u32]> = inner.hot.iter().map(Vec::as_slice).collect();
+        super::distinct_prefix_tokens(&held)
     }
 
     fn kv_export(&self) -> bool {

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 
 use tracing::{info_span, warn, Instrument};
 
-use crate::engine::{Engine, EngineUsage, FinishReason, Sampling};
+use crate::engine::{Engine, EngineUsage, FinishReason, Sampling, TokenSink};
 use crate::kv_blob::{KvBlobStore, DEFAULT_BUDGET_BYTES};
 use crate::ledger::{self, receipt::ReceiptKv};
 use crate::state::{DeltaHash, StateHash};
+mod continuation;
 mod kv;
 mod replay;
 mod report;
 
+pub use self::continuation::Continuation;
 pub use self::report::{Inference, Measured, OpReport, PackError, StateView, Timings, Tokens};
 use crate::store::{OpKind, OperationRecord, OperationTotals, Store, StoredState};
 
@@ -218,10 +220,15 @@ impl StatePack {
     /// A base state from `base_text`. Creating the same text twice gives the same state; when
     /// the engine already holds it nothing is prefilled.
     pub async fn create(&self, base_text: &str) -> Result<OpReport, PackError> {
-        let span = info_span!("pack.create");
+        let tokens = self.engine.tokenize(base_text).await?;
+        self.create_tokens(tokens).await
+    }
+
+    /// [`create`](Self::create) from already tokenized text.
+    pub async fn create_tokens(&self, tokens: Vec<u32>) -> Result<OpReport, PackError> {
+        let span = info_span!("pack.create", tokens = tokens.len());
         async {
             let started = Instant::now();
-            let tokens = self.engine.tokenize(base_text).await?;
             if tokens.is_empty() {
                 return Err(PackError::EmptyBase);
             }
@@ -358,6 +365,28 @@ impl StatePack {
         delta: &[u32],
         sampling: &Sampling,
     ) -> Result<Inference, PackError> {
+        self.infer_into(state, delta, sampling, None).await
+    }
+
+    /// [`infer_tokens`](Self::infer_tokens), sending each generated id to `sink` as the
+    /// engine samples it ([`Engine::generate_streaming`]).
+    pub async fn infer_tokens_streaming(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+        sink: TokenSink,
+    ) -> Result<Inference, PackError> {
+        self.infer_into(state, delta, sampling, Some(sink)).await
+    }
+
+    async fn infer_into(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+    ) -> Result<Inference, PackError> {
         let span = info_span!("pack.infer", state = %state.short(), delta = delta.len());
         async {
             let started = Instant::now();
@@ -369,7 +398,14 @@ impl StatePack {
             let restored = self
                 .restore_kv(state, &tokens[..tokens.len() - delta.len()])
                 .await;
-            let generation = self.engine.generate(&tokens, sampling).await?;
+            let generation = match sink {
+                Some(sink) => {
+                    self.engine
+                        .generate_streaming(&tokens, sampling, sink)
+                        .await?
+                }
+                None => self.engine.generate(&tokens, sampling).await?,
+            };
             tokens.extend_from_slice(&generation.tokens);
             let outcome = Outcome {
                 usage: generation.usage,

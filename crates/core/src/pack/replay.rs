@@ -32,6 +32,29 @@ impl StatePack {
         }
     }
 
+    /// [`infer_tokens_or_replay`](Self::infer_tokens_or_replay), sending the generated ids to
+    /// `sink` as the engine samples them (all at once for an answer from the store).
+    pub async fn infer_tokens_or_replay_streaming(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+        sink: TokenSink,
+    ) -> Result<Inference, PackError> {
+        match self.replay_tokens(state, delta, sampling)? {
+            Some(answer) => {
+                for t in &answer.generated {
+                    let _ = sink.send(*t);
+                }
+                Ok(answer)
+            }
+            None => {
+                self.infer_tokens_streaming(state, delta, sampling, sink)
+                    .await
+            }
+        }
+    }
+
     /// Answers a deterministic infer from the store if the same request (state, delta,
     /// sampling) was answered before, recording the replay with its receipt; `None` if it
     /// was not (or the sampling is not deterministic). Never calls the engine.

@@ -51,8 +51,8 @@ use super::gguf::ModelFile;
 use super::load_err;
 use super::sampler::SeededSampler;
 use super::{
-    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, ModelInfo, Sampling,
-    SamplingMode,
+    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, KvDType, ModelInfo,
+    Sampling, SamplingMode, TokenSink,
 };
 
 /// How a [`LlamaCppEngine`] is set up.
@@ -105,6 +105,7 @@ enum Job {
     Generate {
         prompt: Vec<u32>,
         sampling: Sampling,
+        sink: Option<TokenSink>,
         reply: oneshot::Sender<Result<Generation, EngineError>>,
     },
     Export {
@@ -239,6 +240,8 @@ impl LlamaCppEngine {
                 context_window: n_ctx,
                 kv_bytes_per_token,
                 template,
+                // llama.cpp's default K and V cache type.
+                kv_dtype: KvDType::Float16,
             },
             model,
             slots,
@@ -273,6 +276,26 @@ impl LlamaCppEngine {
 fn to_llama(tokens: &[u32]) -> Vec<LlamaToken> {
     // Ids were checked against the vocabulary size, which fits an i32.
     tokens.iter().map(|&t| LlamaToken(t as i32)).collect()
+}
+
+impl LlamaCppEngine {
+    async fn generate_into(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+    ) -> Result<Generation, EngineError> {
+        sampling.check(prompt, self.info.context_window)?;
+        self.check_tokens(prompt)?;
+        let (prompt, sampling) = (prompt.to_vec(), sampling.clone());
+        self.call(|reply| Job::Generate {
+            prompt,
+            sampling,
+            sink,
+            reply,
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -323,15 +346,16 @@ impl Engine for LlamaCppEngine {
         prompt: &[u32],
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
-        sampling.check(prompt, self.info.context_window)?;
-        self.check_tokens(prompt)?;
-        let (prompt, sampling) = (prompt.to_vec(), sampling.clone());
-        self.call(|reply| Job::Generate {
-            prompt,
-            sampling,
-            reply,
-        })
-        .await
+        self.generate_into(prompt, sampling, None).await
+    }
+
+    async fn generate_streaming(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: TokenSink,
+    ) -> Result<Generation, EngineError> {
+        self.generate_into(prompt, sampling, Some(sink)).await
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
@@ -344,6 +368,13 @@ impl Engine for LlamaCppEngine {
             .iter()
             .filter(|t| !t.is_empty())
             .count()
+    }
+
+    fn hot_tokens(&self) -> usize {
+        // Slots share the cells of a copied prefix (the cache is unified).
+        let slots = lock(&self.slots);
+        let held: Vec<&[u32]> = slots.tokens.iter().map(Vec::as_slice).collect();
+        super::distinct_prefix_tokens(&held)
     }
 
     fn kv_export(&self) -> bool {

@@ -24,9 +24,10 @@ impl Worker {
                 Job::Generate {
                     prompt,
                     sampling,
+                    sink,
                     reply,
                 } => {
-                    let _ = reply.send(self.generate(&mut ctx, &prompt, &sampling));
+                    let _ = reply.send(self.generate(&mut ctx, &prompt, &sampling, sink));
                 }
                 Job::Export {
                     tokens,
@@ -187,6 +188,7 @@ impl Worker {
         ctx: &mut LlamaContext<'_>,
         prompt: &[u32],
         sampling: &Sampling,
+        sink: Option<TokenSink>,
     ) -> Result<Generation, EngineError> {
         let wall = Instant::now();
         let mut matcher = sampling
@@ -235,6 +237,9 @@ impl Worker {
                 None => argmax(&logits),
             } as u32;
             out.push(pick);
+            if let Some(sink) = &sink {
+                let _ = sink.send(pick);
+            }
             if let Some(m) = matcher.as_mut() {
                 if !m.is_stopped() {
                     m.consume_token(pick)
