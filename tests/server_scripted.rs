@@ -13,13 +13,13 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use common::fuzz::{mutate, Rng};
+use common::http::{expect_error, request, send};
 use serde_json::{json, Value};
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
 use state_pack::ledger::{verify_file, Signer, VerifyOptions};
 use state_pack::server::error::ErrorCode;
 use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
 use state_pack::{StatePack, Store};
-use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const BASE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n";
@@ -56,49 +56,6 @@ fn fixture_at(db: Option<&Path>, options: ScriptedOptions, config: ServerConfig)
 
 fn default_fixture() -> Fixture {
     fixture(ScriptedOptions::default(), ServerConfig::default())
-}
-
-fn request(method: Method, uri: &str, body: Option<Value>) -> Request<Body> {
-    let b = Request::builder().method(method).uri(uri);
-    match body {
-        Some(v) => b
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap(),
-        None => b.body(Body::empty()).unwrap(),
-    }
-}
-
-async fn send(router: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, headers, body)
-}
-
-/// Sends `req` and checks the answer is an error with `status` and `code`, as JSON.
-async fn expect_error(router: &Router, req: Request<Body>, status: StatusCode, code: &str) {
-    let what = format!("{} {}", req.method(), req.uri());
-    let (got, headers, body) = send(router, req).await;
-    assert_eq!(got, status, "{what}: {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{what}: {body}"
-    );
-    assert_eq!(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        Some("application/json"),
-        "{what}"
-    );
 }
 
 async fn create(f: &Fixture) -> String {
@@ -346,9 +303,14 @@ async fn an_engine_failure_is_a_500_and_writes_nothing() {
     assert_eq!(body["output"], "ok");
     assert_eq!(body["tokens"]["prefilled"], 1, "{body}");
     // The wire carries the counts the receipt signs, in the receipt's own shape (`restored`
-    // is left out when zero, as in the signed body).
+    // is left out when zero, as in the signed body), and the seed protocol's four figures
+    // derived from them.
     let signed: Value = serde_json::from_str(body["receipt"]["body"].as_str().unwrap()).unwrap();
-    assert_eq!(body["tokens"], signed["tokens"], "{body}");
+    let mut wire = body["tokens"].as_object().unwrap().clone();
+    for seed in ["base", "new_total", "saved", "savings_pct"] {
+        assert!(wire.remove(seed).is_some(), "{seed}: {body}");
+    }
+    assert_eq!(Value::Object(wire), signed["tokens"], "{body}");
     assert!(body["tokens"].get("restored").is_none(), "{body}");
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod http;
 pub mod isolated;
 pub mod synthetic;
 pub mod tools;

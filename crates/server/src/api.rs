@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use state_pack_core::engine::{FinishReason, Grammar, Sampling};
 use state_pack_core::pack::{OpReport, Timings, Tokens};
-use state_pack_ledger::hash::StateHash;
+use state_pack_ledger::hash::{DeltaHash, StateHash};
 use state_pack_ledger::log::StoredReceipt;
 
 use super::error::{ApiError, ErrorCode};
@@ -17,6 +17,10 @@ use super::error::{ApiError, ErrorCode};
 pub struct CreateRequest {
     /// The base text (system prompt, tools, task), in the model's chat template.
     pub base_text: String,
+    /// The seed protocol's KV type (`float16`, ...): accepted when it names the type the
+    /// engine keeps KV in (`GET /health`, `model.kv_dtype`), refused otherwise.
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
 
 /// `POST /merge`: append a delta without generating.
@@ -27,6 +31,9 @@ pub struct MergeRequest {
     pub state_hash: String,
     /// Text to append, tokenized on its own.
     pub delta_text: String,
+    /// As in [`CreateRequest::dtype`].
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
 
 /// `POST /infer`: append a delta and generate.
@@ -40,6 +47,9 @@ pub struct InferRequest {
     /// How to generate (greedy, 64 tokens when absent).
     #[serde(default)]
     pub sampling: Option<SamplingRequest>,
+    /// As in [`CreateRequest::dtype`].
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
 
 /// Sampling parameters. Without `temperature` (or with 0) decoding is greedy; with it,
@@ -118,6 +128,14 @@ pub struct CompactRequest {
     /// What to keep (defaults when absent).
     #[serde(default)]
     pub policy: Option<CompactPolicy>,
+    /// The seed protocol's compaction: the deltas the client appended to `state_hash` since
+    /// it was made, folded into one fresh state (`state_hash`'s tokens, then each delta
+    /// tokenized on its own, without the outputs generated after them). Not with `policy`.
+    #[serde(default)]
+    pub accumulated_deltas: Option<Vec<String>>,
+    /// As in [`CreateRequest::dtype`].
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
 
 /// Which turns of a chat-template state survive compaction (turns are found by the model's
@@ -232,20 +250,71 @@ pub struct StateResponse {
     pub timings: WireTimings,
     /// Whether the engine ran (not when it already held every token).
     pub engine_called: bool,
+    /// The seed protocol's `cache_hit`: the engine was not called (it held every token).
+    pub cache_hit: bool,
+    /// KV bytes the state occupies in the engine when hot (the seed's `bytes`).
+    pub bytes: u64,
+    /// The whole operation, seconds (the seed's `elapsed_s`; `timings.total_ms` / 1000).
+    pub elapsed_s: f64,
     /// The signed receipt of this operation.
     pub receipt: WireReceipt,
 }
 
 impl StateResponse {
-    /// From a pack report.
-    pub fn new(r: &OpReport, queued: std::time::Duration, receipt: WireReceipt) -> Self {
+    /// From a pack report; `kv_bytes_per_token` is the model's.
+    pub fn new(
+        r: &OpReport,
+        queued: std::time::Duration,
+        receipt: WireReceipt,
+        kv_bytes_per_token: usize,
+    ) -> Self {
         Self {
             state_hash: r.output,
             new_state_hash: r.output,
             tokens: r.tokens,
             timings: WireTimings::new(&r.timings, queued),
             engine_called: r.engine_called,
+            cache_hit: !r.engine_called,
+            bytes: r.tokens.state * kv_bytes_per_token as u64,
+            elapsed_s: r.timings.total.as_secs_f64(),
             receipt,
+        }
+    }
+}
+
+/// An infer's token counts: the signed object (the receipt's `tokens`: `delta`, `state`,
+/// `prefilled`, `reused`, `generated`, `restored`) and the seed protocol's four figures,
+/// derived from it.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+pub struct InferTokens {
+    /// The signed counts.
+    #[serde(flatten)]
+    pub signed: Tokens,
+    /// Tokens of the input state.
+    pub base: u64,
+    /// Tokens of the prompt: input state and delta (`state - generated`).
+    pub new_total: u64,
+    /// Prompt tokens the engine did not run (`new_total - prefilled`, as measured).
+    pub saved: u64,
+    /// `saved` over `new_total`, percent (two decimals).
+    pub savings_pct: f64,
+}
+
+impl From<Tokens> for InferTokens {
+    fn from(t: Tokens) -> Self {
+        let new_total = t.state.saturating_sub(t.generated);
+        let saved = new_total.saturating_sub(t.prefilled);
+        let pct = if new_total == 0 {
+            0.0
+        } else {
+            (saved as f64 * 10_000.0 / new_total as f64).round() / 100.0
+        };
+        Self {
+            signed: t,
+            base: new_total.saturating_sub(t.delta),
+            new_total,
+            saved,
+            savings_pct: pct,
         }
     }
 }
@@ -253,16 +322,22 @@ impl StateResponse {
 /// Answer to `POST /infer`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InferResponse {
+    /// The input state (as the seed protocol answers it).
+    #[schemars(with = "String")]
+    pub state_hash: StateHash,
     /// The state made: input, delta and generated tokens.
     #[schemars(with = "String")]
     pub new_state_hash: StateHash,
+    /// SHA-256 of the delta's tokens on this model (the receipt's `delta`), hex.
+    #[schemars(with = "String")]
+    pub delta_hash: DeltaHash,
     /// The generated text.
     pub output: String,
     /// Why generation stopped.
     #[schemars(with = "String")]
     pub finish: FinishReason,
     /// Token counts (all engine counts are 0 for an answer from the store).
-    pub tokens: Tokens,
+    pub tokens: InferTokens,
     /// Times.
     pub timings: WireTimings,
     /// Whether the engine ran.
@@ -289,8 +364,8 @@ pub struct CompactResponse {
     pub tokens: Tokens,
     /// Times (the summary's generation included).
     pub timings: WireTimings,
-    /// The policy applied.
-    pub policy: CompactPolicy,
+    /// The policy applied (none for the seed's `accumulated_deltas`).
+    pub policy: Option<CompactPolicy>,
     /// The receipt of the summary's generation, if there was one.
     pub summary_receipt: Option<WireReceipt>,
     /// The signed receipt of the compaction.
@@ -307,6 +382,10 @@ pub struct StateInfo {
     pub tokens: usize,
     /// KV bytes it occupies in the engine when hot.
     pub kv_bytes: usize,
+    /// The same (the seed protocol's name).
+    pub bytes: usize,
+    /// The model's id (as `GET /v1/models` names it).
+    pub model: String,
     /// Whether the engine holds its KV now (extending it prefills only the delta).
     pub hot: bool,
     /// The state it was made from.
@@ -319,6 +398,8 @@ pub struct StateInfo {
 /// What the server runs.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ModelSummary {
+    /// The id OpenAI-style requests name it by (`GET /v1/models`).
+    pub id: String,
     /// Name from the model file.
     pub name: String,
     /// SHA-256 of the weights file, hex.
@@ -328,6 +409,9 @@ pub struct ModelSummary {
     /// The chat template turns are written in (`chatml`, `llama3`, `gemma`, `phi3`,
     /// `mistral`).
     pub chat_template: String,
+    /// The type the engine keeps KV in (`float32`, `float16`, `bfloat16`): what a seed
+    /// client's `dtype` must name.
+    pub kv_dtype: String,
 }
 
 /// Answer to `GET /health`.

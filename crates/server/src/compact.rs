@@ -161,6 +161,34 @@ pub async fn compact(
     })
 }
 
+/// The seed protocol's compaction: `state`'s tokens followed by each of `deltas` (already
+/// tokenized, each on its own) become one fresh state, whose parent is `state`: the client
+/// folds the deltas it accumulated into a new base and drops the intermediate hashes. The
+/// receipt's policy names it and counts the deltas.
+pub async fn fold_deltas(
+    pack: &StatePack,
+    state: &StateHash,
+    deltas: &[Vec<u32>],
+) -> Result<Compacted, PackError> {
+    let mut tokens = pack.tokens(state)?;
+    let before = tokens.len();
+    for d in deltas {
+        tokens.extend_from_slice(d);
+    }
+    let record = serde_json::json!({
+        "kind": "accumulated_deltas",
+        "deltas": deltas.len(),
+        "delta_tokens": tokens.len() - before,
+    });
+    let report = pack.compact_tokens(state, tokens, record).await?;
+    Ok(Compacted {
+        report,
+        folded: deltas.len(),
+        before,
+        summary: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,13 +16,18 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// One error: a stable machine-readable `code` and a message for people.
+/// One error: a stable machine-readable `code`, a message for people, and OpenAI's `type`
+/// (so that OpenAI clients read the same body).
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     /// Stable code: one of `ErrorCode::ALL` (`docs/SERVER.md` lists them with their status).
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
+    /// The class of error in OpenAI's terms: `invalid_request_error`,
+    /// `authentication_error`, `not_found_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// Every error code the server answers with: its wire name and its HTTP status. The
@@ -60,12 +65,16 @@ pub enum ErrorCode {
     ContextOverflow,
     /// The compaction policy keeps every turn.
     NothingToCompact,
+    /// A seed-protocol `dtype` other than the one the engine keeps KV in.
+    UnsupportedDtype,
     /// A bug or a store failure; details in the server log only.
     Internal,
     /// The engine failed while running the request.
     EngineFailed,
     /// The engine queue is full; retry after `Retry-After` seconds.
     Overloaded,
+    /// An OpenAI-style request named a model this server does not run.
+    UnknownModel,
     /// The server is draining.
     ShuttingDown,
     /// The operation used the engine longer than the server's limit.
@@ -74,7 +83,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `docs/SERVER.md` lists them.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidHash,
         ErrorCode::InvalidParameters,
@@ -84,12 +93,14 @@ impl ErrorCode {
         ErrorCode::UnknownState,
         ErrorCode::UnknownReceipt,
         ErrorCode::NotFound,
+        ErrorCode::UnknownModel,
         ErrorCode::MethodNotAllowed,
         ErrorCode::WrongModel,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ContextOverflow,
         ErrorCode::NothingToCompact,
+        ErrorCode::UnsupportedDtype,
         ErrorCode::Internal,
         ErrorCode::EngineFailed,
         ErrorCode::Overloaded,
@@ -109,12 +120,14 @@ impl ErrorCode {
             ErrorCode::UnknownState => "unknown_state",
             ErrorCode::UnknownReceipt => "unknown_receipt",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::UnknownModel => "model_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::WrongModel => "wrong_model",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ContextOverflow => "context_overflow",
             ErrorCode::NothingToCompact => "nothing_to_compact",
+            ErrorCode::UnsupportedDtype => "unsupported_dtype",
             ErrorCode::Internal => "internal",
             ErrorCode::EngineFailed => "engine_failed",
             ErrorCode::Overloaded => "overloaded",
@@ -135,17 +148,30 @@ impl ErrorCode {
             ErrorCode::UnknownState => StatusCode::NOT_FOUND,
             ErrorCode::UnknownReceipt => StatusCode::NOT_FOUND,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::UnknownModel => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongModel => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ContextOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::NothingToCompact => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::UnsupportedDtype => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::EngineFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The class of error in OpenAI's terms (the body's `type`).
+    pub fn kind(self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            404 => "not_found_error",
+            503 if self == ErrorCode::Overloaded => "rate_limit_error",
+            s if s < 500 => "invalid_request_error",
+            _ => "server_error",
         }
     }
 
@@ -161,12 +187,18 @@ impl ErrorCode {
             ErrorCode::UnknownState => "The state is not in this store.",
             ErrorCode::UnknownReceipt => "The receipt is not in this log.",
             ErrorCode::NotFound => "No such endpoint.",
+            ErrorCode::UnknownModel => {
+                "An OpenAI-style request named a model this server does not run."
+            }
             ErrorCode::MethodNotAllowed => "The endpoint does not take this method.",
             ErrorCode::WrongModel => "The state was made on another model.",
             ErrorCode::PayloadTooLarge => "The body or the delta is over the server's limit.",
             ErrorCode::UnsupportedMediaType => "A body without `Content-Type: application/json`.",
             ErrorCode::ContextOverflow => "The result would not fit the context window.",
             ErrorCode::NothingToCompact => "The compaction policy keeps every turn.",
+            ErrorCode::UnsupportedDtype => {
+                "A seed-protocol `dtype` other than the one the engine keeps KV in."
+            }
             ErrorCode::Internal => "A bug or a store failure; details in the server log only.",
             ErrorCode::EngineFailed => "The engine failed while running the request.",
             ErrorCode::Overloaded => "The engine queue is full; retry after `Retry-After` seconds.",
@@ -267,6 +299,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.as_str().to_string(),
                 message: self.message,
+                kind: self.code.kind().to_string(),
             },
         };
         let mut response = (self.status, Json(body)).into_response();

@@ -10,7 +10,7 @@ pub(super) fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Paths anyone may call.
 pub(super) fn is_open(path: &str) -> bool {
-    matches!(path, "/health" | "/openapi.json")
+    matches!(path, "/health" | "/openapi.json" | "/dashboard")
 }
 
 /// Checks the bearer token and names the client.
@@ -97,6 +97,11 @@ pub(super) async fn observe(State(s): State<Arc<AppState>>, req: Request, next: 
         Some("/health") => "/health",
         Some("/metrics") => "/metrics",
         Some("/openapi.json") => "/openapi.json",
+        Some("/v1/chat/completions") => "/v1/chat/completions",
+        Some("/v1/completions") => "/v1/completions",
+        Some("/v1/models") => "/v1/models",
+        Some("/dashboard") => "/dashboard",
+        Some("/dashboard.json") => "/dashboard.json",
         _ => "other",
     };
     let response = next.run(req).await;

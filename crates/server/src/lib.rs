@@ -14,10 +14,13 @@
 //! GET  /receipts/{seq}  GET /receipts/{seq}/proof  GET /checkpoint
 //! ```
 
+pub mod activity;
 pub mod api;
 pub mod compact;
+mod dashboard;
 pub mod error;
 mod layers;
+pub mod openai;
 
 mod metrics;
 mod openapi;
@@ -48,6 +51,7 @@ use self::queue::{FairQueue, Permit};
 use self::reads::{checkpoint, health, metrics_text, openapi_doc, proof, receipt, state_info};
 use state_pack_core::pack::StatePack;
 use state_pack_core::store::{Store, StoreError};
+use state_pack_ledger::hash::StateHash;
 
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
@@ -66,6 +70,9 @@ pub struct ServerConfig {
     pub engine_timeout: Duration,
     /// Who may call.
     pub auth: Auth,
+    /// The id OpenAI-style clients name the model by (`GET /v1/models`); the model file's
+    /// name when `None`.
+    pub model_id: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +85,7 @@ impl Default for ServerConfig {
             queue_depth: 256,
             engine_timeout: Duration::from_secs(300),
             auth: Auth::Disabled,
+            model_id: None,
         }
     }
 }
@@ -182,6 +190,10 @@ struct AppState {
     config: ServerConfig,
     draining: AtomicBool,
     openapi: serde_json::Value,
+    /// What the dashboard shows.
+    activity: activity::Activity,
+    /// When the server started, unix seconds.
+    started_unix: u64,
 }
 
 /// The client a request is made for (its token's name).
@@ -220,6 +232,8 @@ impl Server {
                 config,
                 draining: AtomicBool::new(false),
                 openapi: openapi::document(),
+                activity: activity::Activity::default(),
+                started_unix: unix_now(),
             }),
         }
     }
@@ -239,6 +253,11 @@ impl Server {
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .route("/openapi.json", get(openapi_doc))
+            .route("/v1/chat/completions", post(openai::chat_completions))
+            .route("/v1/completions", post(openai::completions))
+            .route("/v1/models", get(openai::models))
+            .route("/dashboard", get(dashboard::page))
+            .route("/dashboard.json", get(dashboard::figures))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(s.clone(), authenticate))
@@ -342,17 +361,38 @@ impl AppState {
             })
     }
 
+    /// Counts one operation of `client` in the metrics and the dashboard.
+    fn count_report(&self, client: &Client, r: &state_pack_core::pack::OpReport) {
+        self.metrics.operation(r);
+        let prompt = r.tokens.state.saturating_sub(r.tokens.generated);
+        let prefilled = r.tokens.prefilled;
+        self.activity.request(
+            &client.0,
+            unix_now(),
+            activity::Counts {
+                requests: 1,
+                prompt_tokens: prompt,
+                prefilled,
+                cached: prompt.saturating_sub(prefilled),
+                restored: r.tokens.restored,
+                generated: r.tokens.generated,
+            },
+        );
+    }
+
     /// The answer to a create or merge, counted in the metrics.
     fn state_answer(
         &self,
+        client: &Client,
         report: &state_pack_core::pack::OpReport,
         queued: Duration,
     ) -> Result<Json<StateResponse>, ApiError> {
-        self.metrics.operation(report);
+        self.count_report(client, report);
         Ok(Json(StateResponse::new(
             report,
             queued,
             self.receipt(report.receipt.seq)?,
+            self.pack.engine().info().kv_bytes_per_token,
         )))
     }
 
@@ -382,6 +422,25 @@ impl AppState {
     }
 }
 
+/// Refuses a seed-protocol `dtype` that is not the engine's KV type.
+fn check_dtype(s: &AppState, dtype: Option<&str>) -> Result<(), ApiError> {
+    let Some(asked) = dtype else { return Ok(()) };
+    let runs = s.pack.engine().info().kv_dtype;
+    match state_pack_core::engine::KvDType::parse(asked) {
+        Some(d) if d == runs => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedDtype,
+            format!("dtype {asked:?} is not what this engine keeps KV in: it runs {runs} (send \"{runs}\" or leave dtype out)"),
+        )),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn too_long(field: &str, limit: usize) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
@@ -394,6 +453,7 @@ async fn create(
     axum::Extension(client): axum::Extension<Client>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> Result<Json<StateResponse>, ApiError> {
+    check_dtype(&s, req.dtype.as_deref())?;
     let tokens = s.tokenize("base_text", &req.base_text).await?;
     if tokens.is_empty() {
         return Err(state_pack_core::pack::PackError::EmptyBase.into());
@@ -402,7 +462,7 @@ async fn create(
     let report = s
         .timed(async { Ok(s.pack.create(&req.base_text).await?) })
         .await?;
-    s.state_answer(&report, queued)
+    s.state_answer(&client, &report, queued)
 }
 
 async fn merge(
@@ -410,6 +470,7 @@ async fn merge(
     axum::Extension(client): axum::Extension<Client>,
     ApiJson(req): ApiJson<MergeRequest>,
 ) -> Result<Json<StateResponse>, ApiError> {
+    check_dtype(&s, req.dtype.as_deref())?;
     let state = parse_hash("state_hash", &req.state_hash)?;
     let delta = s.tokenize("delta_text", &req.delta_text).await?;
     s.pack.state(&state)?;
@@ -417,7 +478,7 @@ async fn merge(
     let report = s
         .timed(async { Ok(s.pack.merge_tokens(&state, &delta).await?) })
         .await?;
-    s.state_answer(&report, queued)
+    s.state_answer(&client, &report, queued)
 }
 
 async fn infer(
@@ -425,6 +486,7 @@ async fn infer(
     axum::Extension(client): axum::Extension<Client>,
     ApiJson(req): ApiJson<InferRequest>,
 ) -> Result<Json<InferResponse>, ApiError> {
+    check_dtype(&s, req.dtype.as_deref())?;
     let state = parse_hash("state_hash", &req.state_hash)?;
     let sampling = req
         .sampling
@@ -448,11 +510,16 @@ async fn infer(
         }
     };
     let r = &answer.report;
-    s.metrics.operation(r);
+    s.count_report(&client, r);
     Ok(Json(InferResponse {
+        state_hash: state,
         new_state_hash: r.output,
+        delta_hash: state_pack_ledger::hash::DeltaHash::of(
+            &s.pack.engine().info().fingerprint,
+            &delta,
+        ),
         finish: answer.finish,
-        tokens: r.tokens,
+        tokens: r.tokens.into(),
         timings: WireTimings::new(&r.timings, queued),
         engine_called: r.engine_called,
         replay_of: r.replay_of,
@@ -466,7 +533,16 @@ async fn compact_state(
     axum::Extension(client): axum::Extension<Client>,
     ApiJson(req): ApiJson<CompactRequest>,
 ) -> Result<Json<CompactResponse>, ApiError> {
+    check_dtype(&s, req.dtype.as_deref())?;
     let state = parse_hash("state_hash", &req.state_hash)?;
+    if let Some(deltas) = &req.accumulated_deltas {
+        if req.policy.is_some() {
+            return Err(ApiError::invalid(
+                "send either policy or accumulated_deltas, not both".into(),
+            ));
+        }
+        return fold_accumulated(s, client, state, deltas).await;
+    }
     let policy = req.policy.unwrap_or_default();
     if policy.summary_tokens > s.config.max_new_tokens {
         return Err(ApiError::invalid(format!(
@@ -490,9 +566,9 @@ async fn compact_state(
         })
         .await?;
     if let Some(sum) = &done.summary {
-        s.metrics.operation(&sum.report);
+        s.count_report(&client, &sum.report);
     }
-    s.metrics.operation(&done.report);
+    s.count_report(&client, &done.report);
     let mut timings = WireTimings::new(&done.report.timings, queued);
     if let Some(sum) = &done.summary {
         timings.total_ms += sum.report.timings.total.as_secs_f64() * 1e3;
@@ -503,13 +579,52 @@ async fn compact_state(
         tokens_before: done.before,
         tokens: done.report.tokens,
         timings,
-        policy,
+        policy: Some(policy),
         summary_receipt: done
             .summary
             .as_ref()
             .map(|sum| s.receipt(sum.report.receipt.seq))
             .transpose()?,
         summary: done.summary.map(|sum| sum.text),
+        receipt: s.receipt(done.report.receipt.seq)?,
+    }))
+}
+
+/// `POST /compact` with the seed's `accumulated_deltas`.
+async fn fold_accumulated(
+    s: Arc<AppState>,
+    client: Client,
+    state: StateHash,
+    deltas: &[String],
+) -> Result<Json<CompactResponse>, ApiError> {
+    if deltas.is_empty() {
+        return Err(ApiError::invalid(
+            "accumulated_deltas must hold at least one delta".into(),
+        ));
+    }
+    let mut tokenized = Vec::with_capacity(deltas.len());
+    for (i, d) in deltas.iter().enumerate() {
+        let t = s.tokenize(&format!("accumulated_deltas[{i}]"), d).await?;
+        if t.is_empty() {
+            return Err(state_pack_core::pack::PackError::EmptyDelta.into());
+        }
+        tokenized.push(t);
+    }
+    s.pack.state(&state)?;
+    let (_permit, queued) = s.engine(&client).await?;
+    let done = s
+        .timed(async { Ok(compact::fold_deltas(&s.pack, &state, &tokenized).await?) })
+        .await?;
+    s.count_report(&client, &done.report);
+    Ok(Json(CompactResponse {
+        new_state_hash: done.report.output,
+        steps_folded: done.folded,
+        tokens_before: done.before,
+        tokens: done.report.tokens,
+        timings: WireTimings::new(&done.report.timings, queued),
+        policy: None,
+        summary_receipt: None,
+        summary: None,
         receipt: s.receipt(done.report.receipt.seq)?,
     }))
 }

@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 use super::api::*;
 use super::error::{ErrorBody, ErrorCode};
+use super::openai::wire::{
+    ChatCompletion, ChatRequest, CompletionRequest, ModelList, TextCompletion,
+};
 use state_pack_ledger::{ReceiptProof, SignedCheckpoint};
 
 fn body<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
@@ -64,6 +67,8 @@ pub fn document() -> Value {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ContextOverflow,
         ErrorCode::NothingToCompact,
+        ErrorCode::UnsupportedDtype,
+        ErrorCode::UnknownModel,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::Timeout,
@@ -194,13 +199,53 @@ pub fn document() -> Value {
         None,
         true,
     );
+    let chat = {
+        let (req, resp) = (
+            body::<ChatRequest>(&mut g),
+            ok::<ChatCompletion>(
+                &mut g,
+                "the answer (or, with stream: true, text/event-stream chunks)",
+            ),
+        );
+        op(
+            &mut g,
+            "OpenAI-compatible chat: the re-sent history continues from the longest stored state it begins with",
+            req,
+            resp,
+        )
+    };
+    let completion = {
+        let (req, resp) = (
+            body::<CompletionRequest>(&mut g),
+            ok::<TextCompletion>(
+                &mut g,
+                "the answer (or, with stream: true, text/event-stream chunks)",
+            ),
+        );
+        op(&mut g, "OpenAI-compatible text completion", req, resp)
+    };
+    let models = {
+        let r = ok::<ModelList>(&mut g, "the model served");
+        get(&mut g, "OpenAI-compatible model list", r, None, false)
+    };
+    let dashboard = get(
+        &mut g,
+        "The live dashboard page (it reads /dashboard.json)",
+        json!({"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}),
+        None,
+        true,
+    );
+    let figures = {
+        let r = ok::<crate::dashboard::DashboardFigures>(&mut g, "the figures");
+        get(&mut g, "The dashboard's measured figures", r, None, false)
+    };
     let schemas = g.take_definitions();
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "state-pack",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Token-exact KV-state reuse with signed receipts. Every error is {\"error\": {\"code\", \"message\"}} with a stable code."
+            "description": "Token-exact KV-state reuse with signed receipts. Every error is {\"error\": {\"code\", \"message\", \"type\"}} with a stable code (OpenAI's error shape)."
         },
         "paths": {
             "/states": create,
@@ -214,6 +259,11 @@ pub fn document() -> Value {
             "/health": health,
             "/metrics": metrics,
             "/openapi.json": openapi,
+            "/v1/chat/completions": chat,
+            "/v1/completions": completion,
+            "/v1/models": models,
+            "/dashboard": dashboard,
+            "/dashboard.json": figures,
         },
         "components": {
             "schemas": schemas,

@@ -6,7 +6,7 @@ use super::*;
 impl AppState {
     /// Runs `f` on the read-only connection (the writer's for an in-memory store) on a
     /// blocking thread, so that a slow read never holds an async worker or the writer's lock.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         what: &'static str,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
@@ -19,6 +19,19 @@ impl AppState {
         .await
         .map_err(|e| ApiError::internal(what, &e))?
         .map_err(|e| ApiError::internal(what, &e))
+    }
+
+    /// What the server runs.
+    pub(super) fn model_summary(&self) -> ModelSummary {
+        let info = self.pack.engine().info();
+        ModelSummary {
+            id: self.model_id().to_string(),
+            name: info.name.clone(),
+            fingerprint: info.fingerprint.to_hex(),
+            context_window: info.context_window,
+            chat_template: info.template.name().to_string(),
+            kv_dtype: info.kv_dtype.to_string(),
+        }
     }
 }
 
@@ -35,6 +48,8 @@ pub(super) async fn state_info(
         state_hash: v.hash,
         tokens: v.tokens,
         kv_bytes: v.kv_bytes,
+        bytes: v.kv_bytes,
+        model: s.model_id().to_string(),
         hot: v.hot,
         parent: v.parent,
         op: v.op.as_str().to_string(),
@@ -124,7 +139,6 @@ pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health
             Ok((st.state_count()?, st.receipt_count()?))
         })
         .await?;
-    let info = s.pack.engine().info();
     Ok(Json(Health {
         status: if s.draining.load(Ordering::SeqCst) {
             "draining"
@@ -135,12 +149,7 @@ pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health
         states_hot: s.pack.engine().hot_entries(),
         states_cached: states,
         receipts,
-        model: ModelSummary {
-            name: info.name.clone(),
-            fingerprint: info.fingerprint.to_hex(),
-            context_window: info.context_window,
-            chat_template: info.template.name().to_string(),
-        },
+        model: s.model_summary(),
         queue: s.queue.stats(),
     }))
 }

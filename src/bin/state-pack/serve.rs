@@ -50,6 +50,22 @@ pub struct ServeArgs {
     /// Longest one operation may use the engine, e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub engine_timeout: Duration,
+    /// The id OpenAI-style clients name the model by (`GET /v1/models`); by default the
+    /// known model's name (`smollm2-135m`) or the GGUF file's stem.
+    #[arg(long)]
+    pub model_id: Option<String>,
+}
+
+/// The id `/v1/models` serves when `--model-id` is not given.
+fn default_model_id(model: Option<&Path>) -> String {
+    match model {
+        None => state_pack::model::DEFAULT_MODEL.name.to_string(),
+        Some(p) if p.is_file() => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string()),
+        Some(p) => p.display().to_string(),
+    }
 }
 
 fn auth(args: &ServeArgs) -> Result<Auth> {
@@ -82,6 +98,7 @@ fn config(args: &ServeArgs, auth: Auth) -> ServerConfig {
         queue_depth: args.queue_depth,
         engine_timeout: args.engine_timeout,
         auth,
+        model_id: args.model_id.clone(),
         ..ServerConfig::default()
     }
 }
@@ -119,6 +136,13 @@ pub async fn serve(
     args: ServeArgs,
 ) -> Result<()> {
     let auth = auth(&args)?;
+    let args = ServeArgs {
+        model_id: args
+            .model_id
+            .clone()
+            .or_else(|| Some(default_model_id(model))),
+        ..args
+    };
     let (signer, created) = Signer::load_or_create(key)?;
     if created {
         eprintln!("created signing key {}", key.display());
@@ -135,9 +159,10 @@ pub async fn serve(
         Auth::Tokens(t) => format!("{} bearer token(s)", t.len()),
     };
     eprintln!(
-        "state-pack serving http://{} ({authn}); database {}; OpenAPI at /openapi.json; Ctrl-C or SIGTERM to stop",
-        listener.local_addr()?,
-        args.db.display()
+        "state-pack serving http://{addr} ({authn}); database {}; OpenAI-compatible API at http://{addr}/v1 (model {:?}); dashboard at http://{addr}/dashboard; OpenAPI at /openapi.json; Ctrl-C or SIGTERM to stop",
+        args.db.display(),
+        args.model_id.as_deref().unwrap_or_default(),
+        addr = listener.local_addr()?
     );
     let done = Server::new(pack, config(&args, auth))
         .serve(listener, shutdown_signal())
