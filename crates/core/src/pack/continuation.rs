@@ -42,6 +42,30 @@ impl StatePack {
             .map(|s| (s.hash, s.tokens.len())))
     }
 
+    /// The ids the model sampled when it answered `prompt` with `text`, if this store holds
+    /// that answer: an infer from the longest stored prefix of `prompt` whose output state
+    /// begins with `prompt` and whose generated text is `text` (compared without surrounding
+    /// whitespace, which chat templates trim). A client that re-sends a reply as text gets
+    /// the reply's own tokens back, which re-tokenizing the text need not give (a model, and
+    /// a grammar above all, may split text into tokens as the tokenizer would not).
+    pub fn sampled_reply(&self, prompt: &[u32], text: &str) -> Result<Option<Vec<u32>>, PackError> {
+        const CANDIDATES: usize = 16;
+        let Some((input, _)) = self.longest_stored_prefix(prompt, prompt.len())? else {
+            return Ok(None);
+        };
+        let infers = self.store().infers_from(&input, CANDIDATES)?;
+        for (output, said) in infers {
+            if said.trim() != text.trim() {
+                continue;
+            }
+            let tokens = self.tokens(&output)?;
+            if tokens.len() > prompt.len() && tokens.starts_with(prompt) {
+                return Ok(Some(tokens[prompt.len()..].to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
     /// The answer to `prompt` under `sampling` from the store, if the same request (the same
     /// longest stored prefix, the same rest of the prompt, the same parameters) was answered
     /// before; recorded with a replay receipt ([`replay_tokens`](Self::replay_tokens)). Never

@@ -304,6 +304,34 @@ impl Store {
         }))
     }
 
+    /// The newest infers (not replays) from `input`, at most `limit`: their output states
+    /// and generated texts.
+    pub fn infers_from(
+        &self,
+        input: &StateHash,
+        limit: usize,
+    ) -> Result<Vec<(StateHash, String)>, StoreError> {
+        let rows = self
+            .conn()
+            .prepare_cached(
+                "SELECT output, output_text FROM operations
+                 WHERE op = 'infer' AND replay_of IS NULL AND input = ?1
+                 ORDER BY seq DESC LIMIT ?2",
+            )?
+            .query_map(params![input.as_bytes().as_slice(), limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(o, t)| {
+                Ok((
+                    StateHash::from_bytes(digest(o, "operations")?),
+                    t.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
     /// Number of stored states.
     pub fn state_count(&self) -> Result<u64, StoreError> {
         Ok(self

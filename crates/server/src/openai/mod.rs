@@ -77,14 +77,7 @@ pub(crate) async fn chat_completions(
         tools::response_grammar(req.response_format.as_ref(), template.end_of_turn())?
     };
     let rendered = render::render(template, &req.messages, &mode)?;
-    let mut prompt = Vec::new();
-    let mut base_len = 0;
-    for (i, piece) in rendered.pieces.iter().enumerate() {
-        prompt.extend(s.tokenize_prompt(piece).await?);
-        if i + 1 == rendered.base_pieces {
-            base_len = prompt.len();
-        }
-    }
+    let (prompt, base_len) = s.tokenize_pieces(&rendered).await?;
     let prepared = s.prepare(&req.common, prompt, base_len, grammar, mode.is_active())?;
     s.answer(client, prepared, Kind::Chat).await
 }
@@ -159,6 +152,44 @@ impl AppState {
                 self.model_id()
             ),
         ))
+    }
+
+    /// A rendered conversation's tokens, each piece tokenized on its own, and how many of
+    /// them are its first turn. A reply the server generated is replaced by the ids the model
+    /// sampled for it ([`StatePack::sampled_reply`]), so the history matches what was stored
+    /// even where re-tokenizing the reply's text would split it otherwise.
+    ///
+    /// [`StatePack::sampled_reply`]: state_pack_core::pack::StatePack::sampled_reply
+    async fn tokenize_pieces(
+        &self,
+        rendered: &render::Rendered,
+    ) -> Result<(Vec<u32>, usize), ApiError> {
+        let end_of_turn = self
+            .tokenize_prompt(self.pack.engine().info().template.end_of_turn())
+            .await?;
+        let mut prompt = Vec::new();
+        let mut base_len = 0;
+        for (i, piece) in rendered.pieces.iter().enumerate() {
+            let sampled = if piece.reply {
+                self.pack.sampled_reply(&prompt, &piece.text)?
+            } else {
+                None
+            };
+            match sampled {
+                Some(mut ids) => {
+                    // The end-of-turn marker the model sampled is the next piece's.
+                    if end_of_turn.len() == 1 && ids.last() == end_of_turn.first() {
+                        ids.pop();
+                    }
+                    prompt.extend(ids);
+                }
+                None => prompt.extend(self.tokenize_prompt(&piece.text).await?),
+            }
+            if i + 1 == rendered.base_pieces {
+                base_len = prompt.len();
+            }
+        }
+        Ok((prompt, base_len))
     }
 
     async fn tokenize_prompt(&self, text: &str) -> Result<Vec<u32>, ApiError> {

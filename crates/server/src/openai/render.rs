@@ -10,11 +10,31 @@ use super::tools::{self, ToolMode};
 use super::wire::{ChatMessage, Content};
 use crate::error::ApiError;
 
+/// One piece of a conversation's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Its text.
+    pub text: String,
+    /// Whether it is what an assistant said (between the reply prompt and the end-of-turn
+    /// marker): the ids the model sampled for it, if the server generated it, stand in for
+    /// its tokenization.
+    pub reply: bool,
+}
+
+impl Piece {
+    fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            reply: false,
+        }
+    }
+}
+
 /// A conversation's text, in pieces tokenized one by one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     /// The pieces, in order; the last one is the reply prompt.
-    pub pieces: Vec<String>,
+    pub pieces: Vec<Piece>,
     /// How many leading pieces are the first turn (the system prompt with the tool list): a
     /// new conversation's base state, shared by every conversation that starts the same way.
     pub base_pieces: usize,
@@ -48,12 +68,12 @@ pub fn render(
         system.push(list);
     }
     if !system.is_empty() {
-        pieces.push(turn(
+        pieces.push(Piece::text(turn(
             template,
             previous,
             Role::System,
             &system.join("\n\n"),
-        )?);
+        )?));
         previous = Some(Role::System);
         base_pieces = 1;
     }
@@ -63,11 +83,21 @@ pub fn render(
         let at = i + messages.len() - rest.len();
         match m.role.as_str() {
             "system" | "developer" => {
-                pieces.push(turn(template, previous, Role::System, &text_of(m, at)?)?);
+                pieces.push(Piece::text(turn(
+                    template,
+                    previous,
+                    Role::System,
+                    &text_of(m, at)?,
+                )?));
                 previous = Some(Role::System);
             }
             "user" => {
-                pieces.push(turn(template, previous, Role::User, &text_of(m, at)?)?);
+                pieces.push(Piece::text(turn(
+                    template,
+                    previous,
+                    Role::User,
+                    &text_of(m, at)?,
+                )?));
                 previous = Some(Role::User);
             }
             "assistant" => {
@@ -103,7 +133,7 @@ pub fn render(
                 let text = template
                     .tool_result(previous, name, &text_of(m, at)?)
                     .map_err(|e| ApiError::invalid(e.to_string()))?;
-                pieces.push(text);
+                pieces.push(Piece::text(text));
                 previous = Some(Role::User);
             }
             other => {
@@ -116,8 +146,8 @@ pub fn render(
     if base_pieces == 0 {
         base_pieces = 1;
     }
-    pieces.push(template.reply_prompt().to_string());
-    pieces.retain(|p| !p.is_empty());
+    pieces.push(Piece::text(template.reply_prompt()));
+    pieces.retain(|p| !p.text.is_empty());
     Ok(Rendered {
         pieces,
         base_pieces,
@@ -142,7 +172,7 @@ fn assistant_turn(
     template: ChatTemplate,
     previous: Option<Role>,
     said: &str,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<Piece>, ApiError> {
     let whole = turn(template, previous, Role::Assistant, said)?;
     let open = template.reply_prompt();
     let close = format!("{}{}", template.end_of_turn(), template.after_reply());
@@ -150,8 +180,15 @@ fn assistant_turn(
         .strip_prefix(open)
         .and_then(|rest| rest.strip_suffix(close.as_str()))
     {
-        Some(reply) => Ok(vec![open.to_string(), reply.to_string(), close]),
-        None => Ok(vec![whole]),
+        Some(reply) => Ok(vec![
+            Piece::text(open),
+            Piece {
+                text: reply.to_string(),
+                reply: true,
+            },
+            Piece::text(close),
+        ]),
+        None => Ok(vec![Piece::text(whole)]),
     }
 }
 
@@ -201,8 +238,9 @@ mod tests {
             &ToolMode::None,
         )
         .unwrap();
+        let texts: Vec<&str> = r.pieces.iter().map(|p| p.text.as_str()).collect();
         assert_eq!(
-            r.pieces,
+            texts,
             [
                 "<|im_start|>system\nBe terse.<|im_end|>\n",
                 "<|im_start|>user\nHi<|im_end|>\n",
@@ -214,9 +252,10 @@ mod tests {
             ]
         );
         assert_eq!(r.base_pieces, 1);
+        assert!(r.pieces[3].reply && !r.pieces[2].reply && !r.pieces[4].reply);
         // The pieces are the template's own rendering of the conversation.
         assert_eq!(
-            r.pieces.concat(),
+            texts.concat(),
             "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
         );
     }
@@ -243,16 +282,18 @@ mod tests {
         )
         .unwrap();
         assert!(
-            r.pieces[0].starts_with("<|im_start|>system\nTools:\n- lookup"),
-            "{}",
             r.pieces[0]
+                .text
+                .starts_with("<|im_start|>system\nTools:\n- lookup"),
+            "{}",
+            r.pieces[0].text
         );
         assert_eq!(
-            r.pieces[3],
+            r.pieces[3].text,
             "{\"calls\":[{\"tool\":\"lookup\",\"args\":{\"clause\":\"14.5\"}}]}"
         );
         assert_eq!(
-            r.pieces[5],
+            r.pieces[5].text,
             "<|im_start|>user\nObservation from lookup: fees of 12 months<|im_end|>\n"
         );
         let mut orphan = msg("tool", "x");
