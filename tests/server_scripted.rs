@@ -416,6 +416,11 @@ async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
         "/states/..%2f..%2fetc%2fpasswd",
         "/../../etc/passwd",
         "/openapi.json",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/dashboard",
+        "/dashboard.json",
     ];
     let (mut statuses, mut engine_runs) = (std::collections::BTreeMap::new(), 0);
     let n = 3000;
@@ -434,11 +439,35 @@ async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
         let valid = match path.as_str() {
             "/states" => json!({"base_text": format!("{BASE}{}", rng.below(4))}),
             "/compact" => json!({"state_hash": hash}),
+            "/v1/chat/completions" => json!({
+                "model": "scripted",
+                "messages": [
+                    {"role": "system", "content": "You are terse."},
+                    {"role": "user", "content": format!("Hm {}", rng.below(4))}
+                ],
+                "max_tokens": 8,
+                "stream": rng.below(4) == 0,
+                "tools": if rng.below(3) == 0 {
+                    json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+                } else {
+                    json!(null)
+                },
+            }),
+            "/v1/completions" => json!({"model": "scripted", "prompt": "Hm", "max_tokens": 8}),
             _ => json!({"state_hash": hash, "delta_text": "Hm."}),
         };
         let body = mutate(&mut rng, valid, &hash);
         // Mostly the endpoint's own method, so that most requests reach the handlers.
-        let own = if ["/states", "/merge", "/infer", "/compact"].contains(&path.as_str()) {
+        let own = if [
+            "/states",
+            "/merge",
+            "/infer",
+            "/compact",
+            "/v1/chat/completions",
+            "/v1/completions",
+        ]
+        .contains(&path.as_str())
+        {
             Method::POST
         } else {
             Method::GET

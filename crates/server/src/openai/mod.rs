@@ -434,15 +434,6 @@ impl AppState {
     }
 }
 
-impl Default for Reply {
-    fn default() -> Self {
-        Reply {
-            content: None,
-            tool_calls: None,
-        }
-    }
-}
-
 fn finish_reason(finish: FinishReason, reply: &Reply) -> &'static str {
     match (finish, &reply.tool_calls) {
         (_, Some(_)) => "tool_calls",

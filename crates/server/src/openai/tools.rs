@@ -222,7 +222,7 @@ pub fn response_grammar(
 }
 
 /// A reply as OpenAI answers it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reply {
     /// Text, when the model answered.
     pub content: Option<String>,
