@@ -259,3 +259,66 @@ async fn a_blob_the_log_does_not_vouch_for_is_deleted_not_loaded() {
     assert!(!blobs.contains(&base), "the forged blob is deleted");
     assert_eq!(engine.calls().imports, 0);
 }
+
+/// A whole prompt continues from the longest stored state it begins with; a repeated one is
+/// answered from the store; a reply re-sent as text gives back the ids that were sampled.
+#[tokio::test]
+async fn whole_prompts_continue_from_their_longest_stored_prefix() {
+    let engine = Arc::new(ScriptedEngine::replying("hello"));
+    let pack = in_memory(engine.clone());
+    let first: Vec<u32> = ScriptedEngine::encode(&format!("{BASE}{TURN}"));
+    let base_len = ScriptedEngine::encode(BASE).len();
+    let greedy = Sampling::greedy(16);
+
+    let done = pack
+        .continue_prompt(&first, base_len, &greedy, None)
+        .await
+        .unwrap();
+    assert_eq!(done.matched, None);
+    let base = done
+        .base
+        .as_ref()
+        .expect("a base state for a new beginning");
+    assert_eq!(base.tokens.state as usize, base_len);
+    assert_eq!(done.inference.report.input, Some(base.output));
+    assert_eq!(done.inference.text, "hello");
+    assert_eq!(done.prefilled() as usize, first.len());
+
+    // The ids sampled for "hello" come back for the same prompt and text, not for others.
+    let sampled = pack.sampled_reply(&first, " hello ").unwrap().unwrap();
+    assert_eq!(sampled, done.inference.generated);
+    assert!(pack.sampled_reply(&first, "hullo").unwrap().is_none());
+    assert!(pack
+        .sampled_reply(&first[..first.len() - 1], "hello")
+        .unwrap()
+        .is_none());
+
+    // The next turn: the stored answer is found whole and only the new turn runs.
+    let mut second = first.clone();
+    second.extend(&done.inference.generated);
+    let next = ScriptedEngine::encode(&format!("\n{TURN}"));
+    second.extend(&next);
+    let more = pack
+        .continue_prompt(&second, base_len, &greedy, None)
+        .await
+        .unwrap();
+    let stored = first.len() + done.inference.generated.len();
+    assert_eq!(more.matched, Some((done.inference.report.output, stored)));
+    assert!(more.base.is_none());
+    assert!(more.prefilled() as usize <= next.len() + 1);
+
+    // The same prompt again: from the store, no engine.
+    let generates = engine.calls().generates;
+    let again = pack
+        .replay_prompt(&second, &greedy)
+        .unwrap()
+        .expect("a replay");
+    assert_eq!(again.inference.report.output, more.inference.report.output);
+    assert!(again.inference.report.replay_of.is_some());
+    assert_eq!(engine.calls().generates, generates);
+    // One token is no prompt.
+    assert!(matches!(
+        pack.continue_prompt(&first[..1], 1, &greedy, None).await,
+        Err(PackError::InvalidParameters(_))
+    ));
+}

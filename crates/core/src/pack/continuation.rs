@@ -43,17 +43,18 @@ impl StatePack {
     }
 
     /// The ids the model sampled when it answered `prompt` with `text`, if this store holds
-    /// that answer: an infer from the longest stored prefix of `prompt` whose output state
-    /// begins with `prompt` and whose generated text is `text` (compared without surrounding
+    /// that answer: an infer from the longest stored prefix of `prompt` with the rest of
+    /// `prompt` as its delta, whose generated text is `text` (compared without surrounding
     /// whitespace, which chat templates trim). A client that re-sends a reply as text gets
     /// the reply's own tokens back, which re-tokenizing the text need not give (a model, and
     /// a grammar above all, may split text into tokens as the tokenizer would not).
     pub fn sampled_reply(&self, prompt: &[u32], text: &str) -> Result<Option<Vec<u32>>, PackError> {
         const CANDIDATES: usize = 16;
-        let Some((input, _)) = self.longest_stored_prefix(prompt, prompt.len())? else {
+        let Some((input, len)) = self.longest_stored_prefix(prompt, prompt.len())? else {
             return Ok(None);
         };
-        let infers = self.store().infers_from(&input, CANDIDATES)?;
+        let delta = DeltaHash::of(&self.engine.info().fingerprint, &prompt[len..]);
+        let infers = self.store().infers_from(&input, &delta, CANDIDATES)?;
         for (output, said) in infers {
             if said.trim() != text.trim() {
                 continue;

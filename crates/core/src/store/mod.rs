@@ -304,23 +304,29 @@ impl Store {
         }))
     }
 
-    /// The newest infers (not replays) from `input`, at most `limit`: their output states
-    /// and generated texts.
+    /// The newest infers (not replays) from `input` with the delta `delta`, under any
+    /// sampling, at most `limit`: their output states and generated texts.
     pub fn infers_from(
         &self,
         input: &StateHash,
+        delta: &DeltaHash,
         limit: usize,
     ) -> Result<Vec<(StateHash, String)>, StoreError> {
         let rows = self
             .conn()
             .prepare_cached(
                 "SELECT output, output_text FROM operations
-                 WHERE op = 'infer' AND replay_of IS NULL AND input = ?1
-                 ORDER BY seq DESC LIMIT ?2",
+                 WHERE op = 'infer' AND replay_of IS NULL AND input = ?1 AND delta_hash = ?2
+                 ORDER BY seq DESC LIMIT ?3",
             )?
-            .query_map(params![input.as_bytes().as_slice(), limit as i64], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?))
-            })?
+            .query_map(
+                params![
+                    input.as_bytes().as_slice(),
+                    delta.as_bytes().as_slice(),
+                    limit as i64
+                ],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?)),
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(o, t)| {
