@@ -17,7 +17,8 @@ and `prompt_tokens_details.cached_tokens` where its version has it.
 
 `--rerender` sends old assistant turns the way some clients store them instead of as the
 server answered them: `strip` trims surrounding whitespace, `collapse` also turns every run
-of whitespace inside into one space. Each run uses its own system prompt, so no run starts
+of whitespace inside into one space, `newline` appends a newline (as clients that keep
+replies as lines do). The summary counts the turns the re-rendering actually changed. Each run uses its own system prompt, so no run starts
 from another's cache; every request is greedy.
 """
 
@@ -45,6 +46,8 @@ QUESTIONS = [
 
 
 def rerender(text, how):
+    if how == "newline":
+        return text + "\n"
     if how == "strip":
         return text.strip()
     if how == "collapse":
@@ -64,35 +67,48 @@ def cached_of(raw_json):
     return None, "not reported"
 
 
-def conversation(client, model, run, how, max_tokens):
-    messages = [{"role": "system", "content": SYSTEM.format(run=run)}]
+def turn(client, model, messages, max_tokens):
+    started = time.perf_counter()
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0
+    )
+    took = time.perf_counter() - started
+    body = json.loads(raw.text)
+    cached, source = cached_of(body)
+    prompt = body["usage"]["prompt_tokens"]
+    return body["choices"][0]["message"]["content"] or "", {
+        "prompt_tokens": prompt,
+        "cached": cached,
+        "computed": None if cached is None else prompt - cached,
+        "completion_tokens": body["usage"]["completion_tokens"],
+        "latency_ms": took * 1e3,
+        "cached_source": source,
+        "matched_tokens": (body.get("state_pack") or {}).get("matched_tokens"),
+    }
+
+
+def conversations(client, model, run, how, max_tokens, k):
+    """`k` conversations, their turns interleaved round-robin; figures per turn index,
+    summed over the conversations."""
+    histories = [[{"role": "system", "content": SYSTEM.format(run=f"{run}/{c}")}] for c in range(k)]
     turns = []
     changed = 0
     for q in QUESTIONS:
-        messages.append({"role": "user", "content": q})
-        started = time.perf_counter()
-        raw = client.chat.completions.with_raw_response.create(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=0
-        )
-        took = time.perf_counter() - started
-        body = json.loads(raw.text)
-        answer = body["choices"][0]["message"]["content"] or ""
-        cached, source = cached_of(body)
-        prompt = body["usage"]["prompt_tokens"]
-        turns.append(
-            {
-                "prompt_tokens": prompt,
-                "cached": cached,
-                "computed": None if cached is None else prompt - cached,
-                "completion_tokens": body["usage"]["completion_tokens"],
-                "latency_ms": took * 1e3,
-                "cached_source": source,
-                "matched_tokens": (body.get("state_pack") or {}).get("matched_tokens"),
-            }
-        )
-        sent = rerender(answer, how)
-        changed += sent != answer
-        messages.append({"role": "assistant", "content": sent})
+        summed = None
+        for messages in histories:
+            messages.append({"role": "user", "content": q})
+            answer, t = turn(client, model, messages, max_tokens)
+            sent = rerender(answer, how)
+            changed += sent != answer
+            messages.append({"role": "assistant", "content": sent})
+            if summed is None:
+                summed = t
+            else:
+                for key in ("prompt_tokens", "completion_tokens", "latency_ms"):
+                    summed[key] += t[key]
+                for key in ("cached", "computed", "matched_tokens"):
+                    summed[key] = None if summed[key] is None or t[key] is None else summed[key] + t[key]
+        turns.append(summed)
     return turns, changed
 
 
@@ -108,7 +124,11 @@ def main():
     ap.add_argument("--token", default="none")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rerender", choices=["none", "strip", "collapse"], default="none")
+    ap.add_argument("--rerender", choices=["none", "strip", "collapse", "newline"], default="none")
+    ap.add_argument("--conversations", type=int, default=1,
+                    help="conversations at once, their turns interleaved (figures are their sums)")
+    ap.add_argument("--tag", default=time.strftime("%H%M%S"),
+                    help="written into every system prompt, so that no invocation is answered from an earlier one's store")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
 
@@ -119,16 +139,19 @@ def main():
     for run in range(args.runs):
         for name, url in servers:
             client = OpenAI(base_url=url, api_key=args.token, max_retries=0, timeout=600)
-            turns, n = conversation(client, models.get(name, args.model), f"{run}-{args.rerender}", args.rerender, args.max_tokens)
+            turns, n = conversations(client, models.get(name, args.model), f"{args.tag}-{run}-{args.rerender}-{args.conversations}",
+                                     args.rerender, args.max_tokens, args.conversations)
             results[name].append(turns)
             changed[name] += n
             print(f"run {run + 1}/{args.runs} {name}: {sum(t['latency_ms'] for t in turns) / 1e3:.1f} s", file=sys.stderr)
 
-    print(f"\n{len(QUESTIONS)}-turn chat, re-sent history, rerender={args.rerender}, medians of {args.runs} runs")
+    print(f"\n{len(QUESTIONS)}-turn chat x {args.conversations} interleaved, re-sent history, "
+          f"rerender={args.rerender}, medians of {args.runs} runs (each turn: the sum over conversations)")
     for name, _ in servers:
         runs = results[name]
         source = runs[0][0]["cached_source"]
-        print(f"\n{name} (cached = {source}; assistant turns changed by the client: {changed[name]} of {args.runs * len(QUESTIONS)})")
+        total_turns = args.runs * len(QUESTIONS) * args.conversations
+        print(f"\n{name} (cached = {source}; assistant turns changed by the client: {changed[name]} of {total_turns})")
         print("turn | prompt sent | cached | computed | latency ms")
         for i in range(len(QUESTIONS)):
             col = lambda k: median(r[i][k] for r in runs)  # noqa: E731
@@ -143,6 +166,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rerender": args.rerender, "runs": args.runs, "max_tokens": args.max_tokens,
+                       "conversations": args.conversations,
                        "questions": QUESTIONS, "servers": dict(servers), "results": results,
                        "assistant_turns_changed": changed}, f, indent=1)
 

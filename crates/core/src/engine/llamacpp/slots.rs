@@ -44,6 +44,14 @@ impl Slots {
             .min_by_key(|&i| (!self.tokens[i].is_empty(), self.used[i]))
     }
 
+    /// The least recently used slot that holds tokens, never `keep`: the one to drop when
+    /// the cell pool is full (a free slot holds no cells, so dropping it frees nothing).
+    pub(super) fn eviction(&self, keep: usize) -> Option<usize> {
+        (0..self.tokens.len())
+            .filter(|&i| i != keep && !self.tokens[i].is_empty())
+            .min_by_key(|&i| self.used[i])
+    }
+
     /// Where `prompt` runs: the slot holding its longest prefix if that slot's tokens are all
     /// a prefix of the prompt (extended in place), otherwise a free or least recently used
     /// *other* slot that receives a copy of the shared prefix, so that a branch never
@@ -135,6 +143,17 @@ mod tests {
         s.touch(2);
         s.touch(0);
         assert_eq!(s.plan(&[1, 2, 9], true).dest, 1);
+    }
+
+    #[test]
+    fn a_full_pool_drops_the_least_recently_used_occupied_slot_even_when_one_is_free() {
+        let mut s = slots(&[&[1], &[], &[2], &[3]]);
+        s.touch(3);
+        s.touch(0);
+        // Slot 1 is free but holds no cells; slot 2 is the oldest that does.
+        assert_eq!(s.eviction(0), Some(2));
+        assert_eq!(s.eviction(2), Some(3));
+        assert_eq!(slots(&[&[1], &[]]).eviction(0), None, "nothing else to drop");
     }
 
     #[test]

@@ -133,9 +133,9 @@ impl Worker {
                 match decode_marked(ctx, &mut batch) {
                     Ok(()) => break,
                     Err(DecodeError::NoKvCacheSlot) => {
-                        let victim = self.slots().victim(Some(seq));
+                        let victim = self.slots().eviction(seq);
                         match victim {
-                            Some(v) if !self.slots().tokens[v].is_empty() => {
+                            Some(v) => {
                                 warn!(
                                     slot = v,
                                     "KV cache full: dropping the least recently used sequence"
