@@ -153,7 +153,11 @@ mod tests {
         // Slot 1 is free but holds no cells; slot 2 is the oldest that does.
         assert_eq!(s.eviction(0), Some(2));
         assert_eq!(s.eviction(2), Some(3));
-        assert_eq!(slots(&[&[1], &[]]).eviction(0), None, "nothing else to drop");
+        assert_eq!(
+            slots(&[&[1], &[]]).eviction(0),
+            None,
+            "nothing else to drop"
+        );
     }
 
     #[test]
