@@ -79,23 +79,8 @@ impl SamplingRequest {
     /// The engine's parameters, checked against the server's `max_tokens` limit.
     pub fn to_sampling(&self, limit: usize) -> Result<Sampling, ApiError> {
         let max_tokens = self.max_tokens.unwrap_or(64.min(limit));
-        if max_tokens == 0 || max_tokens > limit {
-            return Err(ApiError::invalid(format!(
-                "sampling.max_tokens must be 1..={limit}, got {max_tokens}"
-            )));
-        }
-        let temperature = self.temperature.unwrap_or(0.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(format!(
-                "sampling.temperature must be in 0..=2, got {temperature}"
-            )));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(format!(
-                "sampling.top_p must be in (0, 1], got {top_p}"
-            )));
-        }
+        let (temperature, top_p) =
+            check_sampling("sampling.", max_tokens, limit, self.temperature, self.top_p)?;
         let sampling = if temperature == 0.0 {
             if self.seed.is_some() || self.top_p.is_some() {
                 return Err(ApiError::invalid(
@@ -117,6 +102,35 @@ impl SamplingRequest {
             Some(schema) => Ok(sampling.constrained(Grammar::JsonSchema(schema.clone()))),
         }
     }
+}
+
+/// Checks `max_tokens` (1..=`limit`), `temperature` (0..=2, default 0) and `top_p` ((0, 1],
+/// default 1), naming each field after `prefix`; gives back the temperature and nucleus.
+pub(crate) fn check_sampling(
+    prefix: &str,
+    max_tokens: usize,
+    limit: usize,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+) -> Result<(f32, f32), ApiError> {
+    if max_tokens == 0 || max_tokens > limit {
+        return Err(ApiError::invalid(format!(
+            "{prefix}max_tokens must be 1..={limit}, got {max_tokens}"
+        )));
+    }
+    let temperature = temperature.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(format!(
+            "{prefix}temperature must be in 0..=2, got {temperature}"
+        )));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(format!(
+            "{prefix}top_p must be in (0, 1], got {top_p}"
+        )));
+    }
+    Ok((temperature, top_p))
 }
 
 /// `POST /compact`: replace a long chat-template state by a shorter one.

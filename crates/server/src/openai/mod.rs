@@ -240,33 +240,25 @@ impl AppState {
         let limit = self.config.max_new_tokens;
         let window = self.pack.engine().info().context_window;
         let room = window.saturating_sub(prompt.len());
-        let max_tokens = match p.max_completion_tokens.or(p.max_tokens) {
-            Some(n) if n == 0 || n > limit => {
-                return Err(ApiError::invalid(format!(
-                    "max_tokens must be 1..={limit}, got {n}"
-                )))
-            }
-            Some(n) => n,
-            None => limit.min(room),
-        };
-        if prompt.len() + max_tokens > window || max_tokens == 0 {
+        if room == 0 {
             return Err(state_pack_core::pack::PackError::ContextOverflow {
-                needed: prompt.len() + max_tokens.max(1),
+                needed: prompt.len() + 1,
                 window,
             }
             .into());
         }
-        let temperature = p.temperature.unwrap_or(0.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(format!(
-                "temperature must be in 0..=2, got {temperature}"
-            )));
-        }
-        let top_p = p.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(format!(
-                "top_p must be in (0, 1], got {top_p}"
-            )));
+        let max_tokens = p
+            .max_completion_tokens
+            .or(p.max_tokens)
+            .unwrap_or_else(|| limit.min(room));
+        let (temperature, top_p) =
+            crate::api::check_sampling("", max_tokens, limit, p.temperature, p.top_p)?;
+        if prompt.len() + max_tokens > window {
+            return Err(state_pack_core::pack::PackError::ContextOverflow {
+                needed: prompt.len() + max_tokens,
+                window,
+            }
+            .into());
         }
         // Greedy decoding is the same whatever the seed or nucleus.
         let sampling = if temperature == 0.0 {
