@@ -33,7 +33,9 @@ def chat(server, **kw):
 
 
 def test_langchain_bind_tools_gets_parsed_tool_calls(server):
-    model = chat(server, max_tokens=60).bind_tools([lookup_clause], tool_choice="required")
+    model = chat(server, max_tokens=60).bind_tools(
+        [lookup_clause], tool_choice="required", parallel_tool_calls=False
+    )
     reply = model.invoke(
         [
             SystemMessage("You are a legal assistant. Use the tools."),
@@ -60,7 +62,7 @@ TOOL_BUDGET = 2
 def test_a_langgraph_react_agent_completes_and_every_model_call_is_receipted(server):
     calls = []
     model = chat(server, max_tokens=60)
-    with_tools = model.bind_tools([lookup_clause], tool_choice="auto")
+    with_tools = model.bind_tools([lookup_clause], tool_choice="auto", parallel_tool_calls=False)
     answer_only = model.bind_tools([lookup_clause], tool_choice="none")
 
     def agent(state: AgentState):
