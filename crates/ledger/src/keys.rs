@@ -175,6 +175,12 @@ impl Signer {
     pub fn sign(&self, hash: &[u8; 32]) -> [u8; 64] {
         self.key.sign(hash).to_bytes()
     }
+
+    /// Signs a message of any length whose format separates its own domain (a signed
+    /// note's text: [`crate::note`]).
+    pub fn sign_message(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
 }
 
 /// An Ed25519 public key that receipts are checked against.
@@ -206,6 +212,28 @@ impl PublicKey {
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.as_bytes())
+    }
+
+    /// The 32-byte RFC 8032 encoding.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        *self.0.as_bytes()
+    }
+
+    /// From the 32-byte RFC 8032 encoding.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        VerifyingKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(|_| KeyError::BadPublicKey(hex::encode(bytes)))
+    }
+
+    /// [`verify`](Self::verify) for a message of any length.
+    pub fn verify_message(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        self.0
+            .verify_strict(message, &Signature::from_bytes(&sig))
+            .is_ok()
     }
 
     /// Its key id.

@@ -11,6 +11,7 @@
 //! - [`keys`]: Ed25519 signing keys in owner-only files, and public keys to verify with.
 //! - [`checkpoint`]: RFC 6962 Merkle trees over receipts, signed checkpoints, inclusion proofs.
 //! - [`log`]: appending inside the caller's transactions, key rotation, reads.
+//! - [`tlog`]: the stored RFC 6962 tree: roots, inclusion and consistency proofs in O(log n).
 //! - [`schema`]: the database schema and its migrations.
 //! - [`verify`]: the auditor's check, over the stored bytes only.
 //! - `cli` (feature `cli`): the `verify`, `receipts` and `keys` subcommands, shared by the
@@ -31,6 +32,7 @@ pub mod log;
 pub mod measured;
 pub mod receipt;
 pub mod schema;
+pub mod tlog;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
