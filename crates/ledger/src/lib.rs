@@ -11,6 +11,8 @@
 //! - [`keys`]: Ed25519 signing keys in owner-only files, and public keys to verify with.
 //! - [`checkpoint`]: RFC 6962 Merkle trees over receipts, signed checkpoints, inclusion proofs.
 //! - [`log`]: appending inside the caller's transactions, key rotation, reads.
+//! - [`note`]: C2SP signed notes, tlog checkpoints in them and witnesses' cosignatures.
+//! - [`tiles`]: the tree and the receipts as C2SP tlog-tiles, for static publication.
 //! - [`tlog`]: the stored RFC 6962 tree: roots, inclusion and consistency proofs in O(log n).
 //! - [`schema`]: the database schema and its migrations.
 //! - [`verify`]: the auditor's check, over the stored bytes only.
@@ -30,8 +32,10 @@ pub mod hash;
 pub mod keys;
 pub mod log;
 pub mod measured;
+pub mod note;
 pub mod receipt;
 pub mod schema;
+pub mod tiles;
 pub mod tlog;
 pub mod verify;
 
