@@ -176,7 +176,7 @@ impl LedgerDb {
 
     /// The newest signed checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, DbError> {
-        Ok(log::checkpoints(&self.conn)?.pop())
+        Ok(log::latest_checkpoint(&self.conn)?)
     }
 
     /// An inclusion proof of receipt `seq` against the newest checkpoint; with a signing key,

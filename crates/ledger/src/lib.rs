@@ -12,6 +12,7 @@
 //! - [`checkpoint`]: RFC 6962 Merkle trees over receipts, signed checkpoints, inclusion proofs.
 //! - [`log`]: appending inside the caller's transactions, key rotation, reads.
 //! - [`note`]: C2SP signed notes, tlog checkpoints in them and witnesses' cosignatures.
+//! - [`stored`]: the tree and the checkpoint notes in SQLite, consistency proofs, tile export.
 //! - [`tiles`]: the tree and the receipts as C2SP tlog-tiles, for static publication.
 //! - [`tlog`]: the stored RFC 6962 tree: roots, inclusion and consistency proofs in O(log n).
 //! - [`schema`]: the database schema and its migrations.
@@ -35,6 +36,7 @@ pub mod measured;
 pub mod note;
 pub mod receipt;
 pub mod schema;
+pub mod stored;
 pub mod tiles;
 pub mod tlog;
 pub mod verify;

@@ -9,13 +9,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::checkpoint::{Checkpoint, ReceiptProof, ReceiptTree, SignedCheckpoint};
+use crate::checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
 use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
 use crate::keys::{KeyError, PublicKey, Signer};
 use crate::measured::{Timings, Tokens};
 use crate::receipt::{
     BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, RECEIPT_VERSION,
 };
+use crate::stored;
 
 /// Receipts between automatic checkpoints, unless the store is told otherwise.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 64;
@@ -148,8 +149,6 @@ pub struct Ledger {
     signer: Signer,
     log_id: LogId,
     checkpoint_every: u64,
-    /// Leaves seen so far; synced from SQLite inside each checkpointing transaction.
-    tree: ReceiptTree,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -188,12 +187,14 @@ impl Ledger {
             signer,
             log_id,
             checkpoint_every: checkpoint_every.max(1),
-            tree: ReceiptTree::new(),
         };
         if head(&tx)?.is_none() {
             let draft = ReceiptDraft::key_event(ReceiptOp::OpenLog, &ledger.signer.public_key());
             ledger.append(&tx, draft)?;
             tracing::info!(log_id = %ledger.log_id, key_id = %ledger.signer.key_id(), "opened a new receipt log");
+        } else {
+            // Logs written before the tree was stored get it now, once.
+            stored::backfill(&tx)?;
         }
         tx.commit()?;
         Ok(ledger)
@@ -257,6 +258,7 @@ impl Ledger {
                 signature.as_slice()
             ],
         )?;
+        stored::append_leaf(tx, seq, &hash)?;
         if (seq + 1).is_multiple_of(self.checkpoint_every) {
             self.checkpoint(tx)?;
         }
@@ -277,12 +279,12 @@ impl Ledger {
         if exists {
             return Ok(None);
         }
-        self.sync_tree(tx, size)?;
+        let root = stored::tree_root(tx, size)?;
         let cp = Checkpoint {
             v: 1,
             log_id: self.log_id,
             size,
-            root: self.tree.root(),
+            root,
             head: head_hash,
             key_id: self.signer.key_id(),
             timestamp_ms: now_ms(),
@@ -294,38 +296,16 @@ impl Ledger {
             "INSERT INTO checkpoints (size, body, signature) VALUES (?1, ?2, ?3)",
             params![size as i64, signed.body.as_bytes(), sig],
         )?;
+        stored::write_note(tx, &self.signer, &self.log_id, size, &root)?;
         tracing::debug!(size, root = %cp.root.short(), "checkpoint");
         Ok(Some(cp))
     }
 
-    /// Brings the cached tree to the first `size` receipts of the log (other writers may
-    /// have appended since we last looked; a rolled-back transaction may have left us ahead).
-    fn sync_tree(&mut self, tx: &Transaction<'_>, size: u64) -> Result<(), LedgerError> {
-        if self.tree.len() > size {
-            self.tree = ReceiptTree::new();
-        }
-        let mut stmt =
-            tx.prepare("SELECT hash FROM receipts WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
-        let rows = stmt.query_map([self.tree.len() as i64, size as i64], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })?;
-        for row in rows {
-            let bytes: [u8; 32] = row?
-                .try_into()
-                .map_err(|_| LedgerError::Corrupt("receipt hash column is not 32 bytes".into()))?;
-            self.tree.push(ReceiptHash::from_bytes(bytes));
-        }
-        if self.tree.len() != size {
-            return Err(LedgerError::Corrupt(format!(
-                "receipts are not numbered 0..{size} without gaps"
-            )));
-        }
-        Ok(())
-    }
-
     /// Hands the log over to `next`: a `rotate_key` receipt carrying `next`'s public key,
-    /// signed by the current key, then a checkpoint signed by `next`. From then on `next`
-    /// signs.
+    /// signed by the current key and, as proof that `next`'s holder takes the log over, by
+    /// `next` too (the `new_key_signature` column, over the same receipt hash); then a
+    /// checkpoint signed by `next`. From then on `next` signs, and the old key's signatures
+    /// on anything later are refused by `verify`.
     pub fn rotate(
         &mut self,
         conn: &mut Connection,
@@ -335,6 +315,10 @@ impl Ledger {
         let r = self.append(
             &tx,
             ReceiptDraft::key_event(ReceiptOp::RotateKey, &next.public_key()),
+        )?;
+        tx.execute(
+            "UPDATE receipts SET new_key_signature = ?1 WHERE seq = ?2",
+            params![next.sign(r.hash.as_bytes()).as_slice(), r.seq as i64],
         )?;
         let old = std::mem::replace(&mut self.signer, next);
         if let Err(e) = self.checkpoint(&tx) {
@@ -535,14 +519,32 @@ pub fn checkpoints(conn: &Connection) -> Result<Vec<SignedCheckpoint>, LedgerErr
     Ok(out)
 }
 
+/// The newest stored checkpoint.
+pub fn latest_checkpoint(conn: &Connection) -> Result<Option<SignedCheckpoint>, LedgerError> {
+    let row = conn
+        .query_row(
+            "SELECT body, signature FROM checkpoints ORDER BY size DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    row.map(|(body, sig)| {
+        Ok(SignedCheckpoint {
+            body: String::from_utf8(body)
+                .map_err(|_| LedgerError::Corrupt("checkpoint body is not UTF-8".into()))?,
+            signature: hex::encode(sig),
+        })
+    })
+    .transpose()
+}
+
 /// An inclusion proof of receipt `seq` against the latest checkpoint (which must cover it).
 pub fn prove(conn: &Connection, seq: u64) -> Result<ReceiptProof, LedgerError> {
     let stored = receipt(conn, seq)?;
     let schedule = key_schedule(conn)?;
     let receipt_key = signer_of(&schedule, seq)
         .ok_or_else(|| LedgerError::Corrupt(format!("no key signs receipt {seq}")))?;
-    let signed = checkpoints(conn)?
-        .pop()
+    let signed = latest_checkpoint(conn)?
         .ok_or_else(|| LedgerError::Corrupt("the log has no checkpoint yet".into()))?;
     let cp = signed.checkpoint()?;
     if cp.size <= seq {
@@ -551,13 +553,8 @@ pub fn prove(conn: &Connection, seq: u64) -> Result<ReceiptProof, LedgerError> {
             cp.size
         )));
     }
-    let mut tree = ReceiptTree::new();
-    for r in receipts(conn, 0, cp.size)? {
-        tree.push(r.hash());
-    }
-    let proof = tree
-        .prove(seq)
-        .ok_or_else(|| LedgerError::Corrupt(format!("receipts are missing below {}", cp.size)))?;
+    let tree = stored::tree_reader(conn, cp.size)?;
+    let proof = crate::tlog::prove_inclusion(cp.size, seq, &tree)?;
     let cp_key = schedule
         .into_iter()
         .map(|(_, k)| k)

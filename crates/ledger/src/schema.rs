@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_prefix_index",
         include_str!("../migrations/0006_prefix_index.sql"),
     ),
+    ("0007_tree", include_str!("../migrations/0007_tree.sql")),
 ];
 
 /// The schema version this build writes and reads.
