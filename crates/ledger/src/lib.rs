@@ -17,7 +17,8 @@
 //! - [`tlog`]: the stored RFC 6962 tree: roots, inclusion and consistency proofs in O(log n).
 //! - [`schema`]: the database schema and its migrations.
 //! - [`verify`]: the auditor's check, over the stored bytes only.
-//! - `cli` (feature `cli`): the `verify`, `receipts` and `keys` subcommands, shared by the
+//! - [`witness`]: a witness that cosigns checkpoints consistent with what it saw before.
+//! - `cli` (feature `cli`): the `verify`, `receipts`, `keys` and `witness` subcommands, shared by the
 //!   `state-pack` binary and this crate's own `state-pack-ledger`.
 //!
 //! The format is specified in `docs/RECEIPTS.md`. The ledger knows nothing of models: a model
@@ -40,6 +41,7 @@ pub mod stored;
 pub mod tiles;
 pub mod tlog;
 pub mod verify;
+pub mod witness;
 
 pub use checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
 pub use db::{DbError, LedgerDb};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use state_pack_ledger::cli::{self, KeysCommand, ReceiptsCommand, VerifyArgs};
+use state_pack_ledger::cli::{self, KeysCommand, ReceiptsCommand, VerifyArgs, WitnessCommand};
 use state_pack_ledger::default_key_path;
 
 /// Check, inspect and prove a state-pack receipt ledger.
@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Cosign logs' checkpoints as a witness.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::verify(args, &mut out),
         Command::Receipts { command } => cli::receipts(command, &key, &mut out).map(|()| true),
         Command::Keys { command } => cli::keys(command, &key, &mut out).map(|()| true),
+        Command::Witness { command } => cli::witness(command, &mut out).map(|()| true),
     }
     .and_then(|ok| out.flush().map(|()| ok).map_err(Into::into));
     match result {

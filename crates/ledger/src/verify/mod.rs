@@ -14,23 +14,30 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, MerkleRoot, ReceiptTree, SignedCheckpoint};
+use crate::checkpoint::{Checkpoint, MerkleRoot, SignedCheckpoint};
 use crate::hash::StateHash;
 use crate::keys::PublicKey;
-use crate::log::LedgerError;
+use crate::log::{signer_of, LedgerError};
+use crate::note::NoteVerifier;
 use crate::receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
+use crate::tlog::{self, Hash};
 
 mod rows;
+mod tree;
 use rows::OperationRow;
 
 /// What an auditor trusts going in.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
-    /// Keys the log's first key must be one of. Empty: trust the key receipt 0 names (and
-    /// say so in the report).
+    /// Keys one of which must be in the log's signed key schedule: the first key, or a key
+    /// the log was handed to by a rotation its new key signed too (proof of possession).
+    /// Empty: trust the key receipt 0 names (and say so in the report).
     pub trusted_keys: Vec<PublicKey>,
     /// A checkpoint saved from an earlier verification (or fetched from the server).
     pub trusted_checkpoint: Option<TrustedCheckpoint>,
+    /// Witnesses (cosigner vkeys) each of whom must have cosigned the log's newest
+    /// checkpoint note.
+    pub witnesses: Vec<NoteVerifier>,
 }
 
 /// A log head an auditor saw before: a signed checkpoint, or the head `verify` observed.
@@ -42,6 +49,9 @@ pub enum TrustedCheckpoint {
     /// A head computed by `state-pack verify` when the log's newest receipts were not yet
     /// covered by a signed checkpoint.
     Observed(ObservedHead),
+    /// A C2SP checkpoint note (`GET /checkpoint` as text, `receipts checkpoint --format
+    /// note`), signed by a key of the log under its origin.
+    Note(String),
 }
 
 /// A log head computed by the verifier itself.
@@ -71,6 +81,18 @@ impl TrustedCheckpoint {
                     head: c.head,
                 })
             }
+            TrustedCheckpoint::Note(_) => Err("a note names no receipt head".into()),
+        }
+    }
+
+    /// The size it covers.
+    fn size(&self) -> Option<u64> {
+        match self {
+            TrustedCheckpoint::Note(n) => crate::note::Note::parse(n)
+                .ok()
+                .and_then(|n| crate::note::CheckpointText::parse(&n.text).ok())
+                .map(|t| t.size),
+            other => other.head().ok().map(|h| h.size),
         }
     }
 }
@@ -156,8 +178,15 @@ pub fn verify_file(db: &Path, options: &VerifyOptions) -> Result<VerifyReport, L
 pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
     let started = Instant::now();
     let mut v = Verifier::new(conn, options)?;
-    let mut stmt =
-        conn.prepare("SELECT seq, op, hash, body, signature FROM receipts ORDER BY seq")?;
+    // Rotations carry the new key's signature from schema version 7 on.
+    let pop_column = if v.schema_version >= 7 {
+        "new_key_signature"
+    } else {
+        "NULL"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT seq, op, hash, body, signature, {pop_column} FROM receipts ORDER BY seq"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let seq = row.get::<_, i64>(0)?;
@@ -165,7 +194,8 @@ pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport
         let hash_col: Vec<u8> = row.get(2)?;
         let body: Vec<u8> = row.get(3)?;
         let sig: Vec<u8> = row.get(4)?;
-        v.receipt(seq, &op_col, &hash_col, &body, &sig)?;
+        let pop: Option<Vec<u8>> = row.get(5)?;
+        v.receipt(seq, &op_col, &hash_col, &body, &sig, pop.as_deref())?;
     }
     drop(rows);
     v.finish(started)
@@ -179,7 +209,15 @@ struct Verifier<'c> {
     prev: Option<ReceiptHash>,
     key: Option<PublicKey>,
     known_keys: HashMap<KeyId, PublicKey>,
-    tree: ReceiptTree,
+    /// Every key event checked so far: (first seq it signs, key).
+    schedule: Vec<(u64, PublicKey)>,
+    /// Keys a rotation handed the log to whose holder signed the rotation too.
+    possessed: HashSet<KeyId>,
+    /// Receipt 0's key is not a trusted key: one later in the schedule must be.
+    anchor_pending: bool,
+    schema_version: i64,
+    /// The receipt tree recomputed from the receipts: its stored hashes, in order.
+    stored: Vec<Hash>,
     hashes: Vec<ReceiptHash>,
     checkpoint_roots: HashMap<u64, MerkleRoot>,
     wanted_roots: HashSet<u64>,
@@ -200,10 +238,8 @@ impl<'c> Verifier<'c> {
             .query_map([], |r| r.get::<_, i64>(0))?
             .filter_map(|s| s.ok().map(|s| s as u64))
             .collect();
-        if let Some(t) = &options.trusted_checkpoint {
-            if let Ok(h) = t.head() {
-                wanted_roots.insert(h.size);
-            }
+        if let Some(size) = options.trusted_checkpoint.as_ref().and_then(|t| t.size()) {
+            wanted_roots.insert(size);
         }
         let operations = rows::operation_rows(conn)?;
         let unreceipted: i64 = conn.query_row(
@@ -239,7 +275,11 @@ impl<'c> Verifier<'c> {
             prev: None,
             key: None,
             known_keys: HashMap::new(),
-            tree: ReceiptTree::new(),
+            schedule: Vec::new(),
+            possessed: HashSet::new(),
+            anchor_pending: false,
+            schema_version: version,
+            stored: Vec::new(),
             hashes: Vec::new(),
             checkpoint_roots: HashMap::new(),
             wanted_roots,
@@ -261,6 +301,7 @@ impl<'c> Verifier<'c> {
         hash_col: &[u8],
         body: &[u8],
         sig: &[u8],
+        pop: Option<&[u8]>,
     ) -> Result<(), LedgerError> {
         self.report.receipts += 1;
         let hash = ReceiptHash::of(body);
@@ -289,11 +330,15 @@ impl<'c> Verifier<'c> {
                 format!("receipt {seq}: stored hash column does not match its body"),
             );
         }
-        self.tree.push(hash);
+        let leaf = self.hashes.len() as u64;
+        let more = tlog::stored_hashes(leaf, tlog::leaf_hash(hash.as_bytes()), &self.stored)
+            .map_err(LedgerError::from)?;
+        self.stored.extend(more);
         self.hashes.push(hash);
-        if self.wanted_roots.contains(&self.tree.len()) {
-            self.checkpoint_roots
-                .insert(self.tree.len(), self.tree.root());
+        let size = leaf + 1;
+        if self.wanted_roots.contains(&size) {
+            let root = self.root(size)?;
+            self.checkpoint_roots.insert(size, root);
         }
         let prev = self.prev.replace(hash);
 
@@ -350,7 +395,7 @@ impl<'c> Verifier<'c> {
                 );
             }
         }
-        self.check_key_and_signature(seq, &r, &hash, sig);
+        self.check_key_and_signature(seq, &r, &hash, sig, pop);
         self.check_kv(seq, &r);
         if r.op.makes_state() {
             self.check_state(seq, &r)?;
@@ -362,7 +407,14 @@ impl<'c> Verifier<'c> {
         Ok(())
     }
 
-    fn check_key_and_signature(&mut self, seq: u64, r: &Receipt, hash: &ReceiptHash, sig: &[u8]) {
+    fn check_key_and_signature(
+        &mut self,
+        seq: u64,
+        r: &Receipt,
+        hash: &ReceiptHash,
+        sig: &[u8],
+        pop: Option<&[u8]>,
+    ) {
         let carried = r.public_key.as_deref().map(PublicKey::from_hex);
         if r.op == ReceiptOp::OpenLog {
             if seq != 0 {
@@ -382,11 +434,10 @@ impl<'c> Verifier<'c> {
                     key.to_hex()
                 ));
             } else if !self.options.trusted_keys.contains(&key) {
-                self.fail(Some(0), format!(
-                    "receipt 0: the log was opened by key {}, which is not a trusted --pubkey: the log was re-signed or replaced",
-                    key.key_id().short()
-                ));
+                // A key the log was handed to later may still be the anchor (see finish).
+                self.anchor_pending = true;
             }
+            self.schedule.push((0, key));
             self.key = Some(key);
             self.known_keys.insert(key.key_id(), key);
             self.report.keys.push(key.key_id());
@@ -417,6 +468,20 @@ impl<'c> Verifier<'c> {
         if r.op == ReceiptOp::RotateKey {
             match carried {
                 Some(Ok(next)) => {
+                    match pop {
+                        Some(p) if next.verify(hash.as_bytes(), p) => {
+                            self.possessed.insert(next.key_id());
+                        }
+                        Some(_) => self.fail(Some(seq), format!(
+                            "receipt {seq}: the new key {}'s signature over this rotation does not verify: it never took the log over",
+                            next.key_id().short()
+                        )),
+                        None => self.report.warnings.push(format!(
+                            "receipt {seq}: the rotation to key {} carries no signature by that key (written before rotations did)",
+                            next.key_id().short()
+                        )),
+                    }
+                    self.schedule.push((seq + 1, next));
                     self.key = Some(next);
                     self.known_keys.insert(next.key_id(), next);
                     self.report.keys.push(next.key_id());
@@ -429,8 +494,14 @@ impl<'c> Verifier<'c> {
         }
     }
 
+    /// The recomputed tree's root at `size`.
+    fn root(&self, size: u64) -> Result<MerkleRoot, LedgerError> {
+        Ok(MerkleRoot::from_bytes(tlog::tree_hash(size, &self.stored)?))
+    }
+
     fn finish(mut self, started: Instant) -> Result<VerifyReport, LedgerError> {
-        let n = self.tree.len();
+        let n = self.hashes.len() as u64;
+        self.check_anchor();
         for (seq, _) in std::mem::take(&mut self.operations) {
             self.fail(
                 Some(seq),
@@ -441,7 +512,7 @@ impl<'c> Verifier<'c> {
             self.report.head = Some(ObservedHead {
                 log_id,
                 size: n,
-                root: self.tree.root(),
+                root: self.root(n)?,
                 head,
             });
         }
@@ -463,6 +534,8 @@ impl<'c> Verifier<'c> {
                 }
             }
         }
+        self.check_stored_tree()?;
+        self.check_notes()?;
         if let Some(t) = &self.options.trusted_checkpoint {
             let ok = self.check_trusted(t);
             self.report.trusted_checkpoint_ok = Some(ok);
@@ -500,6 +573,17 @@ impl<'c> Verifier<'c> {
             );
             return None;
         }
+        // The key that held the log when the checkpoint's last receipt was written, or the
+        // one it was handed to by that receipt: an earlier, revoked key may sign no more.
+        let holders = [c.size.saturating_sub(1), c.size].map(|s| signer_of(&self.schedule, s));
+        if !holders.contains(&Some(key)) {
+            self.fail(None, format!(
+                "{what} of size {}: signed by key {}, which had handed the log over before (a revoked key)",
+                c.size,
+                c.key_id.short()
+            ));
+            return None;
+        }
         self.check_head(what, &c.log_id, c.size, &c.root, &c.head);
         Some(c)
     }
@@ -512,7 +596,7 @@ impl<'c> Verifier<'c> {
         root: &MerkleRoot,
         head: &ReceiptHash,
     ) -> bool {
-        let n = self.tree.len();
+        let n = self.hashes.len() as u64;
         if size == 0 {
             self.fail(None, format!("{what}: covers no receipts"));
             return false;
@@ -563,10 +647,13 @@ impl<'c> Verifier<'c> {
                     return false;
                 }
                 self.check_head(what, &c.log_id, c.size, &c.root, &c.head)
+                    && self.consistent_to_now(what, c.size, &c.root)
             }
             TrustedCheckpoint::Observed(h) => {
                 self.check_head(what, &h.log_id, h.size, &h.root, &h.head)
+                    && self.consistent_to_now(what, h.size, &h.root)
             }
+            TrustedCheckpoint::Note(note) => self.check_trusted_note(note),
         }
     }
 }

@@ -7,12 +7,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::log::StoredReceipt;
 use crate::measured::Tokens;
-use crate::{
-    verify_file, LedgerDb, PublicKey, Receipt, ReceiptProof, Signer, TrustedCheckpoint,
-    VerifyOptions, VerifyReport,
-};
+use crate::{LedgerDb, PublicKey, Receipt, ReceiptProof, Signer};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
+
+mod verify;
+mod witness;
+pub use verify::{verify, VerifyArgs};
+pub use witness::{witness, WitnessCommand};
 
 /// `state-pack keys ...`
 #[derive(Subcommand)]
@@ -56,7 +58,10 @@ pub enum ReceiptsCommand {
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
-    /// Every receipt, for tools: one JSON object per line with the verbatim body.
+    /// Every receipt, for tools: one JSON object per line with the verbatim body; or, with
+    /// `--format tiles DIR`, the log as of its newest checkpoint as a static C2SP tlog-tiles
+    /// directory (checkpoint note, hash tiles, entry bundles, receipt bodies) that any static
+    /// file server can publish.
     Export {
         /// The SQLite database.
         #[arg(long, default_value = "state-pack.db")]
@@ -64,18 +69,39 @@ pub enum ReceiptsCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+        /// The directory (for `--format tiles`).
+        dir: Option<PathBuf>,
     },
-    /// Write a signed checkpoint covering every receipt now (needs the signing key).
+    /// Write a signed checkpoint covering every receipt now (needs the signing key); with
+    /// `--format note`, print the newest checkpoint as a C2SP signed note (with any witness
+    /// cosignatures); with `--format vkey`, the log's note verifier key.
     Checkpoint {
         /// The SQLite database.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = CheckpointFormat::Summary)]
+        format: CheckpointFormat,
     },
-    /// Print an inclusion proof of one receipt against the newest checkpoint: everything an
-    /// auditor needs to check that receipt offline, without the rest of the log.
+    /// Print an inclusion proof of one receipt against the newest checkpoint (everything an
+    /// auditor needs to check that receipt offline), or with `--consistency OLD NEW` the
+    /// proof that the log at NEW receipts extends the log at OLD.
     Prove {
         /// The receipt number.
-        seq: u64,
+        #[arg(required_unless_present = "consistency")]
+        seq: Option<u64>,
+        /// Two sizes, OLD NEW.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        consistency: Option<Vec<u64>>,
+        /// The SQLite database.
+        #[arg(long, default_value = "state-pack.db")]
+        db: PathBuf,
+    },
+    /// Add the cosignature lines of a note a witness returned (`state-pack witness cosign`)
+    /// to the log's stored note of that checkpoint, where `GET /checkpoint` serves them.
+    Cosign {
+        /// The cosigned note, or - for standard input.
+        note: PathBuf,
         /// The SQLite database.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
@@ -95,31 +121,30 @@ pub enum ReceiptsCommand {
 pub enum ExportFormat {
     /// JSON Lines.
     Jsonl,
+    /// A C2SP tlog-tiles directory.
+    Tiles,
 }
 
-/// `state-pack verify` arguments.
-#[derive(clap::Args)]
-pub struct VerifyArgs {
-    /// The SQLite database to check.
-    #[arg(long, default_value = "state-pack.db")]
-    db: PathBuf,
-    /// The public key the log must have been opened with (hex, or a file holding it).
-    /// Without it the log's own first key is trusted, and the report says so.
-    #[arg(long)]
-    pubkey: Vec<String>,
-    /// A checkpoint saved by an earlier `verify --save-checkpoint` (or from GET /checkpoint):
-    /// the log must have only grown since.
-    #[arg(long)]
-    trusted_checkpoint: Option<PathBuf>,
-    /// After a successful check, save the log's head here for the next verification.
-    #[arg(long)]
-    save_checkpoint: Option<PathBuf>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+/// What `receipts checkpoint` prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CheckpointFormat {
+    /// One line.
+    Summary,
+    /// The newest checkpoint as a C2SP signed note.
+    Note,
+    /// The log's note verifier key (name+id+key).
+    Vkey,
 }
 
-fn parse_keys(args: &[String]) -> Result<Vec<PublicKey>> {
+/// The text of `path`, or of standard input for `-`.
+pub(crate) fn read_input(path: &Path) -> Result<String> {
+    if path.as_os_str() == "-" {
+        return Ok(std::io::read_to_string(std::io::stdin())?);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub(crate) fn parse_keys(args: &[String]) -> Result<Vec<PublicKey>> {
     Ok(args
         .iter()
         .map(|a| PublicKey::from_arg(a))
@@ -163,7 +188,7 @@ fn print_key(out: &mut dyn Write, path: &Path, s: &Signer) -> Result<()> {
     Ok(())
 }
 
-fn existing(db: &Path) -> Result<()> {
+pub(crate) fn existing(db: &Path) -> Result<()> {
     if !db.is_file() {
         bail!(
             "{} does not exist (pass the agent's database with --db)",
@@ -222,7 +247,25 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
         }
         ReceiptsCommand::Export {
             db,
+            format: ExportFormat::Tiles,
+            dir,
+        } => {
+            existing(&db)?;
+            let dir = dir.context(
+                "give the directory to write the tiles to: receipts export --format tiles DIR",
+            )?;
+            let store = LedgerDb::open_for_reading(&db)?;
+            let (size, files) = crate::stored::export_tiles(store.conn(), &dir)?;
+            writeln!(
+                out,
+                "wrote the log as of its checkpoint of {size} receipts to {} ({files} files)",
+                dir.display()
+            )?;
+        }
+        ReceiptsCommand::Export {
+            db,
             format: ExportFormat::Jsonl,
+            dir: _,
         } => {
             existing(&db)?;
             let store = LedgerDb::open_for_reading(&db)?;
@@ -246,15 +289,37 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             }
             out.flush()?;
         }
-        ReceiptsCommand::Checkpoint { db } => {
+        ReceiptsCommand::Checkpoint { db, format } => {
             existing(&db)?;
             let mut store = LedgerDb::open(&db, Signer::load(key)?)?;
-            match store.checkpoint()? {
-                Some(c) => writeln!(out, "checkpoint: {} receipts, root {}", c.size, c.root)?,
-                None => writeln!(out, "the newest receipt is already covered by a checkpoint")?,
+            let written = store.checkpoint()?;
+            match format {
+                CheckpointFormat::Summary => match written {
+                    Some(c) => writeln!(out, "checkpoint: {} receipts, root {}", c.size, c.root)?,
+                    None => writeln!(out, "the newest receipt is already covered by a checkpoint")?,
+                },
+                CheckpointFormat::Note => {
+                    let note = crate::stored::note_at(store.conn(), None)?
+                        .context("the log has no checkpoint note")?;
+                    write!(out, "{note}")?;
+                }
+                CheckpointFormat::Vkey => {
+                    let log = crate::log::log_id(store.conn())?.context("the log is empty")?;
+                    let (_, current) = crate::log::current_key(store.conn())?;
+                    let v = crate::note::NoteVerifier::new(
+                        &crate::note::CheckpointText::origin_of(&log),
+                        crate::note::ED25519,
+                        current,
+                    )?;
+                    writeln!(out, "{}", v.vkey())?;
+                }
             }
         }
-        ReceiptsCommand::Prove { seq, db } => {
+        ReceiptsCommand::Prove {
+            seq,
+            consistency,
+            db,
+        } => {
             existing(&db)?;
             // With the signing key, make sure a checkpoint covers `seq`; without it, prove
             // against the newest stored checkpoint.
@@ -262,16 +327,30 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
                 Ok(k) => LedgerDb::open(&db, k)?,
                 Err(_) => LedgerDb::open_for_reading(&db)?,
             };
-            let proof = store.prove(seq)?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
+            match (consistency.as_deref(), seq) {
+                (Some(&[old, new]), _) => {
+                    let proof = crate::stored::prove_consistency(store.conn(), old, new)?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
+                }
+                (_, Some(seq)) => {
+                    let proof = store.prove(seq)?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
+                }
+                _ => bail!("give a receipt number, or --consistency OLD NEW"),
+            }
+        }
+        ReceiptsCommand::Cosign { note, db } => {
+            existing(&db)?;
+            let text = read_input(&note)?;
+            let store = LedgerDb::open(&db, Signer::load(key)?)?;
+            let added = crate::stored::add_cosignatures(store.conn(), &text)?;
+            writeln!(
+                out,
+                "added {added} cosignature line(s) to the stored checkpoint note"
+            )?;
         }
         ReceiptsCommand::CheckProof { file, pubkey } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?
-            };
+            let text = read_input(&file)?;
             let proof: ReceiptProof =
                 serde_json::from_str(&text).context("not a proof printed by `receipts prove`")?;
             let trusted = parse_keys(&pubkey)?;
@@ -302,104 +381,6 @@ fn parse(stored: &StoredReceipt) -> Result<Receipt> {
     stored
         .receipt()
         .with_context(|| format!("receipt {} is corrupt: run `state-pack verify`", stored.seq))
-}
-
-/// `state-pack verify`: exit status 0 only if everything checks out.
-pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
-    let trusted_checkpoint = args
-        .trusted_checkpoint
-        .as_ref()
-        .map(|p| -> Result<TrustedCheckpoint> {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read trusted checkpoint {}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not a checkpoint saved by `verify --save-checkpoint`",
-                    p.display()
-                )
-            })
-        })
-        .transpose()?;
-    let options = VerifyOptions {
-        trusted_keys: parse_keys(&args.pubkey)?,
-        trusted_checkpoint,
-    };
-    existing(&args.db)?;
-    let report = verify_file(&args.db, &options)?;
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        print_report(out, &args.db, &report)?;
-    }
-    if report.ok() {
-        if let Some(path) = &args.save_checkpoint {
-            let cp = report
-                .checkpoint_to_save()
-                .context("the log is empty: nothing to save")?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&cp)? + "\n")
-                .and_then(|_| std::fs::rename(&tmp, path))
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            if !args.json {
-                writeln!(out, "saved the log head to {}", path.display())?;
-            }
-        }
-    }
-    Ok(report.ok())
-}
-
-fn print_report(out: &mut dyn Write, db: &Path, r: &VerifyReport) -> Result<()> {
-    let rate = r.receipts as f64 / r.elapsed.as_secs_f64().max(1e-9);
-    writeln!(
-        out,
-        "ledger {}: log {}, {} receipts, {} checkpoints, {} key(s)",
-        db.display(),
-        r.log_id.map_or("?".into(), |l| l.short()),
-        r.receipts,
-        r.checkpoints,
-        r.keys.len()
-    )?;
-    writeln!(
-        out,
-        "  {} of {} signatures verify (Ed25519, strict)",
-        r.signatures_ok, r.receipts
-    )?;
-    writeln!(
-        out,
-        "  {} states re-hashed from their tokens; {} operations rows match their receipts",
-        r.states_checked, r.operations_checked
-    )?;
-    if let Some(h) = &r.head {
-        writeln!(out, "  head: size {}, root {}", h.size, h.root)?;
-    }
-    match r.trusted_checkpoint_ok {
-        Some(true) => writeln!(out, "  consistent with the trusted checkpoint")?,
-        Some(false) => writeln!(out, "  NOT consistent with the trusted checkpoint")?,
-        None => {}
-    }
-    for w in &r.warnings {
-        writeln!(out, "  note: {w}")?;
-    }
-    if r.ok() {
-        writeln!(
-            out,
-            "OK: verified in {:.1} ms ({:.0} receipts/s)",
-            r.elapsed.as_secs_f64() * 1e3,
-            rate
-        )?;
-        return Ok(());
-    }
-    match r.first_bad_receipt() {
-        Some(seq) => writeln!(out, "FAILED: first bad receipt is {seq}")?,
-        None => writeln!(out, "FAILED")?,
-    }
-    for f in r.failures.iter().take(20) {
-        writeln!(out, "  - {}", f.message)?;
-    }
-    if r.failures.len() > 20 {
-        writeln!(out, "  ... and {} more", r.failures.len() - 20)?;
-    }
-    Ok(())
 }
 
 /// Whether `e` is a write to a pipe whose reader has gone (`state-pack receipts list | head`):
