@@ -2,12 +2,11 @@
 //! alone: it verifies them, and it exits quietly when its reader goes away
 //! (`receipts list | head`).
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use state_pack_ledger::log::ReceiptDraft;
-use state_pack_ledger::measured::Tokens;
-use state_pack_ledger::{DeltaHash, LedgerDb, ModelFingerprint, ReceiptOp, Signer, StateHash};
+mod common;
+use common::write_log;
+use state_pack_ledger::{LedgerDb, Signer};
 
 fn ledger_bin(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_state-pack-ledger"));
@@ -21,46 +20,6 @@ fn run(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// A log of `n` merge receipts after its open_log, appended in one transaction.
-fn write_log(db: &Path, signer: Signer, n: usize) {
-    let mut ledger_db = LedgerDb::open(db, signer).unwrap();
-    let (conn, ledger) = ledger_db.parts_mut();
-    let ledger = ledger.unwrap();
-    let tx = conn.transaction().unwrap();
-    let model = ModelFingerprint::from_bytes([9; 32]);
-    for i in 0..n {
-        let tokens: Vec<u32> = (0..=i as u32).collect();
-        ledger
-            .append(
-                &tx,
-                ReceiptDraft {
-                    op: ReceiptOp::Merge,
-                    input_state: None,
-                    output_state: Some(StateHash::of(&model, &tokens)),
-                    delta_hash: Some(DeltaHash::of(&model, &tokens[i..])),
-                    model: Some(model),
-                    tokens: Some(Tokens {
-                        delta: 1,
-                        state: tokens.len() as u64,
-                        prefilled: 1,
-                        reused: i as u64,
-                        generated: 0,
-                        restored: 0,
-                    }),
-                    timings: None,
-                    input_was_hot: None,
-                    policy: None,
-                    sampling: None,
-                    replay_of: None,
-                    public_key: None,
-                    kv: None,
-                },
-            )
-            .unwrap();
-    }
-    tx.commit().unwrap();
 }
 
 #[test]
