@@ -102,6 +102,7 @@ fn verify(c: &mut Criterion) {
     let options = VerifyOptions {
         trusted_keys: vec![Signer::from_seed([1; 32]).public_key()],
         trusted_checkpoint: None,
+        witnesses: Vec::new(),
     };
     let receipts = verify_file(&db, &options).expect("verify").receipts;
     let mut g = c.benchmark_group("verify");

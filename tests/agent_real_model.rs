@@ -22,6 +22,7 @@ fn verify_ok(db: &std::path::Path, receipts: u64) {
         &VerifyOptions {
             trusted_keys: vec![key().public_key()],
             trusted_checkpoint: None,
+            witnesses: Vec::new(),
         },
     )
     .unwrap();

@@ -220,6 +220,7 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
         &VerifyOptions {
             trusted_keys: vec![key().public_key()],
             trusted_checkpoint: None,
+            witnesses: Vec::new(),
         },
     )
     .unwrap();

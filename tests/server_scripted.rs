@@ -542,6 +542,7 @@ async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
         &VerifyOptions {
             trusted_keys: vec![signer().public_key()],
             trusted_checkpoint: None,
+            witnesses: Vec::new(),
         },
     )
     .unwrap();

@@ -130,6 +130,7 @@ async fn agent_task(engine: Arc<dyn Engine>, template: ChatTemplate) {
         &VerifyOptions {
             trusted_keys: vec![key().public_key()],
             trusted_checkpoint: None,
+            witnesses: Vec::new(),
         },
     )
     .unwrap();

@@ -5,6 +5,7 @@
 pub mod fuzz;
 pub mod http;
 pub mod isolated;
+pub mod ledgers;
 pub mod synthetic;
 pub mod tools;
 
