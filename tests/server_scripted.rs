@@ -20,6 +20,7 @@ use state_pack::ledger::{verify_file, Signer, VerifyOptions};
 use state_pack::server::error::ErrorCode;
 use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
 use state_pack::{StatePack, Store};
+use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const BASE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n";
@@ -584,4 +585,104 @@ async fn reads_see_each_commit_through_their_own_connection() {
     let req = request(Method::GET, &format!("/receipts/{seq}/proof"), None);
     let (status, _, proof) = send(&f.router, req).await;
     assert_eq!(status, StatusCode::OK, "{proof}");
+}
+
+/// The log in the transparency ecosystem's formats over HTTP: `GET /checkpoint` as a C2SP
+/// signed note (verified with the log's vkey), and its tiles and entry bundles.
+#[tokio::test]
+async fn the_checkpoint_note_and_the_tiles_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tiles.db");
+    let f = fixture_at(
+        Some(&db),
+        ScriptedOptions::default(),
+        ServerConfig::default(),
+    );
+    for i in 0..5 {
+        let (status, _, _) = send(
+            &f.router,
+            request(
+                Method::POST,
+                "/states",
+                Some(json!({"base_text": format!("base {i}")})),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut req = request(Method::GET, "/checkpoint", None);
+    req.headers_mut()
+        .insert(header::ACCEPT, "text/plain".parse().unwrap());
+    let resp = f.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let note = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let parsed = state_pack::ledger::note::Note::parse(&note).unwrap();
+    let text = state_pack::ledger::note::CheckpointText::parse(&parsed.text).unwrap();
+    assert_eq!(text.size, 6, "open_log and five creates");
+    let v = state_pack::ledger::note::NoteVerifier::new(
+        &text.origin,
+        state_pack::ledger::note::ED25519,
+        signer().public_key(),
+    )
+    .unwrap();
+    parsed.verify(&v).unwrap();
+    // JSON stays the default.
+    let (status, _, json) = send(&f.router, request(Method::GET, "/checkpoint", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(json["body"].is_string());
+
+    let get = |path: &str| {
+        let req = request(Method::GET, path, None);
+        let router = f.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            (
+                status,
+                axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let (status, tile) = get("/tile/0/000.p/6").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tile.len(), 6 * 32);
+    let (status, entries) = get("/tile/entries/000.p/6").await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = state_pack::ledger::tiles::unbundle(&entries).unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(
+            state_pack::ledger::tlog::leaf_hash(e).as_slice(),
+            &tile[i * 32..i * 32 + 32]
+        );
+        let receipt = f.pack.with_store(|s| s.receipt(i as u64).unwrap());
+        assert_eq!(receipt.hash().as_bytes().as_slice(), *e);
+    }
+    let (status, bodies) = get("/tile/bodies/000.p/6").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        state_pack::ledger::tiles::unbundle(&bodies).unwrap().len(),
+        6
+    );
+    // A tile of another width, another level, or no tile at all: 404.
+    for bad in [
+        "/tile/0/000.p/5",
+        "/tile/0/000",
+        "/tile/1/000.p/1",
+        "/tile/0/x000/000",
+        "/tile/nope",
+    ] {
+        assert_eq!(get(bad).await.0, StatusCode::NOT_FOUND, "{bad}");
+    }
 }

@@ -94,6 +94,7 @@ pub(super) async fn observe(State(s): State<Arc<AppState>>, req: Request, next: 
         Some("/receipts/{seq}") => "/receipts/{seq}",
         Some("/receipts/{seq}/proof") => "/receipts/{seq}/proof",
         Some("/checkpoint") => "/checkpoint",
+        Some("/tile/{*rest}") => "/tile/{*rest}",
         Some("/health") => "/health",
         Some("/metrics") => "/metrics",
         Some("/openapi.json") => "/openapi.json",

@@ -251,6 +251,7 @@ impl Server {
             .route("/receipts/{seq}", get(receipt))
             .route("/receipts/{seq}/proof", get(proof))
             .route("/checkpoint", get(checkpoint))
+            .route("/tile/{*rest}", get(reads::tile))
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .route("/openapi.json", get(openapi_doc))

@@ -172,7 +172,11 @@ pub fn document() -> Value {
         )
     };
     let checkpoint = {
-        let r = ok::<SignedCheckpoint>(&mut g, "the checkpoint");
+        let mut r = ok::<SignedCheckpoint>(
+            &mut g,
+            "the checkpoint (with Accept: text/plain, its C2SP signed note)",
+        );
+        r["content"]["text/plain"] = json!({"schema": {"type": "string"}});
         get(
             &mut g,
             "The newest signed checkpoint (written now if the log grew)",
@@ -239,6 +243,13 @@ pub fn document() -> Value {
         let r = ok::<crate::dashboard::DashboardFigures>(&mut g, "the figures");
         get(&mut g, "The dashboard's measured figures", r, None, false)
     };
+    let tile = get(
+        &mut g,
+        "The log as C2SP tlog-tiles as of its newest checkpoint: tile/<L>/<N>[.p/<W>] hash tiles, tile/entries/<N> bundles of receipt hashes, tile/bodies/<N> bundles of receipt bodies",
+        json!({"description": "tile bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+        Some(&json!([{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}])),
+        false,
+    );
     let schemas = g.take_definitions();
     json!({
         "openapi": "3.0.3",
@@ -256,6 +267,7 @@ pub fn document() -> Value {
             "/receipts/{seq}": receipt,
             "/receipts/{seq}/proof": proof,
             "/checkpoint": checkpoint,
+            "/tile/{path}": tile,
             "/health": health,
             "/metrics": metrics,
             "/openapi.json": openapi,

@@ -119,18 +119,83 @@ pub(super) async fn proof(
         .map(Json)
 }
 
-/// The newest signed checkpoint, written now if the log has grown since the last one.
+/// The newest signed checkpoint, written now if the log has grown since the last one: as
+/// JSON, or with `Accept: text/plain` as its C2SP signed note (c2sp.org/tlog-checkpoint, with
+/// any witness cosignatures).
 pub(super) async fn checkpoint(
     State(s): State<Arc<AppState>>,
-) -> Result<Json<state_pack_ledger::SignedCheckpoint>, ApiError> {
-    s.pack
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let wants_note = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json"));
+    let (signed, note) = s
+        .pack
         .with_store(|st| {
             st.checkpoint()?;
-            st.latest_checkpoint()
+            Ok::<_, StoreError>((st.latest_checkpoint()?, st.checkpoint_note()?))
         })
-        .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?
-        .map(Json)
+        .map_err(|e| ApiError::internal("cannot write a checkpoint", &e))?;
+    if wants_note {
+        let note =
+            note.ok_or_else(|| ApiError::internal("no checkpoint note", &"the log is empty"))?;
+        return Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+            note,
+        )
+            .into_response());
+    }
+    signed
+        .map(|c| Json(c).into_response())
         .ok_or_else(|| ApiError::internal("no checkpoint", &"the log is empty"))
+}
+
+/// `GET /tile/...`: the log as C2SP tlog-tiles (hash tiles, entry bundles of receipt hashes,
+/// and receipt bodies under `tile/bodies/`), as of its newest checkpoint.
+pub(super) async fn tile(
+    State(s): State<Arc<AppState>>,
+    UrlPath(rest): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let path = format!("tile/{rest}");
+    let Some(t) = state_pack_ledger::tiles::Tile::parse(&path) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{path} is not a tile path (tile/<L>/<N>[.p/<W>], tile/entries/..., tile/bodies/...)"),
+        ));
+    };
+    let bytes = s
+        .read("cannot read the tile", move |st| st.tile(&t))
+        .await?;
+    let Some(bytes) = bytes else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{path} is not a tile of the log at its newest checkpoint"),
+        ));
+    };
+    // Full tiles never change; a partial one is replaced by a wider one as the log grows.
+    let cache = if t.width == state_pack_ledger::tiles::WIDTH {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 pub(super) async fn health(State(s): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {

@@ -213,6 +213,12 @@ enum Command {
         #[command(subcommand)]
         command: ledger::KeysCommand,
     },
+    /// Cosign logs' checkpoints as a witness (c2sp.org/tlog-cosignature): only checkpoints
+    /// consistent with the last one cosigned; a fork is refused with its evidence.
+    Witness {
+        #[command(subcommand)]
+        command: ledger::WitnessCommand,
+    },
     /// Show a stored state.
     State {
         /// The state hash (64 hex characters).
@@ -294,6 +300,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         Command::Verify(args) => return ledger::verify(args, &mut std::io::stdout()),
         Command::Receipts { command } => ledger::receipts(command, &key, &mut std::io::stdout())?,
         Command::Keys { command } => ledger::keys(command, &key, &mut std::io::stdout())?,
+        Command::Witness { command } => ledger::witness(command, &mut std::io::stdout())?,
         Command::Model {
             command: ModelCommand::Fetch { name, force },
         } => {

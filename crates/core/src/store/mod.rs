@@ -235,6 +235,28 @@ impl Store {
         Ok(self.db.latest_checkpoint()?)
     }
 
+    /// The newest checkpoint as a C2SP signed note, with any witness cosignatures.
+    pub fn checkpoint_note(&self) -> Result<Option<String>, StoreError> {
+        Ok(crate::ledger::stored::note_at(self.conn(), None)?)
+    }
+
+    /// The bytes of a tlog-tiles tile (`tile/...` path parsed) of the log as of its newest
+    /// checkpoint note, or `None` if the tile does not exist at that size.
+    pub fn tile(&self, tile: &crate::ledger::tiles::Tile) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(note) = self.checkpoint_note()? else {
+            return Ok(None);
+        };
+        let size = crate::ledger::note::Note::parse(&note)
+            .ok()
+            .and_then(|n| crate::ledger::note::CheckpointText::parse(&n.text).ok())
+            .map(|t| t.size)
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "checkpoint_notes",
+                reason: "the newest note is not a checkpoint".into(),
+            })?;
+        Ok(crate::ledger::stored::tile_bytes(self.conn(), tile, size)?)
+    }
+
     /// An inclusion proof of receipt `seq` against the newest checkpoint; with a signing key,
     /// a checkpoint covering the whole log is written first if needed.
     pub fn prove(&mut self, seq: u64) -> Result<ReceiptProof, StoreError> {
