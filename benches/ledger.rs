@@ -6,6 +6,12 @@
 //! - `verify`: `state-pack verify` over a 10,000-receipt ledger (100 agents x 100 steps,
 //!   states of 400-900 tokens): every signature, link, state re-hash and checkpoint.
 //!
+//! - `proof_generation`: an inclusion proof and a consistency proof read from the stored
+//!   tree in SQLite (`tree_hashes`, what `receipts prove` and the server read), on logs of
+//!   10,000 and 1,000,000 receipts: O(log n) hashes each.
+//! - `signatures`: the Ed25519 checks `verify` makes, 10,000 receipt signatures under one
+//!   key, strict one by one (what `verify` does) and in batches of 64 (`verify_batch`).
+//!
 //! `cargo bench --bench ledger`. Targets (issue 3): verify >= 10,000 receipts/s on one core;
 //! append under 2% of an agent step (~1 s here, see `state-pack bench`).
 
@@ -118,5 +124,94 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, seal, append_durable, verify);
+/// A database holding only the stored tree of `n` synthetic receipts.
+fn stored_tree(dir: &std::path::Path, n: u64) -> rusqlite::Connection {
+    use state_pack::ledger::tlog;
+    let mut conn = rusqlite::Connection::open(dir.join(format!("tree-{n}.db"))).expect("db");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE tree_hashes (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);",
+    )
+    .expect("schema");
+    let stored = tlog::stored_from_leaves(
+        (0..n).map(|i| tlog::leaf_hash(ReceiptHash::of(&i.to_be_bytes()).as_bytes())),
+    );
+    let tx = conn.transaction().expect("tx");
+    {
+        let mut insert = tx
+            .prepare("INSERT INTO tree_hashes (idx, hash) VALUES (?1, ?2)")
+            .expect("insert");
+        for (i, h) in stored.iter().enumerate() {
+            insert
+                .execute(rusqlite::params![i as i64, h.as_slice()])
+                .expect("row");
+        }
+    }
+    tx.commit().expect("commit");
+    conn
+}
+
+fn proof_generation(c: &mut Criterion) {
+    use state_pack::ledger::stored::SqlHashes;
+    use state_pack::ledger::tlog;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut g = c.benchmark_group("proof_generation");
+    for n in [10_000u64, 1_000_000] {
+        let conn = stored_tree(dir.path(), n);
+        let reader = SqlHashes(&conn);
+        let mut i = 0u64;
+        g.bench_function(format!("inclusion_{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                tlog::prove_inclusion(n, i, &reader).expect("proof")
+            })
+        });
+        g.bench_function(format!("consistency_{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                tlog::prove_consistency(i.max(1), n, &reader).expect("proof")
+            })
+        });
+    }
+    g.finish();
+}
+
+fn signatures(c: &mut Criterion) {
+    use ed25519_dalek::{Signature, Signer as _, SigningKey};
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let public = key.verifying_key();
+    let hashes: Vec<[u8; 32]> = (0u64..10_000)
+        .map(|i| *ReceiptHash::of(&i.to_be_bytes()).as_bytes())
+        .collect();
+    let sigs: Vec<Signature> = hashes.iter().map(|h| key.sign(h)).collect();
+    let mut g = c.benchmark_group("signatures");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(hashes.len() as u64));
+    g.bench_function("strict_one_by_one_10k", |b| {
+        b.iter(|| {
+            for (h, s) in hashes.iter().zip(&sigs) {
+                public.verify_strict(h, s).expect("valid");
+            }
+        })
+    });
+    g.bench_function("batch_of_64_10k", |b| {
+        b.iter(|| {
+            for (hs, ss) in hashes.chunks(64).zip(sigs.chunks(64)) {
+                let msgs: Vec<&[u8]> = hs.iter().map(|h| h.as_slice()).collect();
+                let keys = vec![public; hs.len()];
+                ed25519_dalek::verify_batch(&msgs, ss, &keys).expect("valid");
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    seal,
+    append_durable,
+    verify,
+    proof_generation,
+    signatures
+);
 criterion_main!(benches);

@@ -195,7 +195,7 @@ pub fn unbundle(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
 
 /// The hashes of a hash tile's bytes.
 pub fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
-    (bytes.len() % 32 == 0).then(|| {
+    bytes.len().is_multiple_of(32).then(|| {
         bytes
             .chunks_exact(32)
             .filter_map(|c| c.try_into().ok())
