@@ -97,3 +97,195 @@ fn a_missing_database_is_a_one_line_error() {
     );
     assert!(!db.exists(), "listing must not create the database");
 }
+
+/// The transparency commands from the command line: the checkpoint as a note and its vkey,
+/// a consistency proof, a witness's vkey and cosignature, the cosignature added to the log,
+/// `verify --witness` and `--trusted-checkpoint NOTE`, and the tiles export.
+#[test]
+fn a_witness_cosigns_from_the_command_line_and_verify_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let wkey = dir.path().join("witness.pem");
+    let db = dir.path().join("log.db");
+    let (key_s, wkey_s, db_s) = (
+        key.to_str().unwrap(),
+        wkey.to_str().unwrap(),
+        db.to_str().unwrap(),
+    );
+    assert!(run(&["keys", "new", "--key", key_s]).status.success());
+    assert!(run(&["keys", "new", "--key", wkey_s]).status.success());
+    // Key events only (operations need the store's state rows): open_log, then hand-overs.
+    let k1 = Signer::load(&key).unwrap();
+    {
+        let mut l = LedgerDb::open(&db, k1.clone()).unwrap();
+        l.checkpoint().unwrap();
+    }
+    let ok = |args: &[&str]| -> String {
+        let o = run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    };
+    let note1 = ok(&[
+        "receipts",
+        "checkpoint",
+        "--db",
+        db_s,
+        "--key",
+        key_s,
+        "--format",
+        "note",
+    ]);
+    let vkey = ok(&[
+        "receipts",
+        "checkpoint",
+        "--db",
+        db_s,
+        "--key",
+        key_s,
+        "--format",
+        "vkey",
+    ]);
+    let vkey = vkey.trim();
+    assert!(vkey.starts_with("state-pack.invalid/log/"), "{vkey}");
+    let note1_file = dir.path().join("note1");
+    std::fs::write(&note1_file, &note1).unwrap();
+    let state = dir.path().join("wstate");
+    let me = [
+        "--name",
+        "witness.example/w1",
+        "--witness-key",
+        wkey_s,
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let wvkey = ok(&[&["witness", "vkey"][..], &me].concat());
+    let cosigned = ok(&[
+        &[
+            "witness",
+            "cosign",
+            note1_file.to_str().unwrap(),
+            "--log",
+            vkey,
+        ][..],
+        &me,
+    ]
+    .concat());
+    let c_file = dir.path().join("cosigned1");
+    std::fs::write(&c_file, &cosigned).unwrap();
+    ok(&[
+        "receipts",
+        "cosign",
+        c_file.to_str().unwrap(),
+        "--db",
+        db_s,
+        "--key",
+        key_s,
+    ]);
+    let out = ok(&["verify", "--db", db_s, "--witness", wvkey.trim()]);
+    assert!(out.contains("OK: verified"), "{out}");
+
+    // The log grows: a hand-over to a second key and back, so that the newest checkpoint is
+    // signed by the key the witness knows the log by. The witness needs a proof.
+    let k2 = Signer::from_seed([2; 32]);
+    LedgerDb::open(&db, k1.clone())
+        .unwrap()
+        .rotate_key(k2.clone())
+        .unwrap();
+    LedgerDb::open(&db, k2)
+        .unwrap()
+        .rotate_key(k1.clone())
+        .unwrap();
+    let note2 = ok(&[
+        "receipts",
+        "checkpoint",
+        "--db",
+        db_s,
+        "--key",
+        key_s,
+        "--format",
+        "note",
+    ]);
+    assert_eq!(note2.lines().nth(1), Some("3"), "{note2}");
+    let n2_file = dir.path().join("note2");
+    std::fs::write(&n2_file, &note2).unwrap();
+    let cosign2 = |proof: Option<&str>| {
+        let mut args = vec![
+            "witness",
+            "cosign",
+            n2_file.to_str().unwrap(),
+            "--log",
+            vkey,
+        ];
+        if let Some(p) = proof {
+            args.extend(["--proof", p]);
+        }
+        run(&[&args[..], &me].concat())
+    };
+    let refused = cosign2(None);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("consistency proof"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let proof = ok(&["receipts", "prove", "--consistency", "1", "3", "--db", db_s]);
+    assert!(proof.contains("\"old_size\": 1"), "{proof}");
+    let p_file = dir.path().join("proof.json");
+    std::fs::write(&p_file, &proof).unwrap();
+    // Not witnessed yet: verify refuses.
+    let out = run(&["verify", "--db", db_s, "--witness", wvkey.trim()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("no cosignature of witness"),
+        "{}",
+        text(&out.stdout)
+    );
+    let cosigned2 = cosign2(Some(p_file.to_str().unwrap()));
+    assert!(cosigned2.status.success(), "{}", text(&cosigned2.stderr));
+    let c2_file = dir.path().join("cosigned2");
+    std::fs::write(&c2_file, &cosigned2.stdout).unwrap();
+    ok(&[
+        "receipts",
+        "cosign",
+        c2_file.to_str().unwrap(),
+        "--db",
+        db_s,
+        "--key",
+        key_s,
+    ]);
+    let out = ok(&["verify", "--db", db_s, "--witness", wvkey.trim()]);
+    assert!(out.contains("OK: verified"), "{out}");
+    // Growth from the first note checks by consistency proof.
+    let out = ok(&[
+        "verify",
+        "--db",
+        db_s,
+        "--trusted-checkpoint",
+        note1_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("consistent with the trusted checkpoint"),
+        "{out}"
+    );
+    // The tiles export.
+    let tiles = dir.path().join("tiles");
+    let out = ok(&[
+        "receipts",
+        "export",
+        "--db",
+        db_s,
+        "--format",
+        "tiles",
+        tiles.to_str().unwrap(),
+    ]);
+    assert!(out.contains("3 receipts"), "{out}");
+    assert!(tiles.join("checkpoint").is_file() && tiles.join("tile/0/000.p/3").is_file());
+    assert!(
+        tiles.join("tile/entries/000.p/3").is_file() && tiles.join("tile/bodies/000.p/3").is_file()
+    );
+}

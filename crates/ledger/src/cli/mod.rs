@@ -321,11 +321,16 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             db,
         } => {
             existing(&db)?;
-            // With the signing key, make sure a checkpoint covers `seq`; without it, prove
-            // against the newest stored checkpoint.
-            let mut store = match Signer::load(key) {
-                Ok(k) => LedgerDb::open(&db, k)?,
-                Err(_) => LedgerDb::open_for_reading(&db)?,
+            // With the log's signing key, make sure a checkpoint covers `seq`; without it (or
+            // with another key), prove against the newest stored checkpoint. A consistency
+            // proof needs no checkpoint.
+            let signing = match (&consistency, Signer::load(key)) {
+                (None, Ok(k)) => LedgerDb::open(&db, k).ok(),
+                _ => None,
+            };
+            let mut store = match signing {
+                Some(s) => s,
+                None => LedgerDb::open_for_reading(&db)?,
             };
             match (consistency.as_deref(), seq) {
                 (Some(&[old, new]), _) => {
