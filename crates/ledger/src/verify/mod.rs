@@ -625,6 +625,15 @@ impl<'c> Verifier<'c> {
         true
     }
 
+    /// The keys a trusted checkpoint may be signed by: the log's, and the auditor's.
+    fn candidate_keys(&self) -> Vec<PublicKey> {
+        self.known_keys
+            .values()
+            .chain(&self.options.trusted_keys)
+            .copied()
+            .collect()
+    }
+
     fn check_trusted(&mut self, t: &TrustedCheckpoint) -> bool {
         let what = "trusted checkpoint";
         match t {
@@ -633,13 +642,7 @@ impl<'c> Verifier<'c> {
                     self.fail(None, format!("{what}: not a canonical checkpoint"));
                     return false;
                 };
-                let keys: Vec<PublicKey> = self
-                    .known_keys
-                    .values()
-                    .chain(&self.options.trusted_keys)
-                    .copied()
-                    .collect();
-                if !keys.iter().any(|k| s.verify(k)) {
+                if !self.candidate_keys().iter().any(|k| s.verify(k)) {
                     self.fail(
                         None,
                         format!("{what}: its signature does not verify under any key of this log"),

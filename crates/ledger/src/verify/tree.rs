@@ -189,13 +189,7 @@ impl Verifier<'_> {
             );
             return false;
         }
-        let keys: Vec<PublicKey> = self
-            .known_keys
-            .values()
-            .chain(&self.options.trusted_keys)
-            .copied()
-            .collect();
-        let signed = keys.iter().any(|k| {
+        let signed = self.candidate_keys().iter().any(|k| {
             NoteVerifier::new(&cp.origin, ED25519, *k).is_ok_and(|v| note.verify(&v).is_ok())
         });
         if !signed {
