@@ -211,6 +211,7 @@ mod tests {
             kv_bytes_per_token: 0,
             template: state_pack_core::template::ChatTemplate::CHATML,
             kv_dtype: Default::default(),
+            device: Default::default(),
         })
     }
 

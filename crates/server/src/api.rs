@@ -426,6 +426,8 @@ pub struct ModelSummary {
     /// The type the engine keeps KV in (`float32`, `float16`, `bfloat16`): what a seed
     /// client's `dtype` must name.
     pub kv_dtype: String,
+    /// Where the engine runs the model (`cpu`, `cuda:0`, ...).
+    pub device: String,
 }
 
 /// Answer to `GET /health`.

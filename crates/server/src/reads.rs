@@ -31,6 +31,7 @@ impl AppState {
             context_window: info.context_window,
             chat_template: info.template.name().to_string(),
             kv_dtype: info.kv_dtype.to_string(),
+            device: info.device.to_string(),
         }
     }
 }

@@ -15,7 +15,7 @@ mod serve;
 use measure::{bench_cmd, print_bench, restore_cmd};
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
-use state_pack::engine::{load_engine, ActivationDType, Engine, EngineKind, EngineSpec};
+use state_pack::engine::{load_engine, ActivationDType, Device, Engine, EngineKind, EngineSpec};
 use state_pack::ledger::cli as ledger;
 use state_pack::ledger::DbError;
 use state_pack::ledger::{default_key_path, Signer};
@@ -71,6 +71,10 @@ struct Cli {
     /// the model file names].
     #[arg(long, global = true, env = "STATE_PACK_CHAT_TEMPLATE", value_parser = chat_template)]
     chat_template: Option<ChatTemplate>,
+    /// Where the engine runs the model: cpu, or cuda:N (mistral.rs: a build with `--features
+    /// cuda`; llama.cpp: its libraries built with the CUDA backend, docs/BUILD.md "GPU").
+    #[arg(long, global = true, env = "STATE_PACK_DEVICE", default_value = "cpu", value_parser = device)]
+    device: Device,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +116,7 @@ impl Cli {
             },
             requantize_q8: self.requantize_q8,
             chat_template: self.chat_template,
+            device: self.device,
             ..EngineSpec::new(self.engine)
         }
     }
@@ -611,4 +616,9 @@ fn engine_kind() -> impl clap::builder::TypedValueParser<Value = EngineKind> {
 /// `--chat-template`: a template family by name.
 fn chat_template(name: &str) -> Result<ChatTemplate, String> {
     ChatTemplate::named(name).map_err(|e| e.to_string())
+}
+
+/// `--device`: cpu or cuda:N.
+fn device(text: &str) -> Result<Device, String> {
+    text.parse()
 }

@@ -158,6 +158,15 @@ impl MistralRsEngine {
             ActivationDType::F32 => ModelDType::F32,
             ActivationDType::Bf16 => ModelDType::BF16,
         };
+        let device = match options.device {
+            super::Device::Cpu => Device::Cpu,
+            super::Device::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                load_err(
+                    path,
+                    format!("{} was asked for, but mistral.rs cannot open it ({e}): a CUDA build needs the cargo feature `cuda`", options.device),
+                )
+            })?,
+        };
         let started = Instant::now();
         // A process-wide switch in our mistral.rs patch, read while the weights load.
         mistralrs::core::set_gguf_requantize(options.requantize_q8);
@@ -166,7 +175,7 @@ impl MistralRsEngine {
                 None,
                 TokenSource::None,
                 &dtype,
-                &Device::Cpu,
+                &device,
                 true,
                 DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
                 None,
@@ -218,6 +227,7 @@ impl MistralRsEngine {
                     ActivationDType::F32 => KvDType::Float32,
                     ActivationDType::Bf16 => KvDType::BFloat16,
                 },
+                device: options.device,
             },
             eos,
             mirror: Mutex::new(PrefixCacheMirror {

@@ -28,7 +28,7 @@ pub mod scripted;
 pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
 #[cfg(feature = "mistralrs")]
 pub use self::mistralrs::MistralRsEngine;
-pub use self::options::{ActivationDType, MistralRsOptions};
+pub use self::options::{ActivationDType, Device, MistralRsOptions};
 
 /// An [`EngineError::Load`] for the model file at `path`.
 pub(crate) fn load_err(path: &std::path::Path, reason: impl ToString) -> EngineError {
@@ -76,6 +76,9 @@ pub struct ModelInfo {
     /// The element type the engine keeps KV in.
     #[serde(default)]
     pub kv_dtype: KvDType,
+    /// Where the engine runs the model.
+    #[serde(default)]
+    pub device: Device,
 }
 
 /// The element type of an engine's KV cache, named as PyTorch names it (the seed's clients
@@ -469,6 +472,8 @@ pub struct EngineSpec {
     /// The chat template; `None` recognises it from the model file (an error if the file
     /// has none or an unknown one).
     pub chat_template: Option<ChatTemplate>,
+    /// Where to run the model.
+    pub device: Device,
 }
 
 impl EngineSpec {
@@ -485,6 +490,7 @@ impl EngineSpec {
             dtype: mistralrs.dtype,
             requantize_q8: mistralrs.requantize_q8,
             chat_template: None,
+            device: Device::Cpu,
         }
     }
 
@@ -518,6 +524,7 @@ pub async fn load_engine(
                     dtype: spec.dtype,
                     requantize_q8: spec.requantize_q8,
                     chat_template: spec.chat_template,
+                    device: spec.device,
                 },
             )
             .await?,
@@ -532,6 +539,7 @@ pub async fn load_engine(
                     batch: spec.batch,
                     flash_attention: spec.flash_attention,
                     chat_template: spec.chat_template,
+                    device: spec.device,
                     ..LlamaCppOptions::default()
                 },
             )

@@ -1,6 +1,42 @@
 //! How the mistral.rs engine is set up. These types exist in every build, so that an
 //! [`EngineSpec`](super::EngineSpec) means the same whichever engines a build includes.
 
+/// Where an engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "index")]
+pub enum Device {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// CUDA GPU number `n` (`cuda:n`; `cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?} (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
 /// Activation and KV-cache precision on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ActivationDType {
@@ -30,6 +66,8 @@ pub struct MistralRsOptions {
     pub requantize_q8: bool,
     /// The chat template; `None` recognises it from the model file.
     pub chat_template: Option<crate::template::ChatTemplate>,
+    /// Where to run: the CPU, or a CUDA GPU (a build with the cargo feature `cuda`).
+    pub device: Device,
 }
 
 impl Default for MistralRsOptions {
@@ -39,6 +77,28 @@ impl Default for MistralRsOptions {
             dtype: ActivationDType::F32,
             requantize_q8: true,
             chat_template: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print() {
+        for (text, d) in [
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+            ("CUDA:1", Device::Cuda(1)),
+        ] {
+            assert_eq!(text.parse::<Device>(), Ok(d), "{text}");
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+        for bad in ["gpu:1", "cuda:x", "tpu", ""] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
         }
     }
 }

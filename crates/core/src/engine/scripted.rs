@@ -167,6 +167,7 @@ impl ScriptedEngine {
                 kv_bytes_per_token: 64,
                 template: crate::template::ChatTemplate::CHATML,
                 kv_dtype: super::KvDType::Float32,
+                device: super::Device::Cpu,
             },
             options,
             reply,

@@ -74,6 +74,9 @@ pub struct LlamaCppOptions {
     pub flash_attention: Option<bool>,
     /// The chat template; `None` recognises it from the model file.
     pub chat_template: Option<crate::template::ChatTemplate>,
+    /// Where to run: the CPU (no layer offloaded), or every layer on a CUDA GPU, which
+    /// needs llama.cpp's libraries built with its CUDA backend (`benches/gpu/host.sh`).
+    pub device: super::Device,
 }
 
 impl Default for LlamaCppOptions {
@@ -85,6 +88,7 @@ impl Default for LlamaCppOptions {
             batch: super::DEFAULT_LLAMACPP_BATCH,
             flash_attention: None,
             chat_template: None,
+            device: super::Device::Cpu,
         }
     }
 }
@@ -155,8 +159,23 @@ impl LlamaCppEngine {
         } = file;
         super::fatal_signal::install();
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|e| load_err(path, e))?;
+        let params = match options.device {
+            super::Device::Cpu => LlamaModelParams::default().with_n_gpu_layers(0),
+            super::Device::Cuda(n) => {
+                if !backend.supports_gpu_offload() {
+                    return Err(load_err(
+                        path,
+                        format!("{} was asked for, but this llama.cpp build has no GPU backend: build its libraries with -DGGML_CUDA=ON (benches/gpu/host.sh) and run with them", options.device),
+                    ));
+                }
+                LlamaModelParams::default()
+                    .with_n_gpu_layers(u32::MAX)
+                    .with_split_mode(llama_cpp_2::model::params::LlamaSplitMode::None)
+                    .with_main_gpu(i32::try_from(n).map_err(|e| load_err(path, e))?)
+            }
+        };
+        let model =
+            LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_err(path, e))?;
         let model = Arc::new(model);
         let trained = model.n_ctx_train() as usize;
         let n_ctx = match options.context {
@@ -242,6 +261,7 @@ impl LlamaCppEngine {
                 template,
                 // llama.cpp's default K and V cache type.
                 kv_dtype: KvDType::Float16,
+                device: options.device,
             },
             model,
             slots,
