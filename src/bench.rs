@@ -17,7 +17,7 @@ use crate::agent::{Agent, AgentLoop, StopReason};
 use crate::demo::{self, Start, StepTotals};
 use crate::engine::Engine;
 use crate::legal::LegalAgent;
-use crate::pack::{PackError, StatePack};
+use crate::pack::{OpReport, PackError, StatePack};
 use crate::store::{Store, StoreError};
 use crate::template::{Role, TemplateError};
 
@@ -86,6 +86,8 @@ pub struct ArmRun {
     pub totals: StepTotals,
     /// Wall time of each step (create excluded), milliseconds.
     pub step_ms: Vec<f64>,
+    /// Where a step's time went, milliseconds, mean over the run's steps (create excluded).
+    pub split_ms: StepSplit,
     /// Generated texts, per step.
     pub outputs: Vec<String>,
     /// How far the agent got with its task (the agent workload only).
@@ -139,6 +141,69 @@ impl AgentProgress {
     }
 }
 
+/// Where a step's wall time went, milliseconds per step. On a small model on a GPU a step is
+/// mostly launches and bookkeeping, not arithmetic: the total alone would hide that.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StepSplit {
+    /// Prefilling the step's new tokens (as the engine measured it).
+    pub prefill: f64,
+    /// Generating the reply (as the engine measured it).
+    pub decode: f64,
+    /// Loading a cold input state's KV blob.
+    pub restore: f64,
+    /// Exporting the output state's KV and writing its blob.
+    pub save: f64,
+    /// The pack's own work: hashing, SQLite, signing the receipt.
+    pub overhead: f64,
+    /// The rest of the wall time: tokenizing, the engine's queue and sequence switches,
+    /// the client's side of HTTP (for the peer).
+    pub other: f64,
+}
+
+impl StepSplit {
+    /// The mean split of `reports` (0 for none).
+    pub fn of<'a>(reports: impl IntoIterator<Item = &'a OpReport>) -> Self {
+        let (mut sum, mut n) = (Self::default(), 0usize);
+        for r in reports {
+            let t = &r.timings;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let known = t.prefill + t.decode + t.restore + t.save + t.overhead;
+            sum.prefill += ms(t.prefill);
+            sum.decode += ms(t.decode);
+            sum.restore += ms(t.restore);
+            sum.save += ms(t.save);
+            sum.overhead += ms(t.overhead);
+            sum.other += ms(t.total.saturating_sub(known));
+            n += 1;
+        }
+        sum.scaled(1.0 / n.max(1) as f64)
+    }
+
+    pub(crate) fn scaled(self, k: f64) -> Self {
+        Self {
+            prefill: self.prefill * k,
+            decode: self.decode * k,
+            restore: self.restore * k,
+            save: self.save * k,
+            overhead: self.overhead * k,
+            other: self.other * k,
+        }
+    }
+
+    /// The median of each part over `splits` (each part on its own).
+    pub fn median_of(splits: &[Self]) -> Self {
+        let part = |f: fn(&Self) -> f64| median(splits.iter().map(f).collect());
+        Self {
+            prefill: part(|s| s.prefill),
+            decode: part(|s| s.decode),
+            restore: part(|s| s.restore),
+            save: part(|s| s.save),
+            overhead: part(|s| s.overhead),
+            other: part(|s| s.other),
+        }
+    }
+}
+
 impl ArmRun {
     /// Mean wall time of a step, milliseconds (0 for none).
     pub fn mean_step_ms(&self) -> f64 {
@@ -169,6 +234,10 @@ pub struct BenchReport {
     pub naive_step_ms: f64,
     /// state-pack's own overhead (hashing, SQLite) as a fraction of its wall time.
     pub overhead_fraction: f64,
+    /// Where a state-pack step's time went (each part's median over runs), milliseconds.
+    pub statepack_split_ms: StepSplit,
+    /// Where a naive step's time went (each part's median over runs), milliseconds.
+    pub naive_split_ms: StepSplit,
     /// Whether both arms generated the same text at every step of every run (they must:
     /// greedy decoding from the same tokens, reused KV or not).
     pub outputs_identical: bool,
@@ -183,6 +252,9 @@ pub struct PeerSummary {
     pub url: String,
     /// Median over runs of the peer's mean wall time per step, milliseconds.
     pub step_ms: f64,
+    /// Where the peer's step went: prefill and decode as the server timed them, the rest
+    /// (HTTP, JSON, tokenizing the delta) in `other`.
+    pub split_ms: StepSplit,
     /// Median over runs of state-pack's mean step time / the peer's, both from the same run.
     pub statepack_over_peer: f64,
     /// Whether the peer generated state-pack's text at every step of every run.
@@ -256,6 +328,7 @@ async fn run_arm(
     engine: Arc<dyn Engine>,
     plan: &BenchPlan,
     session: &str,
+    case_file: &str,
     scratch: &std::path::Path,
     on_step: &mut (impl FnMut(Arm, usize) + Send),
 ) -> Result<ArmRun, BenchError> {
@@ -271,7 +344,9 @@ async fn run_arm(
         return run_agent_arm(arm, pack, session, steps, on_step).await;
     }
     let template = pack.engine().info().template;
-    let base = pack.create(&demo::base_text(&template, session)?).await?;
+    let base = pack
+        .create(&demo::base_text_with(&template, session, case_file)?)
+        .await?;
     let start = Start {
         state: base.output,
         next_step: 1,
@@ -287,6 +362,7 @@ async fn run_arm(
             .iter()
             .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
             .collect(),
+        split_ms: StepSplit::of(done.iter().map(|s| &s.report)),
         outputs: done.into_iter().map(|s| s.output).collect(),
         progress: None,
     })
@@ -334,6 +410,7 @@ async fn run_agent_arm(
             .map(|r| r.timings.overhead)
             .sum(),
     };
+    let split_ms = StepSplit::of(report.steps.iter().map(|s| &s.report));
     Ok(ArmRun {
         arm,
         totals,
@@ -342,6 +419,7 @@ async fn run_agent_arm(
             .iter()
             .map(|s| s.report.timings.total.as_secs_f64() * 1e3)
             .collect(),
+        split_ms,
         progress: Some(AgentProgress::of(&report)),
         outputs: report.steps.into_iter().map(|s| s.output).collect(),
     })
@@ -368,6 +446,9 @@ pub struct BenchPlan {
     pub runs: usize,
     /// Whether the packs keep KV blobs (when the engine can export KV).
     pub kv_blobs: bool,
+    /// The demo's base state holds at least this many tokens: a case file is appended to
+    /// its system prompt until it does (0: the plain demo, about 300 tokens).
+    pub context_tokens: usize,
 }
 
 /// Runs both arms (and the peer's, if given) `plan.runs` times for `plan.steps` steps of
@@ -392,6 +473,7 @@ pub async fn run(
     if peer.is_some() && workload != Workload::Demo {
         return Err(BenchError::PeerWorkload);
     }
+    let case_file = case_file(statepack_engine.as_ref(), plan.context_tokens).await?;
     let statepack_engine_name = statepack_engine.engine_name().to_string();
     let scratch = tempfile::tempdir()?;
     let mut arm_runs = Vec::with_capacity(2 * runs);
@@ -413,14 +495,17 @@ pub async fn run(
                 Arm::Peer => {
                     if let Some(p) = peer {
                         pair.push(
-                            p.run(statepack_engine.as_ref(), &session, steps, &mut on_step)
+                            p.run(statepack_engine.as_ref(), &session, &case_file, steps, &mut on_step)
                                 .await?,
                         );
                     }
                     continue;
                 }
             };
-            pair.push(run_arm(arm, engine, &plan, &session, scratch.path(), &mut on_step).await?);
+            pair.push(
+                run_arm(arm, engine, &plan, &session, &case_file, scratch.path(), &mut on_step)
+                    .await?,
+            );
         }
         let wall = |a: Arm| {
             pair.iter()
@@ -434,6 +519,7 @@ pub async fn run(
     let of = |a: Arm| arm_runs.iter().filter(move |x| x.arm == a);
     let prefilled = |a: Arm| of(a).map(|x| x.totals.prefilled).sum::<usize>() as f64;
     let per_step = |a: Arm| median(of(a).map(ArmRun::mean_step_ms).collect());
+    let split = |a: Arm| StepSplit::median_of(&of(a).map(|x| x.split_ms).collect::<Vec<_>>());
     let sp_wall: Duration = of(Arm::StatePack).map(|x| x.totals.wall).sum();
     let sp_overhead: Duration = of(Arm::StatePack).map(|x| x.totals.overhead).sum();
     let naive_outputs: Vec<&Vec<String>> = of(Arm::Naive).map(|x| &x.outputs).collect();
@@ -448,6 +534,7 @@ pub async fn run(
         PeerSummary {
             url: p.url().to_string(),
             step_ms: per_step(Arm::Peer),
+            split_ms: split(Arm::Peer),
             statepack_over_peer: median(ratios),
             outputs_match_statepack: peer_outputs == sp_outputs,
         }
@@ -462,6 +549,8 @@ pub async fn run(
         statepack_step_ms: per_step(Arm::StatePack),
         naive_step_ms: per_step(Arm::Naive),
         overhead_fraction: sp_overhead.as_secs_f64() / sp_wall.as_secs_f64().max(1e-9),
+        statepack_split_ms: split(Arm::StatePack),
+        naive_split_ms: split(Arm::Naive),
         outputs_identical: naive_outputs == sp_outputs,
         peer,
         arm_runs,
@@ -497,6 +586,29 @@ pub struct RestoreReport {
     /// Whether the infer gave the same text after a restore as after a re-prefill, in every
     /// run (greedy decoding over the same KV must).
     pub outputs_identical: bool,
+}
+
+/// Text to append to the demo's system prompt so that its base holds at least `tokens`
+/// tokens: the demo's clauses and notes, numbered, until long enough ("" for 0).
+async fn case_file(engine: &dyn Engine, tokens: usize) -> Result<String, BenchError> {
+    let mut file = String::new();
+    if tokens == 0 {
+        return Ok(file);
+    }
+    let t = engine.info().template;
+    file.push_str("\n\nThe contract and the case notes, item by item:\n");
+    let mut i = 0;
+    loop {
+        let text = demo::base_text_with(&t, "0", &file)?;
+        if engine.tokenize(&text).await.map_err(PackError::from)?.len() >= tokens {
+            return Ok(file);
+        }
+        for _ in 0..8 {
+            let (tool, obs) = demo::OBSERVATIONS[i % demo::OBSERVATIONS.len()];
+            file.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));
+            i += 1;
+        }
+    }
 }
 
 /// A base text of at least `tokens` tokens: the demo base, then clauses until long enough.

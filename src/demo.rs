@@ -76,11 +76,18 @@ pub const TOKENS_PER_STEP: usize = 8;
 /// The demo's base text for benchmark session `session`, in `template`: the system prompt,
 /// the task, and the agent's first call, its turn left open (the model goes on from there).
 pub fn base_text(template: &ChatTemplate, session: &str) -> Result<String, TemplateError> {
-    Ok(
-        template.turn(None, Role::System, &SYSTEM.replace("{session}", session))?
-            + &template.first_request(TASK)?
-            + FIRST_CALL,
-    )
+    base_text_with(template, session, "")
+}
+
+/// [`base_text`] with `case_file` (material the agent may consult) appended to the system
+/// prompt: how the benchmark makes a long context.
+pub fn base_text_with(
+    template: &ChatTemplate,
+    session: &str,
+    case_file: &str,
+) -> Result<String, TemplateError> {
+    let system = SYSTEM.replace("{session}", session) + case_file;
+    Ok(template.turn(None, Role::System, &system)? + &template.first_request(TASK)? + FIRST_CALL)
 }
 
 /// The delta for observation `i` (cycling through [`OBSERVATIONS`]), closing the previous

@@ -10,6 +10,8 @@
 #   gpu-bundle/MANIFEST             SHA-256 of every file, and of the model itself
 #
 #   benches/gpu/bundle.sh                 # builds (cold: 20-30 min on 2 cores), then bundles
+#   FEATURES=llamacpp,cuda benches/gpu/bundle.sh   # also mistral.rs on CUDA (installs the
+#                                                  # CUDA 13.0 toolkit: cuda-toolkit.sh)
 #   BIN=path/to/state-pack benches/gpu/bundle.sh   # bundles a binary built already
 #   (BUNDLE_DIR, XZ_LEVEL, LLAMA_SERVER_SRC and MODEL override where it writes, how hard it
 #   compresses, and which sources and model it takes)
@@ -26,10 +28,12 @@ REGISTRY="${CARGO_HOME:-$HOME/.cargo}/registry/src"
 
 if [ -z "${BIN:-}" ]; then
     . "$ROOT/.ci/llamacpp-env"
+    FEATURES="${FEATURES:-llamacpp}"
+    case ",$FEATURES," in *,cuda,*) eval "$("$ROOT/benches/gpu/cuda-toolkit.sh")" ;; esac
     export CARGO_TARGET_DIR="${GPU_TARGET_DIR:-$HOME/.cache/state-pack/target-gpu}"
     # A target-cpu=native binary holds instructions (AVX512-FP16) other x86 CPUs lack.
     LLAMA_BUILD_SHARED_LIBS=1 RUSTFLAGS='-C target-cpu=x86-64-v3' \
-        cargo build --release --features llamacpp --bin state-pack --manifest-path "$ROOT/Cargo.toml"
+        cargo build --release --features "$FEATURES" --bin state-pack --manifest-path "$ROOT/Cargo.toml"
     BIN="$CARGO_TARGET_DIR/release/state-pack"
 fi
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }

@@ -6,22 +6,28 @@
 #
 #   benches/gpu/host.sh stash                 keep the carried gpu-bundle/ files in $STASH
 #   benches/gpu/host.sh build [--background]  unpack and build the CUDA libraries (5-10 min)
-#   benches/gpu/host.sh bench                 the benchmarks (needs the build and the model)
-#   benches/gpu/host.sh big                   an 8B-shaped GGUF with random weights, and its bench
+#   benches/gpu/host.sh bench [--background] the benchmarks (needs the build and the model)
+#   benches/gpu/host.sh big [--background]    an 8B-shaped GGUF with random weights, and its bench
+#   benches/gpu/host.sh collect [SECONDS]     wait for background benchmarks, copy results to $OUT
 #   benches/gpu/host.sh cpu-check             the same steps with CUDA off (to try this script
 #                                             on a machine without a GPU)
+#
+# Every measurement writes NAME.json and NAME.log and a line in runs.txt; one that fails is
+# recorded there and the rest still run.
 #
 # $STASH (default /tmp/state-pack-gpu) survives between calls only while the host stays up:
 # each step says what is missing and stops at once if an earlier one's files are gone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 STASH="${STASH:-/tmp/state-pack-gpu}"
+# Results are written in the stash (a background run outlives its call) and copied to $OUT.
+RESULTS="$STASH/out"
 OUT="${OUT:-$PWD/gpu-out}"
 BUNDLE="$ROOT/gpu-bundle"
 CUDA="${GPU_CUDA:-ON}"
 ARCH="${CUDA_ARCH:-90-real}"
 JOBS="$(nproc)"
-mkdir -p "$STASH" "$OUT"
+mkdir -p "$STASH" "$RESULTS" "$OUT"
 
 say() { echo "host.sh: $*" >&2; }
 
@@ -100,69 +106,101 @@ build() {
 
 libs() { find "$STASH/build-engine" -name '*.so*' -printf '%h\n' | sort -u | tr '\n' ':'; }
 
+# CUDA's runtime libraries for mistral.rs (cudart, cuBLAS, cuRAND, NVRTC): the host's
+# PyTorch wheels have them (nvidia/cu13/lib), or a system toolkit does.
+cuda_libs() {
+    python3 -c 'import nvidia, os
+print(":".join(d for p in nvidia.__path__ for d in (os.path.join(p, "cu13", "lib"),) if os.path.isdir(d)))' 2>/dev/null || true
+}
+
 binary() {
     check_manifest
     need state-pack.xz built
     if [ ! -x "$STASH/state-pack" ]; then
         xz -dc "$STASH/state-pack.xz" > "$STASH/state-pack" && chmod +x "$STASH/state-pack"
     fi
-    export LD_LIBRARY_PATH="$(libs)${LD_LIBRARY_PATH:-}"
+    export LD_LIBRARY_PATH="$(libs)$(cuda_libs):${LD_LIBRARY_PATH:-}"
     if ldd "$STASH/state-pack" | grep 'not found'; then
         say "a library the binary needs is not resolved (above)"
         exit 6
     fi
-    ldd "$STASH/state-pack" > "$OUT/ldd.txt"
+    ldd "$STASH/state-pack" > "$RESULTS/ldd.txt"
 }
 
 machine() {
-    { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } > "$OUT/nvidia-smi.csv" 2>&1
-    { nvidia-smi || true; } > "$OUT/nvidia-smi.txt" 2>&1
-    { lscpu || true; } > "$OUT/lscpu.txt"
-    { nvcc --version || true; } > "$OUT/nvcc.txt" 2>&1
+    { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } > "$RESULTS/nvidia-smi.csv" 2>&1
+    { nvidia-smi || true; } > "$RESULTS/nvidia-smi.txt" 2>&1
+    { lscpu || true; } > "$RESULTS/lscpu.txt"
+    { nvcc --version || true; } > "$RESULTS/nvcc.txt" 2>&1
+    "$STASH/state-pack" --version > "$RESULTS/version.txt" 2>&1 || true
 }
 
 sp() { "$STASH/state-pack" --key "$STASH/key.pem" "$@"; }
 
-server_up() { # model, port, log
-    "$STASH/build-server/bin/llama-server" -m "$1" --host 127.0.0.1 --port "$2" -ngl 999 \
-        ${GPU_CUDA_OFF:+-ngl 0} > "$3" 2>&1 &
+# One measurement: its JSON in $RESULTS/NAME.json, its stderr in NAME.log, and a line in
+# runs.txt; a failure is recorded and the next measurement still runs.
+measure() {
+    local name=$1 started=$SECONDS rc=0
+    shift
+    say "measuring $name"
+    "$@" > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || rc=$?
+    echo "$name rc=$rc $((SECONDS - started))s $*" >> "$RESULTS/runs.txt"
+    [ "$rc" = 0 ] || say "$name failed ($rc): $(tail -3 "$RESULTS/$name.log")"
+}
+
+server_up() { # model, port, log, gpu layers
+    "$STASH/build-server/bin/llama-server" -m "$1" --host 127.0.0.1 --port "$2" -ngl "$4" \
+        > "$3" 2>&1 &
     echo $! > "$STASH/server.pid"
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 300); do
         curl -sf "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
         sleep 1
     done
     say "llama-server did not come up: $(tail -5 "$3")"
-    exit 7
+    return 7
 }
 
-server_down() { kill "$(cat "$STASH/server.pid")" 2>/dev/null || true; wait 2>/dev/null || true; }
+server_down() { kill "$(cat "$STASH/server.pid")" 2>/dev/null || true; sleep 2; }
+
+# The layers really are on the GPU: each engine says so while loading.
+probe() { # engine, device, model
+    RUST_LOG=info sp --engine "$1" --device "$2" --model "$3" run --steps 2 --db "$STASH/probe-$1.db" \
+        > "$RESULTS/probe-$1-$2.txt" 2>&1 || say "probe of $1 on $2 failed: $(tail -5 "$RESULTS/probe-$1-$2.txt")"
+    grep -iE "offload|cuda|device" "$RESULTS/probe-$1-$2.txt" | head -8 >&2 || true
+}
 
 bench() {
     unpack_model
     binary
     machine
-    local m="$STASH/model.gguf" dev="cuda:0"
-    [ "$CUDA" = ON ] || dev=cpu
-    # The layers really are on the GPU: llama.cpp says so while loading.
-    RUST_LOG=info sp --engine llamacpp --device "$dev" --model "$m" run --steps 2 --db "$STASH/probe.db" \
-        > "$OUT/probe.txt" 2>&1 || { tail -20 "$OUT/probe.txt" >&2; exit 8; }
-    grep -i "offload" "$OUT/probe.txt" | head -5 >&2 || true
-    server_up "$m" 8089 "$OUT/llama-server.log"
-    sp --engine llamacpp --device "$dev" --model "$m" bench --steps 20 --runs 3 \
-        --peer http://127.0.0.1:8089 --json > "$OUT/demo-llamacpp-gpu.json"
+    local m="$STASH/model.gguf" dev="cuda:0" ngl=999 peer="http://127.0.0.1:8089"
+    [ "$CUDA" = ON ] || { dev=cpu; ngl=0; }
+    probe llamacpp "$dev" "$m"
+    probe mistralrs "$dev" "$m"
+    # Naive vs state-pack on each engine, and llama-server, in the same runs (4 runs: the
+    # first includes CUDA graph capture and PTX JIT, the summary leaves it out).
+    server_up "$m" 8089 "$RESULTS/llama-server.log" "$ngl" || true
+    measure demo-gpu sp --device "$dev" --model "$m" bench --compare-engines --steps 20 --runs 4 --peer "$peer" --json
+    measure demo-ctx4k-gpu sp --device "$dev" --model "$m" bench --compare-engines --context-tokens 4000 --steps 10 --runs 4 --peer "$peer" --json
     server_down
-    sp --engine llamacpp --device "$dev" --model "$m" bench --workload restore --runs 5 --json \
-        > "$OUT/restore-llamacpp-gpu.json"
-    sp --engine llamacpp --device "$dev" --model "$m" bench --workload agent --steps 8 --runs 3 --json \
-        > "$OUT/agent-llamacpp-gpu.json"
+    # mistral.rs on the file's own Q4_1 weights (candle has CUDA kernels for them), bf16.
+    measure demo-mistralrs-q41-bf16-gpu sp --engine mistralrs --requantize-q8 false --dtype bf16 --device "$dev" --model "$m" bench --steps 20 --runs 4 --json
+    measure restore-llamacpp-gpu sp --engine llamacpp --device "$dev" --model "$m" bench --workload restore --state-tokens 4000 --runs 5 --json
+    measure agent-gpu sp --device "$dev" --model "$m" bench --compare-engines --workload agent --steps 8 --runs 3 --json
     for c in 1 32; do
-        sp --engine llamacpp --device "$dev" --model "$m" bench --workload serve --clients "$c" --steps 20 --json \
-            > "$OUT/serve-$c-llamacpp-gpu.json"
+        for e in llamacpp mistralrs; do
+            measure "serve-$c-$e-gpu" sp --engine "$e" --device "$dev" --model "$m" bench --workload serve --clients "$c" --steps 20 --json
+        done
     done
-    # The same binary with the GPU hidden: the same host's CPU cores.
-    CUDA_VISIBLE_DEVICES= sp --engine llamacpp --device cpu --model "$m" bench --steps 20 --runs 3 --json \
-        > "$OUT/demo-llamacpp-cpu16.json"
-    say "benchmarks written to $OUT"
+    # The same binary and libraries with the GPU hidden: this host's CPU cores.
+    if [ "$CUDA" = ON ]; then
+        export CUDA_VISIBLE_DEVICES=
+        server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 || true
+        measure demo-cpu sp --device cpu --model "$m" bench --compare-engines --steps 20 --runs 3 --peer "$peer" --json
+        server_down
+        unset CUDA_VISIBLE_DEVICES
+    fi
+    say "benchmarks written to $RESULTS"
 }
 
 big() {
@@ -173,9 +211,14 @@ big() {
         PYTHONPATH="$STASH/src/server/gguf-py" python3 "$ROOT/benches/gpu/random_model.py" \
             "$STASH/model.gguf" "$STASH/random-8b.gguf"
     fi
-    sp --engine llamacpp --device cuda:0 --model "$STASH/random-8b.gguf" bench --steps 10 --runs 2 --json \
-        > "$OUT/demo-llamacpp-gpu-random8b.json"
-    say "8B-shaped (random weights) benchmark written to $OUT"
+    local m="$STASH/random-8b.gguf" peer="http://127.0.0.1:8090"
+    probe llamacpp cuda:0 "$m"
+    # Its outputs are meaningless (random weights); only its timings count.
+    server_up "$m" 8090 "$RESULTS/llama-server-8b.log" 999 || true
+    measure demo-ctx4k-random8b-llamacpp-gpu sp --engine llamacpp --device cuda:0 --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 --peer "$peer" --json
+    server_down
+    measure demo-ctx4k-random8b-mistralrs-gpu sp --engine mistralrs --device cuda:0 --dtype bf16 --requantize-q8 false --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 --json
+    say "8B-shaped (random weights) benchmarks written to $RESULTS"
 }
 
 case "${1:-}" in
@@ -196,8 +239,33 @@ case "${1:-}" in
         say "build not done: $(tail -3 "$STASH/build.log" 2>/dev/null)"
         exit 9
         ;;
-    bench) bench ;;
-    big) big ;;
+    bench | big)
+        if [ "${2:-}" = --background ]; then
+            rm -f "$STASH/$1.rc"
+            touch "$STASH/$1.started"
+            nohup bash -c "'$0' $1; echo \$? > '$STASH/$1.rc'" > "$STASH/$1.log" 2>&1 &
+            say "$1 running in the background: $STASH/$1.log"
+        elif [ "$1" = bench ]; then
+            bench
+        else
+            big
+        fi
+        ;;
+    collect)
+        # Wait (up to SECONDS) for every background run started to end.
+        for _ in $(seq 1 "${2:-0}"); do
+            pending=0
+            for j in bench big; do
+                [ -f "$STASH/$j.started" ] && [ ! -f "$STASH/$j.rc" ] && pending=1
+            done
+            [ "$pending" = 0 ] && break
+            sleep 1
+        done
+        cp -r "$RESULTS"/. "$OUT"/
+        for l in build bench big; do [ -f "$STASH/$l.log" ] && cp "$STASH/$l.log" "$OUT/"; done
+        for j in bench big; do [ -f "$STASH/$j.rc" ] && say "$j exited with $(cat "$STASH/$j.rc")"; done
+        ls -la "$OUT" >&2
+        ;;
     cpu-check) CUDA=OFF GPU_CUDA_OFF=1 build && CUDA=OFF GPU_CUDA_OFF=1 bench ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2 ;;
 esac

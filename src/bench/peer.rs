@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Arm, ArmRun, BenchError};
+use super::{Arm, ArmRun, BenchError, StepSplit};
 use crate::demo::{self, StepTotals};
 use crate::engine::Engine;
 use crate::pack::PackError;
@@ -40,6 +40,12 @@ struct Completion {
 struct CompletionTimings {
     /// Prompt tokens the server evaluated (the rest came from its cache).
     prompt_n: usize,
+    /// Its time evaluating them, milliseconds.
+    #[serde(default)]
+    prompt_ms: f64,
+    /// Its time generating, milliseconds.
+    #[serde(default)]
+    predicted_ms: f64,
 }
 
 impl Peer {
@@ -105,11 +111,12 @@ impl Peer {
     }
 
     /// One run of the demo loop (`steps` steps, greedy, [`demo::TOKENS_PER_STEP`] tokens a
-    /// step) for `session`, tokenized by `engine`.
+    /// step) for `session`, with `case_file` in its system prompt, tokenized by `engine`.
     pub(super) async fn run(
         &self,
         engine: &dyn Engine,
         session: &str,
+        case_file: &str,
         steps: usize,
         on_step: &mut (impl FnMut(Arm, usize) + Send),
     ) -> Result<ArmRun, BenchError> {
@@ -122,7 +129,7 @@ impl Peer {
         let template = engine.info().template;
         let end_of_turn = tokenize(template.end_of_turn().into()).await?;
         let run_started = Instant::now();
-        let mut context = tokenize(demo::base_text(&template, session)?).await?;
+        let mut context = tokenize(demo::base_text_with(&template, session, case_file)?).await?;
         // The base is prefilled once, as state-pack's `create` does (one token is generated
         // and dropped: the server needs n_predict >= 1 to evaluate a prompt).
         let base = self.complete(&context, 1).await?;
@@ -133,12 +140,19 @@ impl Peer {
         };
         let mut closed = false;
         let mut step_ms = Vec::with_capacity(steps);
+        let mut split = StepSplit::default();
         let mut outputs = Vec::with_capacity(steps);
         for k in 0..steps {
             let started = Instant::now();
             context.extend(tokenize(demo::observation_delta(&template, k, closed)?).await?);
             let c = self.complete(&context, demo::TOKENS_PER_STEP).await?;
-            step_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            step_ms.push(ms);
+            if let Some(t) = &c.timings {
+                split.prefill += t.prompt_ms;
+                split.decode += t.predicted_ms;
+                split.other += (ms - t.prompt_ms - t.predicted_ms).max(0.0);
+            }
             let prefilled = c.timings.as_ref().map_or(context.len(), |t| t.prompt_n);
             totals.steps += 1;
             totals.prefilled += prefilled;
@@ -159,6 +173,7 @@ impl Peer {
             arm: Arm::Peer,
             totals,
             step_ms,
+            split_ms: split.scaled(1.0 / steps.max(1) as f64),
             outputs,
             progress: None,
         })
@@ -265,7 +280,7 @@ mod tests {
         let e = engine();
         let mut steps = Vec::new();
         let run = peer
-            .run(&e, "s", 2, &mut |arm, n| steps.push((arm, n)))
+            .run(&e, "s", "", 2, &mut |arm, n| steps.push((arm, n)))
             .await
             .expect("run");
         assert_eq!(steps, vec![(Arm::Peer, 1), (Arm::Peer, 2)]);
@@ -295,7 +310,7 @@ mod tests {
         let (url, _) = fake(vec![reply(&[1], "limit", 10)]).await;
         let peer = Peer::connect(&url).await.expect("connect");
         let e = engine();
-        let err = peer.run(&e, "s", 1, &mut |_, _| {}).await.unwrap_err();
+        let err = peer.run(&e, "s", "", 1, &mut |_, _| {}).await.unwrap_err();
         assert!(
             matches!(&err, BenchError::Peer(m) if m.contains("503") && m.contains("no more replies")),
             "{err}"

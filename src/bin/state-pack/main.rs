@@ -192,6 +192,10 @@ enum Command {
         /// Tokens in the cold state (`--workload restore`).
         #[arg(long, default_value_t = 1000)]
         state_tokens: usize,
+        /// Make the demo's base state at least this many tokens (a case file in its system
+        /// prompt), to measure a long context; 0 keeps the plain demo (about 300 tokens).
+        #[arg(long, default_value_t = 0)]
+        context_tokens: usize,
         /// Also time the demo loop on llama.cpp's `llama-server` at this address (e.g.
         /// `http://127.0.0.1:8080`), serving the same GGUF, in the same runs: a third arm.
         #[arg(long, value_name = "URL")]
@@ -346,6 +350,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             clients,
             compare_engines,
             state_tokens,
+            context_tokens,
             peer,
             json,
         } => {
@@ -387,6 +392,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                     workload,
                     steps,
                     runs,
+                    context_tokens,
                 )
                 .await?;
                 if !json {

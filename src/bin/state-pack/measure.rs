@@ -11,6 +11,7 @@ pub(crate) async fn bench_cmd(
     workload: bench::Workload,
     steps: usize,
     runs: usize,
+    context_tokens: usize,
 ) -> Result<bench::BenchReport> {
     let engine = spec.kind;
     let reuse = load(model, cache, spec).await?;
@@ -26,6 +27,7 @@ pub(crate) async fn bench_cmd(
         steps,
         runs,
         kv_blobs: !NO_KV_BLOBS.get().copied().unwrap_or(false),
+        context_tokens,
     };
     let report = bench::run(reuse, naive, peer, plan, |arm, step| {
         bar.set_message(format!("{engine} {} step {step}", arm.name()));
@@ -97,6 +99,20 @@ pub(crate) fn print_bench(report: &bench::BenchReport) {
         "state-pack overhead (hashing, SQLite): {:.2}% of its wall time",
         100.0 * report.overhead_fraction
     );
+    println!("where a step went (ms, medians): prefill  decode  restore  save  overhead  other");
+    let mut splits = vec![
+        ("naive", report.naive_split_ms),
+        ("state-pack", report.statepack_split_ms),
+    ];
+    if let Some(p) = &report.peer {
+        splits.push(("llama-server", p.split_ms));
+    }
+    for (name, s) in splits {
+        println!(
+            "{name:>31}  {:>7.2}  {:>6.2}  {:>7.2}  {:>4.2}  {:>8.2}  {:>5.2}",
+            s.prefill, s.decode, s.restore, s.save, s.overhead, s.other
+        );
+    }
     println!(
         "outputs identical in both arms: {}",
         if report.outputs_identical {
