@@ -495,16 +495,30 @@ pub async fn run(
                 Arm::Peer => {
                     if let Some(p) = peer {
                         pair.push(
-                            p.run(statepack_engine.as_ref(), &session, &case_file, steps, &mut on_step)
-                                .await?,
+                            p.run(
+                                statepack_engine.as_ref(),
+                                &session,
+                                &case_file,
+                                steps,
+                                &mut on_step,
+                            )
+                            .await?,
                         );
                     }
                     continue;
                 }
             };
             pair.push(
-                run_arm(arm, engine, &plan, &session, &case_file, scratch.path(), &mut on_step)
-                    .await?,
+                run_arm(
+                    arm,
+                    engine,
+                    &plan,
+                    &session,
+                    &case_file,
+                    scratch.path(),
+                    &mut on_step,
+                )
+                .await?,
             );
         }
         let wall = |a: Arm| {

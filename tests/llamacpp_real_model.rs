@@ -293,3 +293,63 @@ async fn constrained_seeded_and_bad_input_in_child() {
     // The engine still works afterwards.
     assert!(engine.generate(&prompt, &Sampling::greedy(2)).await.is_ok());
 }
+
+#[test]
+fn concurrent_generations_match_sequential_ones() {
+    isolated::run("concurrent_generations_match_sequential_ones_in_child", &[]);
+}
+
+/// Generations batched together (continuous batching) give each request the tokens it gets
+/// alone, with its own prefill and reuse counts.
+#[tokio::test]
+#[ignore = "run by concurrent_generations_match_sequential_ones in a child process"]
+async fn concurrent_generations_match_sequential_ones_in_child() {
+    if !isolated::is_child("concurrent_generations_match_sequential_ones_in_child") {
+        return;
+    }
+    let questions = [D1, D2, "Who pays the early-termination fee?"];
+    let alone = engine().await;
+    let mut prompts = Vec::new();
+    for q in questions {
+        prompts.push(alone.tokenize(&format!("{BASE}{}", turn(q))).await.unwrap());
+    }
+    // A greedy generation and a grammar-constrained one, each request alone...
+    let sampling = |i: usize| {
+        if i == 1 {
+            Sampling::greedy(12).constrained(Grammar::Lark(r#"start: "yes" | "no""#.into()))
+        } else {
+            Sampling::greedy(12)
+        }
+    };
+    let mut one_by_one = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        one_by_one.push(alone.generate(p, &sampling(i)).await.unwrap());
+    }
+    assert_eq!(alone.peak_concurrency(), 1);
+    // ...and all at once on another engine.
+    let together = engine().await;
+    let runs = prompts.iter().enumerate().map(|(i, p)| {
+        let e = Arc::clone(&together);
+        let (p, s) = (p.clone(), sampling(i));
+        tokio::spawn(async move { e.generate(&p, &s).await })
+    });
+    let mut batched = Vec::new();
+    for r in runs.collect::<Vec<_>>() {
+        batched.push(r.await.unwrap().unwrap());
+    }
+    assert!(
+        together.peak_concurrency() >= 2,
+        "the generations ran one at a time"
+    );
+    for (i, (a, b)) in one_by_one.iter().zip(&batched).enumerate() {
+        assert_eq!(
+            a.tokens, b.tokens,
+            "request {i}: {:?} vs {:?}",
+            a.text, b.text
+        );
+        assert_eq!(a.text, b.text);
+        assert_eq!(b.usage.prefilled + b.usage.reused, prompts[i].len());
+        assert_eq!(b.usage.generated, b.tokens.len());
+    }
+    assert!(batched[1].text == "yes" || batched[1].text == "no");
+}

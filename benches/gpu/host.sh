@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # The GPU host's half of benches/gpu/bundle.sh: it receives the bundle in calls of at most
-# 64 MiB, builds llama.cpp's CUDA libraries (the engine's and llama-server) from the carried
+# 64 MiB, builds llama.cpp's CUDA libraries (the engine's, and llama-server) from the carried
 # sources, checks that every library resolves and that the model is the pinned one, and runs
 # the benchmarks, writing JSON to $OUT (default ./gpu-out).
 #
-#   benches/gpu/host.sh stash                 keep the carried gpu-bundle/ files in $STASH
-#   benches/gpu/host.sh build [--background]  unpack and build the CUDA libraries (5-10 min)
-#   benches/gpu/host.sh bench [--background] the benchmarks (needs the build and the model)
-#   benches/gpu/host.sh big [--background]    an 8B-shaped GGUF with random weights, and its bench
-#   benches/gpu/host.sh collect [SECONDS]     wait for background benchmarks, copy results to $OUT
-#   benches/gpu/host.sh cpu-check             the same steps with CUDA off (to try this script
-#                                             on a machine without a GPU)
+#   benches/gpu/host.sh stash          keep the carried gpu-bundle/ files in $STASH
+#   benches/gpu/host.sh build          unpack, build the engine's CUDA libraries (about 5 min
+#                                      on 16 cores; run again to resume where it stopped)
+#   benches/gpu/host.sh build-server   build llama-server with CUDA (about 5 min; optional:
+#                                      without it the benchmarks have no llama-server arm)
+#   benches/gpu/host.sh bench          the benchmarks (needs the build and the model)
+#   benches/gpu/host.sh big            an 8B-shaped GGUF with random weights, and its bench
+#   benches/gpu/host.sh cpu-check      the same steps with CUDA off (to try this script on a
+#                                      machine without a GPU)
 #
+# Every step runs in the foreground: a host may end a call's processes when the call ends
+# (the device service this was first run on does), so each must finish within one call.
 # Every measurement writes NAME.json and NAME.log and a line in runs.txt; one that fails is
-# recorded there and the rest still run.
+# recorded there and the rest still run. Results are copied to $OUT as the step ends, even
+# when it is stopped (e.g. by `timeout`).
 #
 # $STASH (default /tmp/state-pack-gpu) survives between calls only while the host stays up:
 # each step says what is missing and stops at once if an earlier one's files are gone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 STASH="${STASH:-/tmp/state-pack-gpu}"
-# Results are written in the stash (a background run outlives its call) and copied to $OUT.
+# Results are written in the stash and copied to $OUT when a step ends.
 RESULTS="$STASH/out"
 OUT="${OUT:-$PWD/gpu-out}"
 BUNDLE="$ROOT/gpu-bundle"
@@ -75,33 +80,37 @@ unpack_model() {
     say "model ok: $have"
 }
 
-cmake_build() { # source dir, build dir, target, extra flags...
-    local src=$1 dir=$2 target=$3
-    shift 3
-    local gen=()
-    command -v ninja >/dev/null && gen=(-G Ninja)
-    cmake -S "$src" -B "$dir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA="$CUDA" \
-        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DGGML_CUDA_NCCL=OFF -DGGML_NATIVE=ON -DGGML_OPENMP=OFF \
-        -DGGML_CCACHE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_PROJECT_INCLUDE="$STASH/src/ggml-amx-tilecfg.cmake" "$@" >/dev/null
-    cmake --build "$dir" --target "$target" -j "$JOBS" > "$dir.log" 2>&1 || { tail -30 "$dir.log" >&2; exit 5; }
+cmake_unpack_sources() {
+    check_manifest
+    need llama.cpp.tar.xz
+    if [ ! -f "$STASH/src/.unpacked" ]; then
+        rm -rf "$STASH/src" && mkdir -p "$STASH/src"
+        tar -C "$STASH/src" -xJf "$STASH/llama.cpp.tar.xz"
+        touch "$STASH/src/.unpacked"
+    fi
 }
 
 build() {
-    check_manifest
-    need llama.cpp.tar.xz
-    rm -rf "$STASH/src" && mkdir -p "$STASH/src"
-    tar -C "$STASH/src" -xJf "$STASH/llama.cpp.tar.xz"
+    unpack_sources
     local started=$SECONDS
     # The engine's libraries, as shared libraries with the SONAMEs the binary was linked
     # against (libllama.so.0, libggml*.so.0, libllama-common.so.0).
     cmake_build "$STASH/src/engine" "$STASH/build-engine" all -DBUILD_SHARED_LIBS=ON \
         -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
     say "engine libraries built in $((SECONDS - started)) s"
+    touch "$STASH/built"
+}
+
+build_server() {
+    unpack_sources
+    local started=$SECONDS
     cmake_build "$STASH/src/server" "$STASH/build-server" llama-server -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON
     say "llama-server built in $((SECONDS - started)) s"
-    touch "$STASH/built"
+}
+
+copy_out() {
+    cp -r "$RESULTS"/. "$OUT"/ 2>/dev/null || true
 }
 
 libs() { find "$STASH/build-engine" -name '*.so*' -printf '%h\n' | sort -u | tr '\n' ':'; }
@@ -149,6 +158,7 @@ measure() {
 }
 
 server_up() { # model, port, log, gpu layers
+    [ -x "$STASH/build-server/bin/llama-server" ] || { say "no llama-server built: no peer arm"; return 7; }
     "$STASH/build-server/bin/llama-server" -m "$1" --host 127.0.0.1 --port "$2" -ngl "$4" \
         > "$3" 2>&1 &
     echo $! > "$STASH/server.pid"
@@ -179,9 +189,10 @@ bench() {
     probe mistralrs "$dev" "$m"
     # Naive vs state-pack on each engine, and llama-server, in the same runs (4 runs: the
     # first includes CUDA graph capture and PTX JIT, the summary leaves it out).
-    server_up "$m" 8089 "$RESULTS/llama-server.log" "$ngl" || true
-    measure demo-gpu sp --device "$dev" --model "$m" bench --compare-engines --steps 20 --runs 4 --peer "$peer" --json
-    measure demo-ctx4k-gpu sp --device "$dev" --model "$m" bench --compare-engines --context-tokens 4000 --steps 10 --runs 4 --peer "$peer" --json
+    local with_peer=()
+    server_up "$m" 8089 "$RESULTS/llama-server.log" "$ngl" && with_peer=(--peer "$peer")
+    measure demo-gpu sp --device "$dev" --model "$m" bench --compare-engines --steps 20 --runs 4 "${with_peer[@]}" --json
+    measure demo-ctx4k-gpu sp --device "$dev" --model "$m" bench --compare-engines --context-tokens 4000 --steps 10 --runs 4 "${with_peer[@]}" --json
     server_down
     # mistral.rs on the file's own Q4_1 weights (candle has CUDA kernels for them), bf16.
     measure demo-mistralrs-q41-bf16-gpu sp --engine mistralrs --requantize-q8 false --dtype bf16 --device "$dev" --model "$m" bench --steps 20 --runs 4 --json
@@ -195,8 +206,9 @@ bench() {
     # The same binary and libraries with the GPU hidden: this host's CPU cores.
     if [ "$CUDA" = ON ]; then
         export CUDA_VISIBLE_DEVICES=
-        server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 || true
-        measure demo-cpu sp --device cpu --model "$m" bench --compare-engines --steps 20 --runs 3 --peer "$peer" --json
+        with_peer=()
+        server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer")
+        measure demo-cpu sp --device cpu --model "$m" bench --compare-engines --steps 20 --runs 3 "${with_peer[@]}" --json
         server_down
         unset CUDA_VISIBLE_DEVICES
     fi
@@ -223,49 +235,16 @@ big() {
 
 case "${1:-}" in
     stash) stash ;;
-    build)
-        if [ "${2:-}" = --background ]; then
-            nohup "$0" build > "$STASH/build.log" 2>&1 &
-            say "building in the background: $STASH/build.log"
-        else
-            build
-        fi
-        ;;
-    wait-build)
-        for _ in $(seq 1 "${2:-540}"); do
-            [ -f "$STASH/built" ] && { say "build done"; exit 0; }
-            sleep 1
-        done
-        say "build not done: $(tail -3 "$STASH/build.log" 2>/dev/null)"
-        exit 9
-        ;;
+    build) build ;;
+    build-server) build_server ;;
     bench | big)
-        if [ "${2:-}" = --background ]; then
-            rm -f "$STASH/$1.rc"
-            touch "$STASH/$1.started"
-            nohup bash -c "'$0' $1; echo \$? > '$STASH/$1.rc'" > "$STASH/$1.log" 2>&1 &
-            say "$1 running in the background: $STASH/$1.log"
-        elif [ "$1" = bench ]; then
-            bench
-        else
-            big
-        fi
+        trap copy_out EXIT
+        trap 'exit 143' TERM INT
+        if [ "$1" = bench ]; then bench; else big; fi
         ;;
-    collect)
-        # Wait (up to SECONDS) for every background run started to end.
-        for _ in $(seq 1 "${2:-0}"); do
-            pending=0
-            for j in bench big; do
-                [ -f "$STASH/$j.started" ] && [ ! -f "$STASH/$j.rc" ] && pending=1
-            done
-            [ "$pending" = 0 ] && break
-            sleep 1
-        done
-        cp -r "$RESULTS"/. "$OUT"/
-        for l in build bench big; do [ -f "$STASH/$l.log" ] && cp "$STASH/$l.log" "$OUT/"; done
-        for j in bench big; do [ -f "$STASH/$j.rc" ] && say "$j exited with $(cat "$STASH/$j.rc")"; done
-        ls -la "$OUT" >&2
+    cpu-check)
+        trap copy_out EXIT
+        CUDA=OFF build && CUDA=OFF build_server && CUDA=OFF bench
         ;;
-    cpu-check) CUDA=OFF GPU_CUDA_OFF=1 build && CUDA=OFF GPU_CUDA_OFF=1 bench ;;
     *) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2 ;;
 esac

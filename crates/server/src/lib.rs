@@ -63,7 +63,9 @@ pub struct ServerConfig {
     pub max_delta_tokens: usize,
     /// Largest `sampling.max_tokens` accepted.
     pub max_new_tokens: usize,
-    /// Requests using the engine at once.
+    /// Requests using the engine at once; 0 takes the engine's
+    /// ([`Engine::max_concurrent`](state_pack_core::engine::Engine::max_concurrent): the
+    /// llama.cpp engine batches one generation per hot slot, mistral.rs runs one).
     pub queue_capacity: usize,
     /// Requests allowed to wait for the engine; beyond, 503.
     pub queue_depth: usize,
@@ -82,7 +84,7 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024,
             max_delta_tokens: 4096,
             max_new_tokens: 512,
-            queue_capacity: 1,
+            queue_capacity: 0,
             queue_depth: 256,
             engine_timeout: Duration::from_secs(300),
             auth: Auth::Disabled,
@@ -226,7 +228,13 @@ impl Server {
         });
         Self {
             state: Arc::new(AppState {
-                queue: FairQueue::new(config.queue_capacity, config.queue_depth),
+                queue: FairQueue::new(
+                    match config.queue_capacity {
+                        0 => pack.engine().max_concurrent(),
+                        n => n,
+                    },
+                    config.queue_depth,
+                ),
                 pack,
                 reader,
                 metrics: Metrics::default(),

@@ -185,6 +185,10 @@ enum Command {
         /// Concurrent clients (`--workload serve`).
         #[arg(long, default_value_t = 32)]
         clients: usize,
+        /// Engine operations the server runs at once (`--workload serve`); 0 takes the
+        /// engine's (llama.cpp: one per hot state, batched; mistral.rs: 1).
+        #[arg(long, default_value_t = 0)]
+        max_concurrent: usize,
         /// Run the loop on every engine this build has (mistralrs, llamacpp), one after the
         /// other in this process, and print them side by side.
         #[arg(long)]
@@ -348,6 +352,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             runs,
             workload,
             clients,
+            max_concurrent,
             compare_engines,
             state_tokens,
             context_tokens,
@@ -358,7 +363,16 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 WorkloadArg::Demo => bench::Workload::Demo,
                 WorkloadArg::Agent => bench::Workload::Agent,
                 WorkloadArg::Serve => {
-                    serve::bench(model_path, &cache, spec, clients, steps, json).await?;
+                    serve::bench(
+                        model_path,
+                        &cache,
+                        spec,
+                        clients,
+                        steps,
+                        max_concurrent,
+                        json,
+                    )
+                    .await?;
                     return Ok(true);
                 }
                 WorkloadArg::Restore => {
@@ -389,10 +403,13 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                         ..spec
                     },
                     peer.as_ref(),
-                    workload,
-                    steps,
-                    runs,
-                    context_tokens,
+                    bench::BenchPlan {
+                        workload,
+                        steps,
+                        runs,
+                        kv_blobs: true,
+                        context_tokens,
+                    },
                 )
                 .await?;
                 if !json {

@@ -8,12 +8,10 @@ pub(crate) async fn bench_cmd(
     cache: &Path,
     spec: EngineSpec,
     peer: Option<&bench::Peer>,
-    workload: bench::Workload,
-    steps: usize,
-    runs: usize,
-    context_tokens: usize,
+    plan: bench::BenchPlan,
 ) -> Result<bench::BenchReport> {
     let engine = spec.kind;
+    let (steps, runs) = (plan.steps, plan.runs);
     let reuse = load(model, cache, spec).await?;
     let naive = load(model, cache, spec.hot_states(0)).await?;
     let arms = 2 + usize::from(peer.is_some());
@@ -23,11 +21,8 @@ pub(crate) async fn bench_cmd(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let plan = bench::BenchPlan {
-        workload,
-        steps,
-        runs,
-        kv_blobs: !NO_KV_BLOBS.get().copied().unwrap_or(false),
-        context_tokens,
+        kv_blobs: plan.kv_blobs && !NO_KV_BLOBS.get().copied().unwrap_or(false),
+        ..plan
     };
     let report = bench::run(reuse, naive, peer, plan, |arm, step| {
         bar.set_message(format!("{engine} {} step {step}", arm.name()));

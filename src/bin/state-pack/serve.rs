@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Requests allowed to wait for the engine; more are answered 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     pub queue_depth: usize,
+    /// Engine operations run at once (round-robin across clients); 0 takes the engine's:
+    /// llama.cpp batches up to one generation per hot state, mistral.rs runs one.
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrent: usize,
     /// Longest one operation may use the engine, e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub engine_timeout: Duration,
@@ -96,10 +100,10 @@ fn config(args: &ServeArgs, auth: Auth) -> ServerConfig {
         max_delta_tokens: args.max_delta_tokens,
         max_new_tokens: args.max_new_tokens,
         queue_depth: args.queue_depth,
+        queue_capacity: args.max_concurrent,
         engine_timeout: args.engine_timeout,
         auth,
         model_id: args.model_id.clone(),
-        ..ServerConfig::default()
     }
 }
 
@@ -183,6 +187,7 @@ pub async fn bench(
     spec: EngineSpec,
     clients: usize,
     steps: usize,
+    max_concurrent: usize,
     json: bool,
 ) -> Result<()> {
     if clients == 0 || steps == 0 {
@@ -200,6 +205,7 @@ pub async fn bench(
     let token = "bench-token-0123456789abcdef".to_string();
     let config = ServerConfig {
         auth: Auth::Tokens(server::parse_tokens(&token)?),
+        queue_capacity: max_concurrent,
         ..ServerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -357,6 +357,12 @@ pub trait Engine: Send + Sync {
     /// holds none).
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
 
+    /// How many generations the engine runs at once (batched together); callers that
+    /// queue requests for it (the server) admit this many. 1 unless the engine batches.
+    fn max_concurrent(&self) -> usize {
+        1
+    }
+
     /// How many token sequences the engine holds KV for right now.
     fn hot_entries(&self) -> usize {
         0

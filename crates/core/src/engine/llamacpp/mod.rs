@@ -2,7 +2,8 @@
 //! crate, cargo feature `llamacpp`).
 //!
 //! One llama.cpp context runs on a dedicated thread (a context borrows its model and is not
-//! `Send`); requests reach it over a channel, one at a time. The context's KV cache is
+//! `Send`); requests reach it over a channel, and generations that overlap in time are
+//! batched together, one per slot (continuous batching; see `worker`). The context's KV cache is
 //! *unified*: every sequence id shares one pool of cells, so copying a prefix from one
 //! sequence to another only tags cells, it copies no tensors.
 //!
@@ -129,8 +130,26 @@ pub struct LlamaCppEngine {
     info: ModelInfo,
     model: Arc<LlamaModel>,
     slots: Arc<Mutex<Slots>>,
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// The engine thread, joined on drop.
+    thread: Option<std::thread::JoinHandle<()>>,
     reuse: bool,
+}
+
+impl Drop for LlamaCppEngine {
+    /// Closes the job channel and waits for the engine thread to free its context. Without
+    /// the wait, a process that drops its engine and exits races the thread's cleanup
+    /// against the CUDA runtime's own teardown at exit, and llama.cpp aborts on
+    /// "CUDA error: driver shutting down" (seen on an H100).
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                warn!("the llama.cpp engine thread panicked");
+            }
+        }
+    }
 }
 
 fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
@@ -201,6 +220,7 @@ impl LlamaCppEngine {
             model: Arc::clone(&model),
             slots: Arc::clone(&slots),
             reuse: options.slots > 0,
+            cells: n_ctx,
             batch,
             tok_env_cache: OnceLock::new(),
         };
@@ -212,14 +232,15 @@ impl LlamaCppEngine {
         let ctx_params = LlamaContextParams::default()
             .with_flash_attention_policy(flash)
             .with_n_ctx(NonZeroU32::new(n_ctx as u32))
-            .with_n_batch(batch as u32)
-            .with_n_ubatch(batch as u32)
+            // A full prompt chunk plus one decoding token of every other slot.
+            .with_n_batch((batch + slots_n) as u32)
+            .with_n_ubatch((batch + slots_n) as u32)
             .with_n_seq_max(slots_n as u32 + 1)
             .with_kv_unified(true)
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
         let thread_path = path.to_path_buf();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("llama.cpp".into())
             .spawn(move || {
                 let mut ctx = match worker.model.new_context(backend, ctx_params) {
@@ -265,7 +286,8 @@ impl LlamaCppEngine {
             },
             model,
             slots,
-            jobs,
+            jobs: Some(jobs),
+            thread: Some(thread),
             reuse: options.slots > 0,
         })
     }
@@ -276,6 +298,8 @@ impl LlamaCppEngine {
     ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
+            .as_ref()
+            .ok_or_else(|| EngineError::Failed("the llama.cpp engine is shutting down".into()))?
             .send(job(tx))
             .map_err(|_| EngineError::Failed("the llama.cpp engine thread has stopped".into()))?;
         rx.await
@@ -299,6 +323,11 @@ fn to_llama(tokens: &[u32]) -> Vec<LlamaToken> {
 }
 
 impl LlamaCppEngine {
+    /// The most generations that have run at once in this engine (batched in one decode).
+    pub fn peak_concurrency(&self) -> usize {
+        lock(&self.slots).peak_busy()
+    }
+
     async fn generate_into(
         &self,
         prompt: &[u32],
@@ -380,6 +409,15 @@ impl Engine for LlamaCppEngine {
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
         lock(&self.slots).longest_match(tokens).1
+    }
+
+    fn max_concurrent(&self) -> usize {
+        // One generation per slot; the naive baseline (no slots kept) runs one at a time.
+        if self.reuse {
+            lock(&self.slots).tokens.len()
+        } else {
+            1
+        }
     }
 
     fn hot_entries(&self) -> usize {

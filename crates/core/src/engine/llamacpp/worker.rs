@@ -1,5 +1,14 @@
-//! The llama.cpp engine's worker thread: it owns the context and runs every job — placing a
-//! prompt in a slot, decoding, sampling under a grammar, exporting and importing KV.
+//! The llama.cpp engine's worker thread: it owns the context and runs every job — placing
+//! prompts in slots, decoding, sampling under grammars, exporting and importing KV.
+//!
+//! Generations run together (continuous batching, as llama-server does): each step is one
+//! `llama_decode` holding the next token of every sequence that is decoding and the next
+//! prompt chunk of one sequence that is prefilling, each in its own slot; a request that
+//! arrives while others run joins at the next step. Sampling, grammars and seeds stay per
+//! sequence, and so do the figures: a sequence's prefill time is the wall time from its
+//! first prompt chunk to its last, its decode time from there to its last token.
+
+use std::collections::VecDeque;
 
 use super::slots::Placement;
 use super::*;
@@ -9,6 +18,8 @@ pub(super) struct Worker {
     pub(super) model: Arc<LlamaModel>,
     pub(super) slots: Arc<Mutex<Slots>>,
     pub(super) reuse: bool,
+    /// KV cells in the context, shared by every slot.
+    pub(super) cells: usize,
     pub(super) batch: usize,
     pub(super) tok_env_cache: OnceLock<Result<TokEnv, String>>,
 }
@@ -17,35 +28,436 @@ pub(super) fn failed(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(format!("llama.cpp {what}: {e}"))
 }
 
+/// A generation waiting for a slot.
+struct Request {
+    prompt: Vec<u32>,
+    sampling: Sampling,
+    sink: Option<TokenSink>,
+    reply: oneshot::Sender<Result<Generation, EngineError>>,
+}
+
+/// A generation in flight, in its slot.
+struct Running {
+    seq: usize,
+    prompt: Vec<u32>,
+    reused: usize,
+    /// Prompt tokens whose KV is in the slot (reused, then prefilled chunk by chunk).
+    fed: usize,
+    sampling: Sampling,
+    matcher: Option<Matcher>,
+    seeded: Option<SeededSampler>,
+    sink: Option<TokenSink>,
+    reply: oneshot::Sender<Result<Generation, EngineError>>,
+    out: Vec<u32>,
+    started: Instant,
+    /// When its first prompt chunk could run (after placing it in its slot).
+    prefill_from: Instant,
+    prefill_time: Option<Duration>,
+    decode_started: Option<Instant>,
+    /// Tokens of this sequence in the batch being decoded, and where its logits are.
+    in_batch: usize,
+    logits_at: Option<i32>,
+}
+
+impl Running {
+    fn prefilling(&self) -> bool {
+        self.fed < self.prompt.len()
+    }
+}
+
 impl Worker {
     pub(super) fn serve(&self, mut ctx: LlamaContext<'_>, rx: mpsc::Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            match job {
-                Job::Generate {
-                    prompt,
-                    sampling,
-                    sink,
-                    reply,
-                } => {
-                    let _ = reply.send(self.generate(&mut ctx, &prompt, &sampling, sink));
+        let mut waiting: VecDeque<Request> = VecDeque::new();
+        let mut running: Vec<Running> = Vec::new();
+        let mut open = true;
+        loop {
+            // Block for work only when nothing runs; otherwise take what has arrived and step.
+            if running.is_empty() && waiting.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.accept(&mut ctx, job, &mut waiting),
+                    Err(_) => break,
                 }
-                Job::Export {
-                    tokens,
-                    from,
-                    reply,
-                } => {
-                    let _ = reply.send(self.export(&mut ctx, &tokens, from));
+            }
+            while open {
+                match rx.try_recv() {
+                    Ok(job) => self.accept(&mut ctx, job, &mut waiting),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => open = false,
                 }
-                Job::Import {
-                    tokens,
-                    chunks,
-                    reply,
-                } => {
-                    let _ = reply.send(self.import(&mut ctx, &tokens, &chunks));
+            }
+            self.admit(&mut ctx, &mut waiting, &mut running);
+            if running.is_empty() {
+                if !open && waiting.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            self.step(&mut ctx, &mut running);
+        }
+        debug!("llama.cpp engine thread stopped");
+    }
+
+    /// Exports and imports run at once (between two steps); generations queue for a slot.
+    fn accept(&self, ctx: &mut LlamaContext<'_>, job: Job, waiting: &mut VecDeque<Request>) {
+        match job {
+            Job::Generate {
+                prompt,
+                sampling,
+                sink,
+                reply,
+            } => waiting.push_back(Request {
+                prompt,
+                sampling,
+                sink,
+                reply,
+            }),
+            Job::Export {
+                tokens,
+                from,
+                reply,
+            } => {
+                let _ = reply.send(self.export(ctx, &tokens, from));
+            }
+            Job::Import {
+                tokens,
+                chunks,
+                reply,
+            } => {
+                let _ = reply.send(self.import(ctx, &tokens, &chunks));
+            }
+        }
+    }
+
+    /// Starts waiting generations, in arrival order, while an idle slot can take them.
+    fn admit(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        waiting: &mut VecDeque<Request>,
+        running: &mut Vec<Running>,
+    ) {
+        while let Some(r) = waiting.front() {
+            if r.reply.is_closed() {
+                waiting.pop_front();
+                continue;
+            }
+            let Some(place) = self.slots().plan(&r.prompt, self.reuse) else {
+                return;
+            };
+            // Admit it only if every running sequence can still finish beside it in the cell
+            // pool (idle slots' cells can be dropped); one alone is always tried.
+            let need = |prompt: usize, fed: usize, max: usize, out: usize| {
+                (prompt - fed.min(prompt)) + max.saturating_sub(out)
+            };
+            let pending: usize = running
+                .iter()
+                .map(|x| need(x.prompt.len(), x.fed, x.sampling.max_tokens, x.out.len()))
+                .sum();
+            let wanted = need(r.prompt.len(), place.reused, r.sampling.max_tokens, 0);
+            if !running.is_empty() && self.slots().busy_cells() + pending + wanted > self.cells {
+                return;
+            }
+            let Some(r) = waiting.pop_front() else { return };
+            match self.start(ctx, r) {
+                Ok(run) => running.push(run),
+                Err((reply, e)) => {
+                    let _ = reply.send(Err(e));
                 }
             }
         }
-        debug!("llama.cpp engine thread stopped");
+    }
+
+    fn start(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        r: Request,
+    ) -> Result<
+        Running,
+        (
+            oneshot::Sender<Result<Generation, EngineError>>,
+            EngineError,
+        ),
+    > {
+        let started = Instant::now();
+        let matcher = match r
+            .sampling
+            .grammar
+            .as_ref()
+            .map(|g| self.matcher(g))
+            .transpose()
+        {
+            Ok(m) => m,
+            Err(e) => return Err((r.reply, e)),
+        };
+        let (seq, reused) = match self.place(ctx, &r.prompt) {
+            Ok(p) => p,
+            Err(e) => return Err((r.reply, e)),
+        };
+        self.slots().set_busy(seq, true);
+        let prefill_from = Instant::now();
+        let seeded = match r.sampling.mode {
+            SamplingMode::Greedy => None,
+            SamplingMode::Seeded {
+                seed,
+                temperature,
+                top_p,
+            } => Some(SeededSampler {
+                seed,
+                temperature,
+                top_p,
+                next_position: Default::default(),
+            }),
+        };
+        Ok(Running {
+            seq,
+            reused,
+            fed: reused,
+            prompt: r.prompt,
+            sampling: r.sampling,
+            matcher,
+            seeded,
+            sink: r.sink,
+            reply: r.reply,
+            out: Vec::new(),
+            started,
+            prefill_from,
+            prefill_time: None,
+            decode_started: None,
+            in_batch: 0,
+            logits_at: None,
+        })
+    }
+
+    /// Ends `run` with `result`: its slot becomes idle (keeping what it holds on success,
+    /// dropped on failure).
+    fn finish(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        run: Running,
+        result: Result<Generation, EngineError>,
+    ) {
+        if result.is_err() {
+            self.drop_slot(ctx, run.seq);
+        }
+        self.slots().set_busy(run.seq, false);
+        let _ = run.reply.send(result);
+    }
+
+    /// One `llama_decode` for every running sequence: the next token of those decoding, then
+    /// prompt chunks of those prefilling, up to the batch size; then samples for every
+    /// sequence whose logits it produced.
+    fn step(&self, ctx: &mut LlamaContext<'_>, running: &mut Vec<Running>) {
+        // A client that went away: stop its generation, keep what its slot holds.
+        let mut i = 0;
+        while i < running.len() {
+            if running[i].reply.is_closed() {
+                let run = running.swap_remove(i);
+                self.slots().set_busy(run.seq, false);
+            } else {
+                i += 1;
+            }
+        }
+        if running.is_empty() {
+            return;
+        }
+        // A prompt chunk beside one token of every other slot.
+        let mut batch = LlamaBatch::new(self.batch + self.slots().tokens.len(), 1);
+        loop {
+            batch.clear();
+            if let Err(e) = self.fill(&mut batch, running) {
+                let e = e.to_string();
+                for run in running.drain(..) {
+                    self.finish(ctx, run, Err(EngineError::Failed(e.clone())));
+                }
+                return;
+            }
+            match decode_marked(ctx, &mut batch) {
+                Ok(()) => break,
+                Err(DecodeError::NoKvCacheSlot) => {
+                    let victim = self.slots().eviction();
+                    if let Some(v) = victim {
+                        warn!(
+                            slot = v,
+                            "KV cache full: dropping the least recently used sequence"
+                        );
+                        self.drop_slot(ctx, v);
+                        continue;
+                    }
+                    // Nothing idle left to drop: the newest sequence gives way to the others
+                    // (alone, it does not fit at all).
+                    let Some(run) = running.pop() else { return };
+                    self.finish(
+                        ctx,
+                        run,
+                        Err(EngineError::Rejected(
+                            "the prompt does not fit the KV cache".into(),
+                        )),
+                    );
+                    if running.is_empty() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    for run in running.drain(..) {
+                        self.finish(ctx, run, Err(failed("decode", &e)));
+                    }
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < running.len() {
+            let run = &mut running[i];
+            // What the slot now holds: the prompt chunk or the token just run.
+            let ran = if run.prefilling() {
+                &run.prompt[run.fed..run.fed + run.in_batch]
+            } else {
+                &run.out[run.out.len() - run.in_batch..]
+            };
+            {
+                let mut slots = self.slots();
+                slots.tokens[run.seq].extend_from_slice(ran);
+                slots.touch(run.seq);
+            }
+            if run.prefilling() {
+                run.fed += run.in_batch;
+                if !run.prefilling() {
+                    run.prefill_time = Some(now - run.prefill_from);
+                    run.decode_started = Some(now);
+                }
+            }
+            let Some(at) = run.logits_at.take() else {
+                i += 1;
+                continue;
+            };
+            match self.sample(ctx, run, at) {
+                Ok(None) => i += 1,
+                Ok(Some(finish)) => {
+                    let run = running.swap_remove(i);
+                    let g = self.generation(&run, finish);
+                    self.finish(ctx, run, Ok(g));
+                }
+                Err(e) => {
+                    let run = running.swap_remove(i);
+                    self.finish(ctx, run, Err(e));
+                }
+            }
+        }
+    }
+
+    /// Puts each running sequence's next tokens in `batch`: the next token of every decoding
+    /// sequence, then the next prompt chunk (up to the prefill batch size) of one prefilling
+    /// sequence.
+    fn fill(&self, batch: &mut LlamaBatch, running: &mut [Running]) -> Result<(), EngineError> {
+        let mut n = 0i32;
+        for run in running.iter_mut() {
+            run.in_batch = 0;
+            run.logits_at = None;
+        }
+        for run in running.iter_mut().filter(|r| !r.prefilling()) {
+            let Some(&last) = run.out.last() else {
+                continue;
+            };
+            let pos = run.prompt.len() + run.out.len() - 1;
+            batch
+                .add(LlamaToken(last as i32), pos as i32, &[run.seq as i32], true)
+                .map_err(|e| failed("batch", e))?;
+            run.in_batch = 1;
+            run.logits_at = Some(n);
+            n += 1;
+        }
+        // One prompt per decode, in the chunks it would get alone: llama.cpp's kernels are not
+        // invariant to a batch's make-up (two prompts sharing a batch changed a greedy token
+        // of one of them in our tests); one token of each decoding sequence beside a prompt
+        // chunk changes nothing.
+        if let Some(run) = running.iter_mut().find(|r| r.prefilling()) {
+            let take = (run.prompt.len() - run.fed).min(self.batch);
+            for k in 0..take {
+                let pos = run.fed + k;
+                let last = pos + 1 == run.prompt.len();
+                batch
+                    .add(
+                        LlamaToken(run.prompt[pos] as i32),
+                        pos as i32,
+                        &[run.seq as i32],
+                        last,
+                    )
+                    .map_err(|e| failed("batch", e))?;
+                if last {
+                    run.logits_at = Some(n);
+                }
+                n += 1;
+            }
+            run.in_batch = take;
+        }
+        Ok(())
+    }
+
+    /// Samples `run`'s next token from the logits at batch index `at`; `Some` when it ends.
+    fn sample(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        run: &mut Running,
+        at: i32,
+    ) -> Result<Option<FinishReason>, EngineError> {
+        let mut logits = ctx.get_logits_ith(at).to_vec();
+        if let Some(m) = run.matcher.as_mut() {
+            let mask = m
+                .compute_mask_or_eos()
+                .map_err(|e| EngineError::Failed(format!("grammar: {e}")))?;
+            for (id, l) in logits.iter_mut().enumerate() {
+                if !mask.is_allowed(id as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let pick = match &run.seeded {
+            Some(s) => s.draw(&logits, run.prompt.len() + run.out.len()),
+            None => argmax(&logits),
+        } as u32;
+        run.out.push(pick);
+        if let Some(sink) = &run.sink {
+            let _ = sink.send(pick);
+        }
+        if let Some(m) = run.matcher.as_mut() {
+            if !m.is_stopped() {
+                m.consume_token(pick)
+                    .map_err(|e| EngineError::Failed(format!("grammar: {e}")))?;
+            }
+        }
+        if self.model.vocab().is_eog(LlamaToken(pick as i32)) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if run.out.len() >= run.sampling.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        Ok(None)
+    }
+
+    fn generation(&self, run: &Running, finish: FinishReason) -> Generation {
+        let shown: &[u32] = if finish == FinishReason::Stop {
+            &run.out[..run.out.len() - 1]
+        } else {
+            &run.out
+        };
+        let vocab = self.model.vocab();
+        let text =
+            String::from_utf8_lossy(&vocab.detokenize(&to_llama(shown), false, true)).into_owned();
+        let prefill_time = run.prefill_time.unwrap_or_default();
+        Generation {
+            text,
+            finish,
+            usage: EngineUsage {
+                prompt_tokens: run.prompt.len(),
+                prefilled: run.prompt.len() - run.reused,
+                reused: run.reused,
+                generated: run.out.len(),
+                prefill_time,
+                decode_time: run.decode_started.map(|d| d.elapsed()).unwrap_or_default(),
+                wall: run.started.elapsed(),
+            },
+            tokens: run.out.clone(),
+        }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -69,11 +481,14 @@ impl Worker {
         ctx: &mut LlamaContext<'_>,
         prompt: &[u32],
     ) -> Result<(usize, usize), EngineError> {
-        let Placement {
+        let Some(Placement {
             dest,
             source: best,
             reused: reuse,
-        } = self.slots().plan(prompt, self.reuse);
+        }) = self.slots().plan(prompt, self.reuse)
+        else {
+            return Err(EngineError::Failed("no idle slot".into()));
+        };
         if dest == best {
             ctx.kv_cache_seq_rm(dest as i32, Some(reuse as u32), None)
                 .map_err(|e| failed("KV trim", e))?;
@@ -110,54 +525,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs `tokens` at positions `start..` of slot `seq`, asking for logits of the last one.
-    /// When the cell pool is full, drops other slots (least recently used first) and retries.
-    fn decode(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        seq: usize,
-        tokens: &[u32],
-        start: usize,
-    ) -> Result<(), EngineError> {
-        let mut batch = LlamaBatch::new(self.batch, 1);
-        let mut pos = start;
-        for chunk in tokens.chunks(self.batch) {
-            loop {
-                batch.clear();
-                for (i, &t) in chunk.iter().enumerate() {
-                    let last = pos + i + 1 == start + tokens.len();
-                    batch
-                        .add(LlamaToken(t as i32), (pos + i) as i32, &[seq as i32], last)
-                        .map_err(|e| failed("batch", e))?;
-                }
-                match decode_marked(ctx, &mut batch) {
-                    Ok(()) => break,
-                    Err(DecodeError::NoKvCacheSlot) => {
-                        let victim = self.slots().eviction(seq);
-                        match victim {
-                            Some(v) => {
-                                warn!(
-                                    slot = v,
-                                    "KV cache full: dropping the least recently used sequence"
-                                );
-                                self.drop_slot(ctx, v);
-                            }
-                            _ => {
-                                return Err(EngineError::Rejected(
-                                    "the prompt does not fit the KV cache".into(),
-                                ))
-                            }
-                        }
-                    }
-                    Err(e) => return Err(failed("decode", e)),
-                }
-            }
-            self.slots().tokens[seq].extend_from_slice(chunk);
-            pos += chunk.len();
-        }
-        Ok(())
-    }
-
     fn tok_env(&self) -> Result<TokEnv, EngineError> {
         self.tok_env_cache
             .get_or_init(|| {
@@ -181,106 +548,6 @@ impl Worker {
             .create_parser(top)
             .map_err(|e| EngineError::Rejected(format!("invalid grammar: {e}")))?;
         Ok(Matcher::new(Ok(parser)))
-    }
-
-    fn generate(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        prompt: &[u32],
-        sampling: &Sampling,
-        sink: Option<TokenSink>,
-    ) -> Result<Generation, EngineError> {
-        let wall = Instant::now();
-        let mut matcher = sampling
-            .grammar
-            .as_ref()
-            .map(|g| self.matcher(g))
-            .transpose()?;
-        let (seq, reused) = self.place(ctx, prompt)?;
-        let prefill_started = Instant::now();
-        if let Err(e) = self.decode(ctx, seq, &prompt[reused..], reused) {
-            self.drop_slot(ctx, seq);
-            return Err(e);
-        }
-        let prefill_time = prefill_started.elapsed();
-        let decode_started = Instant::now();
-        let vocab = self.model.vocab();
-        let seeded = match sampling.mode {
-            SamplingMode::Greedy => None,
-            SamplingMode::Seeded {
-                seed,
-                temperature,
-                top_p,
-            } => Some(SeededSampler {
-                seed,
-                temperature,
-                top_p,
-                next_position: Default::default(),
-            }),
-        };
-        let mut out: Vec<u32> = Vec::new();
-        let mut logits_at = (prompt.len() - reused) as i32 - 1;
-        let finish = loop {
-            let mut logits = ctx.get_logits_ith(logits_at % self.batch as i32).to_vec();
-            if let Some(m) = matcher.as_mut() {
-                let mask = m
-                    .compute_mask_or_eos()
-                    .map_err(|e| EngineError::Failed(format!("grammar: {e}")))?;
-                for (id, l) in logits.iter_mut().enumerate() {
-                    if !mask.is_allowed(id as u32) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let pick = match &seeded {
-                Some(s) => s.draw(&logits, prompt.len() + out.len()),
-                None => argmax(&logits),
-            } as u32;
-            out.push(pick);
-            if let Some(sink) = &sink {
-                let _ = sink.send(pick);
-            }
-            if let Some(m) = matcher.as_mut() {
-                if !m.is_stopped() {
-                    m.consume_token(pick)
-                        .map_err(|e| EngineError::Failed(format!("grammar: {e}")))?;
-                }
-            }
-            if vocab.is_eog(LlamaToken(pick as i32)) {
-                break FinishReason::Stop;
-            }
-            if out.len() >= sampling.max_tokens {
-                break FinishReason::Length;
-            }
-            let pos = prompt.len() + out.len() - 1;
-            if let Err(e) = self.decode(ctx, seq, &[pick], pos) {
-                self.drop_slot(ctx, seq);
-                return Err(e);
-            }
-            logits_at = 0;
-        };
-        let decode_time = decode_started.elapsed();
-        let shown: &[u32] = if finish == FinishReason::Stop {
-            &out[..out.len() - 1]
-        } else {
-            &out
-        };
-        let text =
-            String::from_utf8_lossy(&vocab.detokenize(&to_llama(shown), false, true)).into_owned();
-        Ok(Generation {
-            text,
-            finish,
-            usage: EngineUsage {
-                prompt_tokens: prompt.len(),
-                prefilled: prompt.len() - reused,
-                reused,
-                generated: out.len(),
-                prefill_time,
-                decode_time,
-                wall: wall.elapsed(),
-            },
-            tokens: out,
-        })
     }
 
     /// The KV of positions `from..` of `tokens`, if a slot holds all of `tokens`.
@@ -333,6 +600,7 @@ impl Worker {
             return Ok(false);
         }
         let Some(dest) = self.slots().victim(None) else {
+            // Every slot is running a generation: the state is prefilled instead.
             return Ok(false);
         };
         self.drop_slot(ctx, dest);
