@@ -323,3 +323,63 @@ async fn whole_prompts_continue_from_their_longest_stored_prefix() {
         Err(PackError::InvalidParameters(_))
     ));
 }
+
+/// Identical operations that arrive together run once (single flight): concurrent creates
+/// of one base prefill it once, concurrent identical deterministic infers generate once and
+/// the others are replays of it. The engine takes 50 ms a call, so without single flight
+/// every request would find nothing hot or stored and call it.
+#[tokio::test]
+async fn identical_concurrent_operations_run_once() {
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::queue(["the answer", "another", "another", "another"]),
+        ScriptedOptions {
+            latency: std::time::Duration::from_millis(50),
+            ..ScriptedOptions::default()
+        },
+    ));
+    let pack = Arc::new(in_memory(engine.clone()));
+    let creates: Vec<_> = (0..4)
+        .map(|_| {
+            let pack = pack.clone();
+            tokio::spawn(async move { pack.create(BASE).await })
+        })
+        .collect();
+    let mut bases = Vec::new();
+    for c in creates {
+        bases.push(c.await.unwrap().unwrap());
+    }
+    assert_eq!(engine.calls().prefills, 1, "the base was prefilled once");
+    assert_eq!(bases.iter().filter(|b| b.engine_called).count(), 1);
+    assert!(bases.iter().all(|b| b.output == bases[0].output));
+
+    let state = bases[0].output;
+    let infers: Vec<_> = (0..4)
+        .map(|_| {
+            let pack = pack.clone();
+            tokio::spawn(async move {
+                pack.infer_or_replay(&state, TURN, &Sampling::greedy(8))
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for i in infers {
+        answers.push(i.await.unwrap().unwrap());
+    }
+    assert_eq!(engine.calls().generates, 1, "generated once");
+    let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
+    assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.report.replay_of.is_some())
+            .count(),
+        3
+    );
+    // Different requests still run side by side.
+    let other = pack
+        .infer_or_replay(&state, "something else", &Sampling::greedy(8))
+        .await
+        .unwrap();
+    assert!(other.report.engine_called);
+}

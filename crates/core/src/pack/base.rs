@@ -22,6 +22,11 @@ impl StatePack {
             // Leave room for at least one more token.
             self.check_window(tokens.len() + 1)?;
             let output = StateHash::of(&self.engine.info().fingerprint, &tokens);
+            // Concurrent creates of one base: the first prefills, the others find it hot.
+            let _flight = self
+                .flights
+                .join(flight::key(&[b"create", output.as_bytes()]))
+                .await;
             let outcome = self.make_hot(&tokens, (&output, tokens.len())).await?;
             self.commit(Pending {
                 op: OpKind::Create,

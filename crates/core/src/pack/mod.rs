@@ -16,6 +16,7 @@ use crate::ledger::{self, receipt::ReceiptKv};
 use crate::state::{DeltaHash, StateHash};
 mod base;
 mod continuation;
+mod flight;
 mod kv;
 mod replay;
 mod report;
@@ -49,6 +50,8 @@ pub struct StatePack {
     engine: Arc<dyn Engine>,
     store: Mutex<Store>,
     blobs: Option<KvBlobStore>,
+    /// Identical operations in flight (single flight).
+    flights: flight::Flights,
 }
 
 struct Outcome {
@@ -85,6 +88,7 @@ impl StatePack {
             engine,
             store: Mutex::new(store),
             blobs,
+            flights: flight::Flights::default(),
         }
     }
 

@@ -26,10 +26,34 @@ impl StatePack {
         delta: &[u32],
         sampling: &Sampling,
     ) -> Result<Inference, PackError> {
+        let _flight = self.infer_flight(state, delta, sampling).await?;
         match self.replay_tokens(state, delta, sampling)? {
             Some(answer) => Ok(answer),
             None => self.infer_tokens(state, delta, sampling).await,
         }
+    }
+
+    /// Concurrent identical deterministic infers run one after the other: the first calls
+    /// the engine, the others are answered from the store as replays of it. `None` for a
+    /// request that cannot be replayed (it runs at once).
+    async fn infer_flight(
+        &self,
+        state: &StateHash,
+        delta: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Option<flight::Flight<'_>>, PackError> {
+        if !sampling.is_deterministic() || delta.is_empty() {
+            return Ok(None);
+        }
+        let sampling = sampling_record(sampling)?.to_string();
+        let delta_hash = DeltaHash::of(&self.engine.info().fingerprint, delta);
+        let key = flight::key(&[
+            b"infer",
+            state.as_bytes(),
+            delta_hash.as_bytes(),
+            sampling.as_bytes(),
+        ]);
+        Ok(Some(self.flights.join(key).await))
     }
 
     /// [`infer_tokens_or_replay`](Self::infer_tokens_or_replay), sending the generated ids to
@@ -41,6 +65,7 @@ impl StatePack {
         sampling: &Sampling,
         sink: TokenSink,
     ) -> Result<Inference, PackError> {
+        let _flight = self.infer_flight(state, delta, sampling).await?;
         match self.replay_tokens(state, delta, sampling)? {
             Some(answer) => {
                 for t in &answer.generated {
