@@ -605,24 +605,16 @@ pub struct RestoreReport {
 /// Text to append to the demo's system prompt so that its base holds at least `tokens`
 /// tokens: the demo's clauses and notes, numbered, until long enough ("" for 0).
 async fn case_file(engine: &dyn Engine, tokens: usize) -> Result<String, BenchError> {
-    let mut file = String::new();
     if tokens == 0 {
-        return Ok(file);
+        return Ok(String::new());
     }
     let t = engine.info().template;
-    file.push_str("\n\nThe contract and the case notes, item by item:\n");
-    let mut i = 0;
-    loop {
-        let text = demo::base_text_with(&t, "0", &file)?;
-        if engine.tokenize(&text).await.map_err(PackError::from)?.len() >= tokens {
-            return Ok(file);
-        }
-        for _ in 0..8 {
-            let (tool, obs) = demo::OBSERVATIONS[i % demo::OBSERVATIONS.len()];
-            file.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));
-            i += 1;
-        }
-    }
+    let heading = "\n\nThe contract and the case notes, item by item:\n";
+    let (_, file) = with_clauses(engine, tokens, heading, |file| {
+        demo::base_text_with(&t, "0", file)
+    })
+    .await?;
+    Ok(file)
 }
 
 /// A base text of at least `tokens` tokens: the demo base, then clauses until long enough.
@@ -633,12 +625,28 @@ async fn long_base(
 ) -> Result<String, BenchError> {
     let t = engine.info().template;
     let base = demo::base_text(&t, session)? + t.end_of_turn() + t.after_reply();
-    let mut clauses = String::from("The contract, clause by clause:\n");
+    let heading = "The contract, clause by clause:\n";
+    let (text, _) = with_clauses(engine, tokens, heading, |clauses| {
+        Ok(base.clone() + &t.turn(Some(Role::Assistant), Role::User, clauses)?)
+    })
+    .await?;
+    Ok(text)
+}
+
+/// Appends the demo's clauses, numbered, one by one to `heading` until `render` of them
+/// tokenizes to at least `tokens` tokens; gives back the rendered text and the clauses.
+async fn with_clauses(
+    engine: &dyn Engine,
+    tokens: usize,
+    heading: &str,
+    render: impl Fn(&str) -> Result<String, TemplateError>,
+) -> Result<(String, String), BenchError> {
+    let mut clauses = String::from(heading);
     let mut i = 0;
     loop {
-        let text = base.clone() + &t.turn(Some(Role::Assistant), Role::User, &clauses)?;
+        let text = render(&clauses)?;
         if engine.tokenize(&text).await.map_err(PackError::from)?.len() >= tokens {
-            return Ok(text);
+            return Ok((text, clauses));
         }
         let (tool, obs) = demo::OBSERVATIONS[i % demo::OBSERVATIONS.len()];
         clauses.push_str(&format!("{}. [{tool}] {obs}\n", i + 1));

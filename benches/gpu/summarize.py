@@ -50,12 +50,11 @@ def pair_ratio(report, a, b):
     return statistics.median(step_ms(x) / max(step_ms(y), 1e-9) for x, y in zip(ra, rb))
 
 
-def demo_rows(reports, label):
+def demo_rows(reports):
     out = []
     for rep in reports if isinstance(reports, list) else [reports]:
         naive, sp, peer = arm(rep, "naive"), arm(rep, "state_pack"), arm(rep, "peer")
         row = {
-            "label": label,
             "engine": rep["engine"],
             "naive": naive,
             "sp": sp,
@@ -81,7 +80,7 @@ def print_demo(rows, title):
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(
-            f"| {r['label'] or r['engine']} | {fmt(r['naive']['step_ms'])} | {fmt(r['sp']['step_ms'])} | "
+            f"| {r['engine']} | {fmt(r['naive']['step_ms'])} | {fmt(r['sp']['step_ms'])} | "
             f"{fmt(r['peer']['step_ms'] if r['peer'] else None)} | {fmt(r['speedup'])}x | "
             f"{fmt(r['sp_over_peer'], 2) + 'x' if r['sp_over_peer'] else '–'} | {100 * r['savings']:.1f}% | "
             f"{'yes' if r['identical'] else 'no'} | {'–' if r['peer_same'] is None else ('yes' if r['peer_same'] else 'no')} |"
@@ -94,7 +93,7 @@ def print_demo(rows, title):
             if a is None:
                 continue
             cells = " | ".join(fmt(a["split"][k], 2) for k in SPLIT)
-            print(f"| {r['label'] or r['engine']} | {name} | {cells} | {fmt(a['step_ms'], 2)} |")
+            print(f"| {r['engine']} | {name} | {cells} | {fmt(a['step_ms'], 2)} |")
 
 
 def main():
@@ -118,7 +117,7 @@ def main():
     ):
         rep = load(d, name)
         if rep is not None:
-            print_demo(demo_rows(rep, None), f"{title} (`{name}.json`)")
+            print_demo(demo_rows(rep), f"{title} (`{name}.json`)")
     rest = load(d, "restore-llamacpp-gpu")
     if rest is not None:
         later = lambda v: v[1:] if len(v) > 1 else v

@@ -130,26 +130,21 @@ fn a_witness_cosigns_from_the_command_line_and_verify_requires_it() {
         );
         text(&o.stdout)
     };
-    let note1 = ok(&[
-        "receipts",
-        "checkpoint",
-        "--db",
-        db_s,
-        "--key",
-        key_s,
-        "--format",
-        "note",
-    ]);
-    let vkey = ok(&[
-        "receipts",
-        "checkpoint",
-        "--db",
-        db_s,
-        "--key",
-        key_s,
-        "--format",
-        "vkey",
-    ]);
+    // The log's checkpoint as a signed note or its verifier key.
+    let checkpoint = |format: &str| {
+        ok(&[
+            "receipts",
+            "checkpoint",
+            "--db",
+            db_s,
+            "--key",
+            key_s,
+            "--format",
+            format,
+        ])
+    };
+    let note1 = checkpoint("note");
+    let vkey = checkpoint("vkey");
     let vkey = vkey.trim();
     assert!(vkey.starts_with("state-pack.invalid/log/"), "{vkey}");
     let note1_file = dir.path().join("note1");
@@ -200,16 +195,7 @@ fn a_witness_cosigns_from_the_command_line_and_verify_requires_it() {
         .unwrap()
         .rotate_key(k1.clone())
         .unwrap();
-    let note2 = ok(&[
-        "receipts",
-        "checkpoint",
-        "--db",
-        db_s,
-        "--key",
-        key_s,
-        "--format",
-        "note",
-    ]);
+    let note2 = checkpoint("note");
     assert_eq!(note2.lines().nth(1), Some("3"), "{note2}");
     let n2_file = dir.path().join("note2");
     std::fs::write(&n2_file, &note2).unwrap();

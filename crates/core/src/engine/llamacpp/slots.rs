@@ -111,7 +111,7 @@ impl Slots {
         Some(Placement {
             dest,
             source: best,
-            reused: if reuse { reused } else { 0 },
+            reused,
         })
     }
 }

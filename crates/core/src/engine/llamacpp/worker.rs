@@ -52,8 +52,8 @@ struct Running {
     started: Instant,
     /// When its first prompt chunk could run (after placing it in its slot).
     prefill_from: Instant,
-    prefill_time: Option<Duration>,
-    decode_started: Option<Instant>,
+    /// When its last prompt chunk had run: prefill ends and decoding starts.
+    prefilled_at: Option<Instant>,
     /// Tokens of this sequence in the batch being decoded, and where its logits are.
     in_batch: usize,
     logits_at: Option<i32>,
@@ -157,7 +157,7 @@ impl Worker {
                 return;
             }
             let Some(r) = waiting.pop_front() else { return };
-            match self.start(ctx, r) {
+            match self.start(ctx, r, place) {
                 Ok(run) => running.push(run),
                 Err((reply, e)) => {
                     let _ = reply.send(Err(e));
@@ -170,6 +170,7 @@ impl Worker {
         &self,
         ctx: &mut LlamaContext<'_>,
         r: Request,
+        place: Placement,
     ) -> Result<
         Running,
         (
@@ -188,10 +189,10 @@ impl Worker {
             Ok(m) => m,
             Err(e) => return Err((r.reply, e)),
         };
-        let (seq, reused) = match self.place(ctx, &r.prompt) {
-            Ok(p) => p,
-            Err(e) => return Err((r.reply, e)),
-        };
+        if let Err(e) = self.place(ctx, &r.prompt, place) {
+            return Err((r.reply, e));
+        }
+        let (seq, reused) = (place.dest, place.reused);
         self.slots().set_busy(seq, true);
         let prefill_from = Instant::now();
         let seeded = match r.sampling.mode {
@@ -220,8 +221,7 @@ impl Worker {
             out: Vec::new(),
             started,
             prefill_from,
-            prefill_time: None,
-            decode_started: None,
+            prefilled_at: None,
             in_batch: 0,
             logits_at: None,
         })
@@ -322,8 +322,7 @@ impl Worker {
             if run.prefilling() {
                 run.fed += run.in_batch;
                 if !run.prefilling() {
-                    run.prefill_time = Some(now - run.prefill_from);
-                    run.decode_started = Some(now);
+                    run.prefilled_at = Some(now);
                 }
             }
             let Some(at) = run.logits_at.take() else {
@@ -443,7 +442,6 @@ impl Worker {
         let vocab = self.model.vocab();
         let text =
             String::from_utf8_lossy(&vocab.detokenize(&to_llama(shown), false, true)).into_owned();
-        let prefill_time = run.prefill_time.unwrap_or_default();
         Generation {
             text,
             finish,
@@ -452,8 +450,11 @@ impl Worker {
                 prefilled: run.prompt.len() - run.reused,
                 reused: run.reused,
                 generated: run.out.len(),
-                prefill_time,
-                decode_time: run.decode_started.map(|d| d.elapsed()).unwrap_or_default(),
+                prefill_time: run
+                    .prefilled_at
+                    .map(|t| t - run.prefill_from)
+                    .unwrap_or_default(),
+                decode_time: run.prefilled_at.map(|t| t.elapsed()).unwrap_or_default(),
                 wall: run.started.elapsed(),
             },
             tokens: run.out.clone(),
@@ -474,21 +475,17 @@ impl Worker {
         self.slots().tokens[s].clear();
     }
 
-    /// Picks the slot `prompt` runs in and makes its sequence hold exactly the reused prefix;
-    /// returns (slot, reused tokens).
+    /// Makes the slot `prompt` runs in ([`Slots::plan`]) hold exactly the reused prefix.
     fn place(
         &self,
         ctx: &mut LlamaContext<'_>,
         prompt: &[u32],
-    ) -> Result<(usize, usize), EngineError> {
-        let Some(Placement {
+        Placement {
             dest,
             source: best,
             reused: reuse,
-        }) = self.slots().plan(prompt, self.reuse)
-        else {
-            return Err(EngineError::Failed("no idle slot".into()));
-        };
+        }: Placement,
+    ) -> Result<(), EngineError> {
         if dest == best {
             ctx.kv_cache_seq_rm(dest as i32, Some(reuse as u32), None)
                 .map_err(|e| failed("KV trim", e))?;
@@ -507,7 +504,7 @@ impl Worker {
             self.slots().tokens[dest].clear();
         }
         self.slots().touch(dest);
-        Ok((dest, reuse))
+        Ok(())
     }
 
     /// Decodes a batch of 32 tokens in the scratch sequence, then forgets it.
