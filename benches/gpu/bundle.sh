@@ -17,7 +17,7 @@
 #   compresses, and which sources and model it takes)
 #
 # Then carry the parts in separate calls (`benches/gpu/host.sh stash`) and run
-# `benches/gpu/host.sh run` with the rest (the calls must follow each other: a host keeps
+# `benches/gpu/host.sh build` and `bench` with the rest (the calls must follow each other: a host keeps
 # stashed files only while it stays up).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"

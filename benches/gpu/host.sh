@@ -80,7 +80,19 @@ unpack_model() {
     say "model ok: $have"
 }
 
-cmake_unpack_sources() {
+cmake_build() { # source dir, build dir, target, extra flags...
+    local src=$1 dir=$2 target=$3
+    shift 3
+    local gen=()
+    command -v ninja >/dev/null && gen=(-G Ninja)
+    cmake -S "$src" -B "$dir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA="$CUDA" \
+        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DGGML_CUDA_NCCL=OFF -DGGML_NATIVE=ON -DGGML_OPENMP=OFF \
+        -DGGML_CCACHE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_PROJECT_INCLUDE="$STASH/src/ggml-amx-tilecfg.cmake" "$@" >/dev/null
+    cmake --build "$dir" --target "$target" -j "$JOBS" > "$dir.log" 2>&1 || { tail -30 "$dir.log" >&2; exit 5; }
+}
+
+unpack_sources() {
     check_manifest
     need llama.cpp.tar.xz
     if [ ! -f "$STASH/src/.unpacked" ]; then
@@ -151,11 +163,16 @@ sp() { "$STASH/state-pack" --key "$STASH/key.pem" "$@"; }
 measure() {
     local name=$1 started=$SECONDS rc=0
     shift
+    if measured "$name"; then say "$name: measured already (runs.txt)"; return; fi
     say "measuring $name"
     "$@" > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || rc=$?
     echo "$name rc=$rc $((SECONDS - started))s $*" >> "$RESULTS/runs.txt"
     [ "$rc" = 0 ] || say "$name failed ($rc): $(tail -3 "$RESULTS/$name.log")"
 }
+
+# A measurement that succeeded in an earlier call is not repeated: a step stopped by a call's
+# time limit resumes where it stopped when run again.
+measured() { grep -q "^$1 rc=0 " "$RESULTS/runs.txt" 2>/dev/null; }
 
 server_up() { # model, port, log, gpu layers
     [ -x "$STASH/build-server/bin/llama-server" ] || { say "no llama-server built: no peer arm"; return 7; }
@@ -174,6 +191,7 @@ server_down() { kill "$(cat "$STASH/server.pid")" 2>/dev/null || true; sleep 2; 
 
 # The layers really are on the GPU: each engine says so while loading.
 probe() { # engine, device, model
+    [ -s "$RESULTS/probe-$1-$2.txt" ] && return
     RUST_LOG=info sp --engine "$1" --device "$2" --model "$3" run --steps 2 --db "$STASH/probe-$1.db" \
         > "$RESULTS/probe-$1-$2.txt" 2>&1 || say "probe of $1 on $2 failed: $(tail -5 "$RESULTS/probe-$1-$2.txt")"
     grep -iE "offload|cuda|device" "$RESULTS/probe-$1-$2.txt" | head -8 >&2 || true
@@ -190,7 +208,8 @@ bench() {
     # Naive vs state-pack on each engine, and llama-server, in the same runs (4 runs: the
     # first includes CUDA graph capture and PTX JIT, the summary leaves it out).
     local with_peer=()
-    server_up "$m" 8089 "$RESULTS/llama-server.log" "$ngl" && with_peer=(--peer "$peer")
+    measured demo-gpu && measured demo-ctx4k-gpu ||
+        { server_up "$m" 8089 "$RESULTS/llama-server.log" "$ngl" && with_peer=(--peer "$peer"); }
     measure demo-gpu sp --device "$dev" --model "$m" bench --compare-engines --steps 20 --runs 4 "${with_peer[@]}" --json
     measure demo-ctx4k-gpu sp --device "$dev" --model "$m" bench --compare-engines --context-tokens 4000 --steps 10 --runs 4 "${with_peer[@]}" --json
     server_down
@@ -200,14 +219,14 @@ bench() {
     measure agent-gpu sp --device "$dev" --model "$m" bench --compare-engines --workload agent --steps 8 --runs 3 --json
     for c in 1 32; do
         for e in llamacpp mistralrs; do
-            measure "serve-$c-$e-gpu" sp --engine "$e" --device "$dev" --model "$m" bench --workload serve --clients "$c" --steps 20 --json
+            measure "serve-$c-$e-gpu" sp --engine "$e" --device "$dev" --model "$m" bench --workload serve --clients "$c" --steps 10 --json
         done
     done
     # The same binary and libraries with the GPU hidden: this host's CPU cores.
     if [ "$CUDA" = ON ]; then
         export CUDA_VISIBLE_DEVICES=
         with_peer=()
-        server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer")
+        measured demo-cpu || { server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer"); }
         measure demo-cpu sp --device cpu --model "$m" bench --compare-engines --steps 20 --runs 3 "${with_peer[@]}" --json
         server_down
         unset CUDA_VISIBLE_DEVICES
@@ -226,8 +245,10 @@ big() {
     local m="$STASH/random-8b.gguf" peer="http://127.0.0.1:8090"
     probe llamacpp cuda:0 "$m"
     # Its outputs are meaningless (random weights); only its timings count.
-    server_up "$m" 8090 "$RESULTS/llama-server-8b.log" 999 || true
-    measure demo-ctx4k-random8b-llamacpp-gpu sp --engine llamacpp --device cuda:0 --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 --peer "$peer" --json
+    local with_peer=()
+    measured demo-ctx4k-random8b-llamacpp-gpu ||
+        { server_up "$m" 8090 "$RESULTS/llama-server-8b.log" 999 && with_peer=(--peer "$peer"); }
+    measure demo-ctx4k-random8b-llamacpp-gpu sp --engine llamacpp --device cuda:0 --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 "${with_peer[@]}" --json
     server_down
     measure demo-ctx4k-random8b-mistralrs-gpu sp --engine mistralrs --device cuda:0 --dtype bf16 --requantize-q8 false --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 --json
     say "8B-shaped (random weights) benchmarks written to $RESULTS"
