@@ -108,7 +108,7 @@ build() {
     # The engine's libraries, as shared libraries with the SONAMEs the binary was linked
     # against (libllama.so.0, libggml*.so.0, libllama-common.so.0).
     cmake_build "$STASH/src/engine" "$STASH/build-engine" all -DBUILD_SHARED_LIBS=ON \
-        -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
+        -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF
     say "engine libraries built in $((SECONDS - started)) s"
     touch "$STASH/built"
 }

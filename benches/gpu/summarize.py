@@ -107,17 +107,20 @@ def main():
             if line.startswith(("Model name", "CPU(s):")):
                 print(line.strip())
     for name, title in (
-        ("demo-gpu", "Demo loop, 20 steps, GPU"),
-        ("demo-ctx4k-gpu", "Demo loop with a 4,000-token base, 10 steps, GPU"),
+        ("demo-gpu", "Demo loop, GPU"),
+        ("demo-ctx4k-gpu", "Demo loop with a 4,000-token base, GPU"),
         ("demo-mistralrs-q41-bf16-gpu", "mistral.rs on the file's Q4_1 weights, bf16, GPU"),
-        ("agent-gpu", "Legal-research agent (real tool calls), 8 steps, GPU"),
-        ("demo-cpu", "Demo loop, 20 steps, same host, GPU hidden (CPU cores)"),
+        ("agent-gpu", "Legal-research agent (real tool calls), GPU"),
+        ("demo-cpu", "Demo loop, same host, GPU hidden (CPU cores)"),
+        ("demo-cpu-llamacpp", "Demo loop, llama.cpp, same host, GPU hidden (CPU cores)"),
+        ("demo-cpu-mistralrs", "Demo loop, mistral.rs, same host, GPU hidden (CPU cores)"),
         ("demo-ctx4k-random8b-llamacpp-gpu", "8B-shaped random-weight model, 4,000-token base, llama.cpp, GPU"),
         ("demo-ctx4k-random8b-mistralrs-gpu", "8B-shaped random-weight model, 4,000-token base, mistral.rs, GPU"),
     ):
         rep = load(d, name)
         if rep is not None:
-            print_demo(demo_rows(rep), f"{title} (`{name}.json`)")
+            steps = rep[0]["steps"] if rep else "?"
+            print_demo(demo_rows(rep), f"{title}, {steps} steps (`{name}.json`)")
     rest = load(d, "restore-llamacpp-gpu")
     if rest is not None:
         later = lambda v: v[1:] if len(v) > 1 else v
@@ -131,7 +134,8 @@ def main():
         )
     serve = [(c, e, load(d, f"serve-{c}-{e}-gpu")) for c in (1, 32) for e in ("llamacpp", "mistralrs")]
     if any(s for _, _, s in serve):
-        print("\n#### Serve workload over HTTP, 20 steps per client, GPU\n")
+        steps = next(s for _, _, s in serve if s)["load"]["steps"]
+        print(f"\n#### Serve workload over HTTP, {steps} steps per client, GPU\n")
         print("| clients | engine | steps/s | infer p50 ms | infer p99 ms | queued p50 ms | errors | ledger verifies |")
         print("|---:|---|---:|---:|---:|---:|---:|---|")
         for c, e, s in serve:
