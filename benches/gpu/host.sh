@@ -226,9 +226,12 @@ bench() {
     if [ "$CUDA" = ON ]; then
         export CUDA_VISIBLE_DEVICES=
         with_peer=()
-        measured demo-cpu || { server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer"); }
-        measure demo-cpu sp --device cpu --model "$m" bench --compare-engines --steps 20 --runs 3 "${with_peer[@]}" --json
+        # One engine at a time: mistral.rs's naive arm on CPU takes minutes a run, so it
+        # gets fewer steps and cannot hold up llama.cpp's figures.
+        measured demo-cpu-llamacpp || { server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer"); }
+        measure demo-cpu-llamacpp sp --engine llamacpp --device cpu --model "$m" bench --steps 10 --runs 3 "${with_peer[@]}" --json
         server_down
+        measure demo-cpu-mistralrs sp --engine mistralrs --device cpu --model "$m" bench --steps 8 --runs 3 --json
         unset CUDA_VISIBLE_DEVICES
     fi
     say "benchmarks written to $RESULTS"

@@ -111,7 +111,6 @@ def main():
         ("demo-ctx4k-gpu", "Demo loop with a 4,000-token base, GPU"),
         ("demo-mistralrs-q41-bf16-gpu", "mistral.rs on the file's Q4_1 weights, bf16, GPU"),
         ("agent-gpu", "Legal-research agent (real tool calls), GPU"),
-        ("demo-cpu", "Demo loop, same host, GPU hidden (CPU cores)"),
         ("demo-cpu-llamacpp", "Demo loop, llama.cpp, same host, GPU hidden (CPU cores)"),
         ("demo-cpu-mistralrs", "Demo loop, mistral.rs, same host, GPU hidden (CPU cores)"),
         ("demo-ctx4k-random8b-llamacpp-gpu", "8B-shaped random-weight model, 4,000-token base, llama.cpp, GPU"),
