@@ -683,6 +683,7 @@ where
     let base = pack.create(&text).await?;
     let state = base.output;
     let state_tokens = base.tokens.state as usize;
+    blobs.flush();
     let blob_path = blobs.dir().join(format!("{}.kv", state.to_hex()));
     let blob_bytes = std::fs::metadata(&blob_path)?.len();
     let model = engine.info().fingerprint;

@@ -19,8 +19,20 @@
 //! header length                  u32, little-endian
 //! header                         JSON: state, model, parent, start, end, raw_bytes,
 //!                                raw_sha256, codec
-//! body                           one zstd frame of the raw KV bytes
+//! body                           the raw KV bytes (codec "raw"), or one zstd frame of them
+//!                                (codec "zstd", which earlier versions wrote)
 //! ```
+//!
+//! Blobs are written raw: f16 keys and values shrink by about 8% under zstd's fastest level,
+//! and compressing them on the way out and decompressing on the way back cost more time
+//! than the bytes they save (`docs/PERFORMANCE.md`, section 3).
+//!
+//! [`KvBlobStore::put_behind`] writes a blob behind the operation that made it, on a writer
+//! thread, so that an agent's step does not wait for the disk: until the blob lands, the
+//! store answers [`contains`](KvBlobStore::contains) and [`end_of`](KvBlobStore::end_of)
+//! from the queue, and reading or removing it waits for it. At most [`QUEUE`] blobs wait;
+//! a further `put_behind` blocks until one lands. Dropping the last handle of a store writes
+//! what is queued.
 //!
 //! A blob is written to a temporary file in the same directory and renamed into place, so a
 //! reader never sees half a blob. It is not fsynced: a blob is a cache of what the ledger
@@ -31,9 +43,12 @@
 //!
 //! [`Engine::kv_export`]: crate::engine::Engine::kv_export
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -47,9 +62,8 @@ const MAX_HEADER: u32 = 64 * 1024;
 /// No KV a sane model makes for one sequence comes near this; a header claiming more is
 /// corrupt, not a reason to allocate.
 const MAX_RAW: u64 = 16 << 30;
-/// zstd level 1: KV tensors compress little at any level, and the higher levels cost
-/// several times the time.
-const LEVEL: i32 = 1;
+/// Blobs that may wait for the writer thread.
+pub const QUEUE: usize = 8;
 
 /// Errors reading or writing KV blobs.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +114,8 @@ pub struct KvBlob {
     pub end: usize,
     /// The engine's bytes, as exported.
     pub raw: Vec<u8>,
+    /// Their SHA-256, hex, checked against the header as the blob was read.
+    pub sha256: String,
 }
 
 /// What [`KvBlobStore::put`] wrote.
@@ -111,11 +127,66 @@ pub struct Written {
     pub file_bytes: usize,
 }
 
-/// A directory of KV blobs keyed by state hash.
+/// A directory of KV blobs keyed by state hash. Clones share the directory and the queue of
+/// blobs [`put_behind`](Self::put_behind) has not written yet.
 #[derive(Debug, Clone)]
 pub struct KvBlobStore {
     dir: PathBuf,
     budget_bytes: u64,
+    behind: Arc<OnceLock<Behind>>,
+}
+
+/// One blob for the writer thread.
+struct Job {
+    state: StateHash,
+    model: ModelFingerprint,
+    parent: Option<StateHash>,
+    range: std::ops::Range<usize>,
+    raw: Vec<u8>,
+    sha256: String,
+}
+
+/// The writer thread of a store and the blobs queued for it (state: where its blob ends).
+#[derive(Debug)]
+struct Behind {
+    queued: Mutex<HashMap<StateHash, usize>>,
+    landed: Condvar,
+    tx: Mutex<Option<mpsc::SyncSender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({}, {:?})", self.state.short(), self.range)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind: keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Behind {
+    /// The queued blobs; waits while `until` holds of them.
+    fn wait_while(&self, until: impl Fn(&HashMap<StateHash, usize>) -> bool) {
+        let mut queued = lock(&self.queued);
+        while until(&queued) {
+            queued = self.landed.wait(queued).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread write what is in it, then end.
+        lock(&self.tx).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            // The writer itself may hold the last handle for a moment; it ends on its own.
+            if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
+                warn!("KV blob writer panicked");
+            }
+        }
+    }
 }
 
 /// Default bound on a blob directory: 2 GiB.
@@ -160,7 +231,121 @@ impl KvBlobStore {
     pub fn open(dir: impl Into<PathBuf>, budget_bytes: u64) -> Result<Self, KvBlobError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Self { dir, budget_bytes })
+        Ok(Self {
+            dir,
+            budget_bytes,
+            behind: Arc::default(),
+        })
+    }
+
+    /// The writer thread and its queue, started on first use. The thread holds a handle of
+    /// its own (not sharing the queue), so that it ends when the store's last handle goes.
+    fn behind(&self) -> Result<&Behind, KvBlobError> {
+        if let Some(b) = self.behind.get() {
+            return Ok(b);
+        }
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let disk = Self {
+            dir: self.dir.clone(),
+            budget_bytes: self.budget_bytes,
+            behind: Arc::default(),
+        };
+        // Weak: the queue's last handle going closes the channel, which ends the thread.
+        let shared = Arc::downgrade(&self.behind);
+        let thread = std::thread::Builder::new()
+            .name("kv-blob-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    let state = job.state;
+                    if let Err(e) = disk.put_hashed(&job) {
+                        warn!(state = %state.short(), error = %e, "cannot write KV blob");
+                    }
+                    if let Some(shared) = shared.upgrade() {
+                        if let Some(b) = shared.get() {
+                            lock(&b.queued).remove(&state);
+                            b.landed.notify_all();
+                        }
+                    }
+                }
+            })
+            .map_err(io(&self.dir))?;
+        let behind = Behind {
+            queued: Mutex::default(),
+            landed: Condvar::new(),
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        };
+        // Two first callers racing: the loser's thread ends as its queue closes.
+        let _ = self.behind.set(behind);
+        self.behind
+            .get()
+            .ok_or_else(|| io(&self.dir)(std::io::Error::other("KV blob writer did not start")))
+    }
+
+    /// Waits until the blob of `state`, if queued, is on disk (or failed to get there).
+    fn settle(&self, state: &StateHash) {
+        if let Some(b) = self.behind.get() {
+            b.wait_while(|q| q.contains_key(state));
+        }
+    }
+
+    /// Waits until every blob [`put_behind`](Self::put_behind) queued is on disk (or failed
+    /// to get there).
+    pub fn flush(&self) {
+        if let Some(b) = self.behind.get() {
+            b.wait_while(|q| !q.is_empty());
+        }
+    }
+
+    /// Like [`put`](Self::put), but the file is written by the store's writer thread and this
+    /// returns once the blob is queued; `sha256` is the hex SHA-256 of `raw` (the caller has
+    /// it for the receipt already). Blocks while [`QUEUE`] blobs wait. A write that fails
+    /// later is logged: the state is then prefilled when needed.
+    pub fn put_behind(
+        &self,
+        state: &StateHash,
+        model: &ModelFingerprint,
+        parent: Option<&StateHash>,
+        range: std::ops::Range<usize>,
+        raw: Vec<u8>,
+        sha256: String,
+    ) -> Result<(), KvBlobError> {
+        self.check_range(state, parent, &range)?;
+        let behind = self.behind()?;
+        lock(&behind.queued).insert(*state, range.end);
+        let job = Job {
+            state: *state,
+            model: *model,
+            parent: parent.copied(),
+            range,
+            raw,
+            sha256,
+        };
+        let sender = lock(&behind.tx).clone();
+        let sent = sender.is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            lock(&behind.queued).remove(state);
+            behind.landed.notify_all();
+            return Err(io(&self.dir)(std::io::Error::other(
+                "the KV blob writer has stopped",
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_range(
+        &self,
+        state: &StateHash,
+        parent: Option<&StateHash>,
+        range: &std::ops::Range<usize>,
+    ) -> Result<(), KvBlobError> {
+        if range.start >= range.end || (range.start > 0) != parent.is_some() {
+            return Err(io(&self.path(state))(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad range {range:?} for a blob with parent {parent:?}"),
+            )));
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -172,9 +357,13 @@ impl KvBlobStore {
         self.dir.join(format!("{}.kv", state.to_hex()))
     }
 
-    /// Whether a blob for `state` exists (not whether it is intact).
+    /// Whether a blob for `state` exists or is queued (not whether it is intact).
     pub fn contains(&self, state: &StateHash) -> bool {
-        self.path(state).is_file()
+        self.queued_end(state).is_some() || self.path(state).is_file()
+    }
+
+    fn queued_end(&self, state: &StateHash) -> Option<usize> {
+        self.behind.get()?.queued.lock().ok()?.get(state).copied()
     }
 
     /// Writes the KV of positions `start..end` of `state`, computed by `model`; `parent`
@@ -188,23 +377,30 @@ impl KvBlobStore {
         range: std::ops::Range<usize>,
         raw: &[u8],
     ) -> Result<Written, KvBlobError> {
-        let path = self.path(state);
-        if range.start >= range.end || (range.start > 0) != parent.is_some() {
-            return Err(io(&path)(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("bad range {range:?} for a blob with parent {parent:?}"),
-            )));
-        }
-        let body = zstd::bulk::compress(raw, LEVEL).map_err(io(&path))?;
-        let header = serde_json::to_vec(&Header {
+        self.check_range(state, parent, &range)?;
+        self.settle(state);
+        self.put_hashed(&Job {
             state: *state,
             model: *model,
             parent: parent.copied(),
+            range,
+            raw: raw.to_vec(),
+            sha256: hex::encode(Sha256::digest(raw)),
+        })
+    }
+
+    fn put_hashed(&self, job: &Job) -> Result<Written, KvBlobError> {
+        let (state, raw, range) = (&job.state, &job.raw, &job.range);
+        let path = self.path(state);
+        let header = serde_json::to_vec(&Header {
+            state: *state,
+            model: job.model,
+            parent: job.parent,
             start: range.start,
             end: range.end,
             raw_bytes: raw.len() as u64,
-            raw_sha256: hex::encode(Sha256::digest(raw)),
-            codec: "zstd".into(),
+            raw_sha256: job.sha256.clone(),
+            codec: "raw".into(),
         })
         .map_err(|e| io(&path)(std::io::Error::other(e)))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
@@ -213,11 +409,11 @@ impl KvBlobStore {
         f.write_all(&(header.len() as u32).to_le_bytes())
             .map_err(io(&path))?;
         f.write_all(&header).map_err(io(&path))?;
-        f.write_all(&body).map_err(io(&path))?;
+        f.write_all(raw).map_err(io(&path))?;
         tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
         let written = Written {
             raw_bytes: raw.len(),
-            file_bytes: MAGIC.len() + 4 + header.len() + body.len(),
+            file_bytes: MAGIC.len() + 4 + header.len() + raw.len(),
         };
         debug!(state = %state.short(), ?range, raw = written.raw_bytes, file = written.file_bytes, "KV blob written");
         self.enforce_budget();
@@ -230,9 +426,10 @@ impl KvBlobStore {
         state: &StateHash,
         model: &ModelFingerprint,
     ) -> Result<Option<KvBlob>, KvBlobError> {
+        self.settle(state);
         let path = self.path(state);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let mut file = match fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
@@ -240,7 +437,7 @@ impl KvBlobStore {
             path: path.clone(),
             reason,
         };
-        let (header, header_end) = read_header(&mut &bytes[..]).map_err(corrupt)?;
+        let (header, _) = read_header(&mut file).map_err(corrupt)?;
         if header.state != *state {
             return Err(corrupt(format!("it holds state {}", header.state.short())));
         }
@@ -253,17 +450,29 @@ impl KvBlobStore {
                 header.start, header.end, header.parent
             )));
         }
-        if header.codec != "zstd" || header.raw_bytes > MAX_RAW {
-            return Err(corrupt(format!(
-                "codec {} / {} raw bytes not supported",
-                header.codec, header.raw_bytes
-            )));
+        if header.raw_bytes > MAX_RAW {
+            return Err(corrupt(format!("{} raw bytes", header.raw_bytes)));
         }
-        let raw = zstd::bulk::decompress(&bytes[header_end..], header.raw_bytes as usize)
-            .map_err(|e| corrupt(format!("body: {e}")))?;
-        if raw.len() as u64 != header.raw_bytes
-            || hex::encode(Sha256::digest(&raw)) != header.raw_sha256
-        {
+        let raw_codec = match header.codec.as_str() {
+            "raw" => true,
+            "zstd" => false,
+            other => return Err(corrupt(format!("codec {other} not supported"))),
+        };
+        // The body is read straight into place (one byte more, to see a longer file).
+        let mut body = Vec::with_capacity(if raw_codec {
+            header.raw_bytes as usize + 1
+        } else {
+            0
+        });
+        file.read_to_end(&mut body).map_err(io(&path))?;
+        let raw = if raw_codec {
+            body
+        } else {
+            zstd::bulk::decompress(&body, header.raw_bytes as usize)
+                .map_err(|e| corrupt(format!("body: {e}")))?
+        };
+        let sha256 = hex::encode(Sha256::digest(&raw));
+        if raw.len() as u64 != header.raw_bytes || sha256 != header.raw_sha256 {
             return Err(corrupt("checksum mismatch".into()));
         }
         // Mark it used, for the budget's least-recently-used order.
@@ -275,12 +484,16 @@ impl KvBlobStore {
             start: header.start,
             end: header.end,
             raw,
+            sha256,
         }))
     }
 
-    /// Where the blob of `state` ends (one past the last position it holds), read from its
-    /// header alone; `None` if there is no readable blob.
+    /// Where the blob of `state` ends (one past the last position it holds), from the queue
+    /// or its header alone; `None` if there is no readable blob.
     pub fn end_of(&self, state: &StateHash) -> Option<usize> {
+        if let Some(end) = self.queued_end(state) {
+            return Some(end);
+        }
         let mut f = fs::File::open(self.path(state)).ok()?;
         let (header, _) = read_header(&mut f).ok()?;
         (header.state == *state).then_some(header.end)
@@ -325,6 +538,7 @@ impl KvBlobStore {
 
     /// Deletes the blob of `state`, if any.
     pub fn remove(&self, state: &StateHash) -> Result<(), KvBlobError> {
+        self.settle(state);
         let path = self.path(state);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -392,7 +606,8 @@ mod tests {
         let raw: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
         assert!(store.get(&hash(1), &model).unwrap().is_none());
         let w = store.put(&hash(1), &model, None, 0..42, &raw).unwrap();
-        assert!(w.file_bytes < raw.len());
+        assert_eq!(w.raw_bytes, raw.len());
+        assert!(w.file_bytes > raw.len(), "raw body plus the header");
         let blob = store.get(&hash(1), &model).unwrap().unwrap();
         assert_eq!((blob.start, blob.end, blob.parent), (0, 42, None));
         assert_eq!(blob.raw, raw);
@@ -453,6 +668,76 @@ mod tests {
             store.chain(&hash(3), &model),
             Err(KvBlobError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_blob_queued_behind_is_seen_at_once_read_when_it_lands_and_written_by_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelFingerprint::from_bytes([7; 32]);
+        let raw: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let sha = hex::encode(Sha256::digest(&raw));
+        {
+            let store = KvBlobStore::open(dir.path(), DEFAULT_BUDGET_BYTES).unwrap();
+            store
+                .put_behind(&hash(1), &model, None, 0..40, raw.clone(), sha.clone())
+                .unwrap();
+            // Visible before the writer is done; a read waits for it.
+            assert!(store.contains(&hash(1)));
+            assert_eq!(store.end_of(&hash(1)), Some(40));
+            let blob = store.get(&hash(1), &model).unwrap().unwrap();
+            assert_eq!(
+                (blob.raw.len(), blob.sha256.as_str()),
+                (raw.len(), sha.as_str())
+            );
+            // A bad range is refused at once, not by the writer.
+            assert!(store
+                .put_behind(&hash(2), &model, None, 3..9, raw.clone(), sha.clone())
+                .is_err());
+            assert!(!store.contains(&hash(2)));
+            // More than the queue holds, then the last handle goes: all of it is written.
+            for b in 10..10 + 2 * QUEUE as u8 {
+                store
+                    .put_behind(
+                        &hash(b),
+                        &model,
+                        Some(&hash(1)),
+                        40..41,
+                        raw[..64].to_vec(),
+                        hex::encode(Sha256::digest(&raw[..64])),
+                    )
+                    .unwrap();
+            }
+        }
+        let store = KvBlobStore::open(dir.path(), DEFAULT_BUDGET_BYTES).unwrap();
+        for b in 10..10 + 2 * QUEUE as u8 {
+            let chain = store.chain(&hash(b), &model).unwrap().unwrap();
+            assert_eq!(chain.len(), 2);
+        }
+    }
+
+    #[test]
+    fn blobs_earlier_versions_wrote_with_zstd_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvBlobStore::open(dir.path(), DEFAULT_BUDGET_BYTES).unwrap();
+        let model = ModelFingerprint::from_bytes([7; 32]);
+        let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+        let header = serde_json::to_vec(&Header {
+            state: hash(1),
+            model,
+            parent: None,
+            start: 0,
+            end: 5,
+            raw_bytes: raw.len() as u64,
+            raw_sha256: hex::encode(Sha256::digest(&raw)),
+            codec: "zstd".into(),
+        })
+        .unwrap();
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        file.extend_from_slice(&header);
+        file.extend_from_slice(&zstd::bulk::compress(&raw, 1).unwrap());
+        fs::write(store.path(&hash(1)), file).unwrap();
+        assert_eq!(store.get(&hash(1), &model).unwrap().unwrap().raw, raw);
     }
 
     #[test]

@@ -77,16 +77,21 @@ impl StatePack {
         }
     }
 
-    /// Writes `kv` as the blob of state `hash`, once its receipt is committed.
+    /// Queues `kv` as the blob of state `hash`, once its receipt is committed: the store's
+    /// writer thread puts it on disk while the caller goes on (see [`crate::kv_blob`]).
     pub(super) async fn write_kv(&self, hash: &StateHash, kv: PreparedKv) {
         let Some(blobs) = self.blobs.clone() else {
             return;
         };
         let model = self.engine.info().fingerprint;
         let key = *hash;
-        let put = move || blobs.put(&key, &model, kv.parent.as_ref(), kv.start..kv.end, &kv.raw);
+        let put = move || {
+            let range = kv.start..kv.end;
+            blobs.put_behind(&key, &model, kv.parent.as_ref(), range, kv.raw, kv.sha256)
+        };
+        // Off the runtime's threads: queuing blocks while the writer is behind.
         match tokio::task::spawn_blocking(put).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(state = %hash.short(), error = %e, "cannot write KV blob"),
             Err(e) => warn!(error = %e, "KV blob writer failed"),
         }
@@ -143,7 +148,7 @@ impl StatePack {
         // From `state` back to the root, as the chain was read.
         for ((blob, owner), vouched) in chain.iter().zip(&owners).zip(vouched).rev() {
             let seen = ReceiptKv {
-                sha256: hex::encode(Sha256::digest(&blob.raw)),
+                sha256: blob.sha256.clone(),
                 start: blob.start as u64,
                 end: blob.end as u64,
                 parent: blob.parent,

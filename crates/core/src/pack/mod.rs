@@ -136,8 +136,12 @@ impl StatePack {
         f(&mut self.store())
     }
 
-    /// Clean shutdown: writes a signed checkpoint covering every receipt so far.
+    /// Clean shutdown: waits for the KV blobs still queued, and writes a signed checkpoint
+    /// covering every receipt so far.
     pub fn close(&self) -> Result<(), PackError> {
+        if let Some(blobs) = &self.blobs {
+            blobs.flush();
+        }
         self.store().checkpoint()?;
         Ok(())
     }
