@@ -1,6 +1,13 @@
 //! A load test of a running server: `clients` concurrent agents, each creating the same
 //! base and running `steps` infer steps with its own observations, over real HTTP. Every
 //! figure comes from the clients' clocks and the server's answers.
+//!
+//! The same clients drive either state-pack's protocol (`POST /states`, `POST /infer`) or,
+//! as the peer, llama.cpp's own `llama-server` (`POST /completion` with `cache_prompt`,
+//! run with `-np` at least the number of clients, so that each keeps a slot): a client
+//! there sends its whole context every step (the base and every delta as text pieces, every
+//! reply as the token ids the server sampled), which the server tokenizes piece by piece as
+//! the pack does, and whose reuse it reports itself (`timings.cache_n`).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,18 @@ pub struct LoadConfig {
     /// The served model's chat template (the server's `GET /health` names it), in which the
     /// clients write their turns.
     pub template: ChatTemplate,
+    /// Which protocol the server speaks.
+    pub api: LoadApi,
+}
+
+/// The protocol a load test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadApi {
+    /// state-pack's own (`/states`, `/infer`).
+    #[default]
+    StatePack,
+    /// llama.cpp's `llama-server` (`/completion`, `cache_prompt`).
+    LlamaServer,
 }
 
 /// Why a load test could not run.
@@ -137,7 +156,34 @@ async fn post<T: serde::de::DeserializeOwned>(
         .map_err(|e| (false, format!("{path}: bad answer: {e}")))
 }
 
-async fn client(
+/// The part of llama-server's `/completion` answer the load test reads.
+#[derive(serde::Deserialize)]
+struct CompletionLite {
+    #[serde(default)]
+    tokens: Vec<u32>,
+    /// `eos` when the model closed its turn.
+    #[serde(default)]
+    stop_type: String,
+    timings: Option<CompletionTimingsLite>,
+}
+
+#[derive(serde::Deserialize)]
+struct CompletionTimingsLite {
+    /// Prompt tokens the server evaluated.
+    prompt_n: usize,
+    /// Prompt tokens it took from the slot's cache.
+    #[serde(default)]
+    cache_n: usize,
+    #[serde(default)]
+    prompt_ms: f64,
+    #[serde(default)]
+    predicted_ms: f64,
+}
+
+/// One agent against `llama-server`: the base prefilled as state-pack's create does (one
+/// token generated and dropped: the server evaluates a prompt only when asked for one),
+/// then `steps` completions of the whole context so far.
+async fn llama_server_client(
     http: reqwest::Client,
     cfg: LoadConfig,
     base_text: String,
@@ -145,12 +191,100 @@ async fn client(
     on_step: impl Fn() + Send + Sync,
 ) -> ClientLog {
     let mut log = ClientLog::default();
-    let fail = |log: &mut ClientLog, (overloaded, e): (bool, String)| {
-        log.errors.push(e);
-        if overloaded {
-            log.overloaded += 1;
-        }
+    let mut prompt = vec![serde_json::Value::String(base_text)];
+    let complete = |prompt: &[serde_json::Value], n_predict: usize| {
+        post::<CompletionLite>(
+            &http,
+            &cfg,
+            "/completion",
+            serde_json::json!({
+                "prompt": prompt,
+                "n_predict": n_predict,
+                "cache_prompt": true,
+                "return_tokens": true,
+                "temperature": 0.0,
+                "top_k": 1,
+                "stream": false,
+            }),
+        )
     };
+    log.requests += 1;
+    match complete(&prompt, 1).await {
+        Ok(c) => {
+            let t = c.timings.as_ref();
+            log.base = Some(CreatedLite {
+                state_hash: String::new(),
+                tokens: TokensLite {
+                    prefilled: t.map_or(0, |t| t.prompt_n),
+                    reused: t.map_or(0, |t| t.cache_n),
+                },
+            });
+        }
+        Err(e) => {
+            log.fail(e);
+            return log;
+        }
+    }
+    let mut closed = false;
+    for step in 0..cfg.steps {
+        let delta = match delta(&cfg.template, id, step, closed) {
+            Ok(d) => d,
+            Err(e) => {
+                log.fail((false, e.to_string()));
+                break;
+            }
+        };
+        prompt.push(serde_json::Value::String(delta));
+        log.requests += 1;
+        let started = Instant::now();
+        match complete(&prompt, cfg.max_tokens).await {
+            Ok(c) => {
+                log.infer_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                if let Some(t) = &c.timings {
+                    // No queue of its own is reported: the engine's time is the server's.
+                    log.engine_ms.push(t.prompt_ms + t.predicted_ms);
+                    log.prefilled += t.prompt_n;
+                    log.reused += t.cache_n;
+                }
+                closed = c.stop_type == "eos";
+                prompt.extend(c.tokens.into_iter().map(serde_json::Value::from));
+                // The server does not return the end-of-turn token it stopped on; a
+                // state-pack state holds it, so the next prompt does too.
+                if closed {
+                    prompt.push(cfg.template.end_of_turn().into());
+                }
+            }
+            Err(e) => {
+                log.fail(e);
+                return log;
+            }
+        }
+        on_step();
+    }
+    log
+}
+
+impl ClientLog {
+    fn fail(&mut self, (overloaded, e): (bool, String)) {
+        self.errors.push(e);
+        if overloaded {
+            self.overloaded += 1;
+        }
+    }
+}
+
+async fn client(
+    http: reqwest::Client,
+    cfg: LoadConfig,
+    base_text: String,
+    id: usize,
+    on_step: impl Fn() + Send + Sync,
+) -> ClientLog {
+    if cfg.api == LoadApi::LlamaServer {
+        return llama_server_client(http, cfg, base_text, id, on_step).await;
+    }
+    let mut log = ClientLog::default();
+    let fail = |log: &mut ClientLog, e: (bool, String)| log.fail(e);
     log.requests += 1;
     let base: CreatedLite = match post(
         &http,
@@ -302,7 +436,81 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{routing::post, Json, Router};
+
     use super::*;
+
+    /// A fake llama-server: every /completion answers `[step]` as its tokens, stopping on
+    /// end of turn at even steps, and records the prompts.
+    async fn fake_llama_server() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let app = Router::new().route(
+            "/completion",
+            post(move |Json(body): Json<serde_json::Value>| {
+                let mut log = log.lock().expect("lock");
+                let n = log.len() as u32;
+                log.push(body["prompt"].clone());
+                async move {
+                    Json(serde_json::json!({
+                        "content": "x",
+                        "tokens": [n],
+                        "stop_type": if n.is_multiple_of(2) { "eos" } else { "limit" },
+                        "timings": {"prompt_n": 10 + n, "cache_n": 100 * n,
+                                    "prompt_ms": 1.0, "predicted_ms": 2.0},
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_llama_server_client_resends_its_whole_context_as_the_pack_holds_it() {
+        let (url, seen) = fake_llama_server().await;
+        let t = ChatTemplate::CHATML;
+        let cfg = LoadConfig {
+            url,
+            token: None,
+            clients: 1,
+            steps: 3,
+            max_tokens: 8,
+            template: t,
+            api: LoadApi::LlamaServer,
+        };
+        let report = run(&cfg, || {}).await.expect("run");
+        assert_eq!(
+            (report.errors, report.requests),
+            (0, 4),
+            "{:?}",
+            report.error_samples
+        );
+        // The server's own counts: prompt_n and cache_n of the three infers (1 to 3).
+        assert_eq!(report.prefilled, 11 + 12 + 13);
+        assert_eq!(report.reused, 100 + 200 + 300);
+        assert_eq!(report.base_prefilled_tokens, 10);
+        let prompts = seen.lock().expect("lock").clone();
+        let base = serde_json::Value::from(demo::base_text(&t, "serve").unwrap());
+        let d0 = serde_json::Value::from(delta(&t, 0, 0, false).unwrap());
+        // Infer 1 (answer [1], "limit": the turn stays open, the next delta closes it).
+        let d1 = serde_json::Value::from(delta(&t, 0, 1, false).unwrap());
+        assert_eq!(prompts[0], serde_json::json!([base]));
+        assert_eq!(prompts[1], serde_json::json!([base, d0]));
+        // The base's dropped token is not in the context; infer 1's tokens are.
+        assert_eq!(prompts[2], serde_json::json!([base, d0, 1, d1]));
+        // Infer 2 stopped on end of turn: the server left that token out, the context has
+        // it, and the next delta does not close the turn again.
+        let d2 = serde_json::Value::from(delta(&t, 0, 2, true).unwrap());
+        let eot = serde_json::Value::from(t.end_of_turn());
+        assert_eq!(prompts[3], serde_json::json!([base, d0, 1, d1, 2, eot, d2]));
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -353,3 +353,62 @@ async fn concurrent_generations_match_sequential_ones_in_child() {
     }
     assert!(batched[1].text == "yes" || batched[1].text == "no");
 }
+
+#[test]
+fn a_kv_budget_bounds_the_states_held_at_once() {
+    isolated::run("a_kv_budget_bounds_the_states_held_at_once_in_child", &[]);
+}
+
+#[tokio::test]
+#[ignore = "run by a_kv_budget_bounds_the_states_held_at_once in a child process"]
+async fn a_kv_budget_bounds_the_states_held_at_once_in_child() {
+    if !isolated::is_child("a_kv_budget_bounds_the_states_held_at_once_in_child") {
+        return;
+    }
+    let per_token = engine().await.info().kv_bytes_per_token as u64;
+    let with_budget = |tokens: u64| async move {
+        LlamaCppEngine::load(
+            &model_path(),
+            LlamaCppOptions {
+                slots: 4,
+                batch: 64,
+                kv_budget_bytes: tokens * per_token,
+                ..LlamaCppOptions::default()
+            },
+        )
+        .await
+    };
+    // Two unrelated states of ~300 tokens each (the same words, different first token).
+    let e = with_budget(700).await.expect("a 700-token budget");
+    let a = e.tokenize(&format!("A{}", BASE.repeat(12))).await.unwrap();
+    let b = e.tokenize(&format!("B{}", BASE.repeat(12))).await.unwrap();
+    assert!(
+        a.len() > 250 && b.len() > 250 && a.len() + b.len() < 700,
+        "{} {}",
+        a.len(),
+        b.len()
+    );
+    e.prefill(&a).await.unwrap();
+    e.prefill(&b).await.unwrap();
+    // Both fit 700 tokens of KV: both stay hot.
+    assert_eq!(e.hot_prefix_len(&a), a.len());
+    assert_eq!(e.hot_prefix_len(&b), b.len());
+    drop(e);
+
+    let e = with_budget(a.len() as u64 + 80)
+        .await
+        .expect("a smaller budget");
+    e.prefill(&a).await.unwrap();
+    e.prefill(&b).await.unwrap();
+    // Only one fits: the least recently used went to make room.
+    assert_eq!(e.hot_prefix_len(&b), b.len());
+    assert_eq!(e.hot_prefix_len(&a), 0);
+    drop(e);
+
+    // A budget below one prefill batch is refused in words, not by llama.cpp.
+    let err = with_budget(10)
+        .await
+        .err()
+        .expect("a 10-token budget is refused");
+    assert!(err.to_string().contains("KV budget"), "{err}");
+}

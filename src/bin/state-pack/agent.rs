@@ -136,7 +136,7 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()
                     );
                 }
                 if s.number % every == 0 {
-                    if let Some((rss, peak)) = memory_usage() {
+                    if let Some((rss, peak)) = crate::measure::memory_usage() {
                         memory.push((s.number, rss, peak));
                         if !quiet {
                             println!(
@@ -198,7 +198,7 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()
         t.generated,
         report.wall.as_secs_f64()
     );
-    if let Some((rss, peak)) = memory_usage() {
+    if let Some((rss, peak)) = crate::measure::memory_usage() {
         println!(
             "memory: resident {:.2} GiB, peak {:.2} GiB",
             gib(rss),
@@ -213,21 +213,4 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()
         a.db.display()
     );
     Ok(())
-}
-
-/// This process's memory: (resident now, peak resident) in bytes, from `/proc/self/status`
-/// (`None` where that file does not exist).
-fn memory_usage() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

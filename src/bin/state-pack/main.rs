@@ -54,6 +54,11 @@ struct Cli {
     /// again instead of loaded from disk.
     #[arg(long, global = true, env = "STATE_PACK_NO_KV_BLOBS")]
     no_kv_blobs: bool,
+    /// llama.cpp: the KV memory all hot states share, in MiB [default: the model's training
+    /// context, at most 8,192 tokens]; when full, the least recently used idle state is
+    /// dropped (and later restored from its blob or prefilled).
+    #[arg(long, global = true, env = "STATE_PACK_KV_BUDGET_MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    kv_budget_mib: Option<u64>,
     /// llama.cpp: tokens run per decode call while prefilling.
     #[arg(long, global = true, env = "STATE_PACK_LLAMACPP_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
     batch: u32,
@@ -117,6 +122,7 @@ impl Cli {
             requantize_q8: self.requantize_q8,
             chat_template: self.chat_template,
             device: self.device,
+            kv_budget_bytes: self.kv_budget_mib.map_or(0, |m| m << 20),
             ..EngineSpec::new(self.engine)
         }
     }
@@ -189,6 +195,10 @@ enum Command {
         /// engine's (llama.cpp: one per hot state, batched; mistral.rs: 1).
         #[arg(long, default_value_t = 0)]
         max_concurrent: usize,
+        /// Greedy tokens generated a step (`--workload serve`; the demo's 8 by default, ~40
+        /// for a step that writes a tool call).
+        #[arg(long, default_value_t = state_pack::demo::TOKENS_PER_STEP)]
+        tokens_per_step: usize,
         /// Run the loop on every engine this build has (mistralrs, llamacpp), one after the
         /// other in this process, and print them side by side.
         #[arg(long)]
@@ -202,6 +212,8 @@ enum Command {
         context_tokens: usize,
         /// Also time the demo loop on llama.cpp's `llama-server` at this address (e.g.
         /// `http://127.0.0.1:8080`), serving the same GGUF, in the same runs: a third arm.
+        /// With `--workload serve`, the same clients drive it after state-pack (start it
+        /// with `-np` at least `--clients`).
         #[arg(long, value_name = "URL")]
         peer: Option<String>,
         /// Print the full report as JSON on stdout.
@@ -353,6 +365,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
             workload,
             clients,
             max_concurrent,
+            tokens_per_step,
             compare_engines,
             state_tokens,
             context_tokens,
@@ -367,10 +380,14 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                         model_path,
                         &cache,
                         spec,
-                        clients,
-                        steps,
-                        max_concurrent,
-                        json,
+                        serve::ServeBench {
+                            clients,
+                            steps,
+                            tokens_per_step,
+                            max_concurrent,
+                            peer,
+                            json,
+                        },
                     )
                     .await?;
                     return Ok(true);

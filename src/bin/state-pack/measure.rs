@@ -193,3 +193,20 @@ pub(crate) async fn restore_cmd(
     );
     Ok(())
 }
+
+/// This process's memory: (resident now, peak resident) in bytes, from `/proc/self/status`
+/// (`None` where that file does not exist).
+pub(crate) fn memory_usage() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

@@ -179,19 +179,41 @@ pub async fn serve(
     Ok(())
 }
 
+/// What `state-pack bench --workload serve` runs.
+pub struct ServeBench {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Infer steps per client.
+    pub steps: usize,
+    /// Greedy tokens generated a step.
+    pub tokens_per_step: usize,
+    /// Engine operations admitted at once (0: the engine's own figure).
+    pub max_concurrent: usize,
+    /// A `llama-server` (run with `-np` at least `clients`) driven by the same clients after
+    /// state-pack, for a peer arm in the same invocation.
+    pub peer: Option<String>,
+    /// JSON on stdout instead of the text report.
+    pub json: bool,
+}
+
 /// `state-pack bench --workload serve`: a server on a loopback port, in this process, driven
-/// by `clients` concurrent HTTP clients.
+/// by `clients` concurrent HTTP clients; then, with a peer, the same clients against it.
 pub async fn bench(
     model: Option<&Path>,
     cache: &Path,
     spec: EngineSpec,
-    clients: usize,
-    steps: usize,
-    max_concurrent: usize,
-    json: bool,
+    plan: ServeBench,
 ) -> Result<()> {
-    if clients == 0 || steps == 0 {
-        anyhow::bail!("--clients and --steps must be at least 1");
+    let ServeBench {
+        clients,
+        steps,
+        tokens_per_step,
+        max_concurrent,
+        peer,
+        json,
+    } = plan;
+    if clients == 0 || steps == 0 || tokens_per_step == 0 {
+        anyhow::bail!("--clients, --steps and --tokens-per-step must be at least 1");
     }
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("serve-bench.db");
@@ -212,45 +234,84 @@ pub async fn bench(
     let server = tokio::spawn(Server::new(pack, config).serve(listener, async {
         let _ = stop_rx.await;
     }));
-    let bar = ProgressBar::new((clients * steps) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  [{elapsed_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let tick = bar.clone();
-    let report = load::run(
-        &load::LoadConfig {
-            url: url.clone(),
-            token: Some(token),
-            clients,
-            steps,
-            max_tokens: state_pack::demo::TOKENS_PER_STEP,
-            template,
-        },
-        move || tick.inc(1),
-    )
-    .await?;
-    bar.finish_and_clear();
+    let config = |url: &str, token: Option<String>, api| load::LoadConfig {
+        url: url.to_string(),
+        token,
+        clients,
+        steps,
+        max_tokens: tokens_per_step,
+        template,
+        api,
+    };
+    let report = drive(&config(&url, Some(token), load::LoadApi::StatePack)).await?;
     let _ = stop_tx.send(());
     let shutdown = server.await.context("server task")??;
     let verified = state_pack::ledger::verify_file(&db, &Default::default())?;
+    // This process holds the engine, the server and the clients; its peak is theirs.
+    let rss_peak_mib = crate::measure::memory_usage().map(|(_, peak)| peak as f64 / 1048576.0);
+    let peer_report = match &peer {
+        Some(url) => Some(
+            drive(&config(
+                url.trim_end_matches('/'),
+                None,
+                load::LoadApi::LlamaServer,
+            ))
+            .await
+            .with_context(|| format!("the peer at {url}"))?,
+        ),
+        None => None,
+    };
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "load": report,
+                "tokens_per_step": tokens_per_step,
                 "receipts": shutdown.receipts,
                 "verify_ok": verified.ok(),
+                "rss_peak_mib": rss_peak_mib,
+                "peer": peer_report,
             }))?
         );
         return Ok(());
     }
     println!(
-        "{} clients x {} steps over HTTP on loopback ({url}), {} tokens generated per step",
-        clients,
-        steps,
-        state_pack::demo::TOKENS_PER_STEP
+        "{clients} clients x {steps} steps over HTTP on loopback ({url}), {tokens_per_step} tokens generated per step"
     );
+    print_load(&report);
+    if let Some(mib) = rss_peak_mib {
+        println!("peak resident memory of this process (engine, server, clients): {mib:.0} MiB");
+    }
+    println!(
+        "ledger: {} receipts, verify {}",
+        shutdown.receipts,
+        if verified.ok() { "OK" } else { "FAILED" }
+    );
+    if let (Some(url), Some(p)) = (&peer, &peer_report) {
+        println!("\npeer: llama-server at {url}, the same clients and loop");
+        print_load(p);
+        println!(
+            "state-pack / llama-server aggregate throughput: {:.2}x",
+            report.steps_per_s / p.steps_per_s.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// Runs one load test with a progress bar.
+async fn drive(cfg: &load::LoadConfig) -> Result<load::LoadReport> {
+    let bar = ProgressBar::new((cfg.clients * cfg.steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let tick = bar.clone();
+    let report = load::run(cfg, move || tick.inc(1)).await?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn print_load(report: &load::LoadReport) {
     println!(
         "wall {:.1} s, {:.2} steps/s, {} requests, {} errors ({} overloaded)",
         report.wall_s, report.steps_per_s, report.requests, report.errors, report.overloaded
@@ -264,7 +325,7 @@ pub async fn bench(
     );
     println!(
         "shared base: prefilled by {} of {} creates ({} tokens in all)",
-        report.base_prefills, clients, report.base_prefilled_tokens
+        report.base_prefills, report.clients, report.base_prefilled_tokens
     );
     println!(
         "infers: {} tokens prefilled, {} reused ({:.1}% never recomputed), {} answered from the store",
@@ -273,10 +334,4 @@ pub async fn bench(
         100.0 * report.reused as f64 / (report.prefilled + report.reused).max(1) as f64,
         report.replays
     );
-    println!(
-        "ledger: {} receipts, verify {}",
-        shutdown.receipts,
-        if verified.ok() { "OK" } else { "FAILED" }
-    );
-    Ok(())
 }

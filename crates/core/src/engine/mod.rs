@@ -480,6 +480,10 @@ pub struct EngineSpec {
     pub chat_template: Option<ChatTemplate>,
     /// Where to run the model.
     pub device: Device,
+    /// llama.cpp: the KV memory all hot states share, in bytes; `0` keeps the default pool
+    /// (the training context, at most 8,192 tokens). mistral.rs counts hot states, not
+    /// bytes, and refuses a budget.
+    pub kv_budget_bytes: u64,
 }
 
 impl EngineSpec {
@@ -497,6 +501,7 @@ impl EngineSpec {
             requantize_q8: mistralrs.requantize_q8,
             chat_template: None,
             device: Device::Cpu,
+            kv_budget_bytes: 0,
         }
     }
 
@@ -522,6 +527,11 @@ pub async fn load_engine(
 ) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
     match spec.kind {
         #[cfg(feature = "mistralrs")]
+        EngineKind::MistralRs if spec.kv_budget_bytes > 0 => Err(EngineError::Load {
+            path: path.to_path_buf(),
+            reason: "mistral.rs keeps hot states by count (prefix-cache entries), not within a KV byte budget".into(),
+        }),
+        #[cfg(feature = "mistralrs")]
         EngineKind::MistralRs => Ok(std::sync::Arc::new(
             MistralRsEngine::load(
                 path,
@@ -546,6 +556,7 @@ pub async fn load_engine(
                     flash_attention: spec.flash_attention,
                     chat_template: spec.chat_template,
                     device: spec.device,
+                    kv_budget_bytes: spec.kv_budget_bytes,
                     ..LlamaCppOptions::default()
                 },
             )

@@ -64,9 +64,14 @@ pub struct LlamaCppOptions {
     pub slots: usize,
     /// CPU threads for llama.cpp; `0` means every core.
     pub threads: usize,
-    /// KV cells shared by all slots (the most tokens one sequence may hold); `0` means the
-    /// model's training context, capped at 8,192.
+    /// KV cells shared by all slots; `0` means [`kv_budget_bytes`](Self::kv_budget_bytes)
+    /// worth of them, or without a budget the model's training context capped at 8,192. One
+    /// sequence holds at most the training context whatever the pool.
     pub context: usize,
+    /// The KV memory all hot states share, in bytes (`0`: see [`context`](Self::context)):
+    /// the pool gets as many cells as fit (f16 keys and values), at least one batch. When
+    /// it is full the least recently used state no running generation needs is dropped.
+    pub kv_budget_bytes: u64,
     /// Tokens run through the model per `llama_decode` call while prefilling.
     pub batch: usize,
     /// Flash attention: `None` lets llama.cpp decide (it enables it on CPU), `Some(on)`
@@ -86,6 +91,7 @@ impl Default for LlamaCppOptions {
             slots: 8,
             threads: 0,
             context: 0,
+            kv_budget_bytes: 0,
             batch: super::DEFAULT_LLAMACPP_BATCH,
             flash_attention: None,
             chat_template: None,
@@ -197,19 +203,32 @@ impl LlamaCppEngine {
             LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_err(path, e))?;
         let model = Arc::new(model);
         let trained = model.n_ctx_train() as usize;
-        let n_ctx = match options.context {
-            0 => trained.clamp(1, 8192),
-            n => n,
-        };
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         let kv_heads = model.n_head_kv() as usize;
         let heads = model.n_head().max(1) as usize;
         let head_dim = model.n_embd() as usize / heads;
         // f16 keys and values.
         let kv_bytes_per_token = model.n_layer() as usize * 2 * kv_heads * head_dim * 2;
+        let n_ctx = match (options.context, options.kv_budget_bytes) {
+            (0, 0) => trained.clamp(1, 8192),
+            (0, budget) => {
+                let cells = budget / kv_bytes_per_token.max(1) as u64;
+                let least = (options.batch + options.slots.max(1)) as u64;
+                if cells < least {
+                    return Err(load_err(
+                        path,
+                        format!(
+                            "a KV budget of {budget} bytes holds {cells} tokens of this model ({kv_bytes_per_token} bytes each); it needs at least {least}"
+                        ),
+                    ));
+                }
+                cells.min(u32::MAX as u64) as usize
+            }
+            (n, _) => n,
+        };
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let batch = options.batch.clamp(1, n_ctx);
 
         let slots_n = options.slots.max(1);
@@ -267,7 +286,7 @@ impl LlamaCppEngine {
         tracing::info!(
             model = %name,
             load_ms = started.elapsed().as_millis() as u64,
-            context_window = n_ctx,
+            kv_cells = n_ctx,
             slots = options.slots,
             threads,
             "loaded model (llama.cpp)"
@@ -277,7 +296,7 @@ impl LlamaCppEngine {
                 name,
                 path: path.to_path_buf(),
                 fingerprint,
-                context_window: n_ctx,
+                context_window: n_ctx.min(trained.max(1)),
                 kv_bytes_per_token,
                 template,
                 // llama.cpp's default K and V cache type.
