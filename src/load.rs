@@ -5,8 +5,8 @@
 //! The same clients drive either state-pack's protocol (`POST /states`, `POST /infer`) or,
 //! as the peer, llama.cpp's own `llama-server` (`POST /completion` with `cache_prompt`,
 //! run with `-np` at least the number of clients, so that each keeps a slot): a client
-//! there sends its whole context every step (the base and every delta as text pieces, every
-//! reply as the token ids the server sampled), which the server tokenizes piece by piece as
+//! there sends its whole context every step (the base as the server's `/tokenize` gave it,
+//! every delta as a text piece, every reply as the token ids the server sampled), which the server tokenizes piece by piece as
 //! the pack does, and whose reuse it reports itself (`timings.cache_n`).
 
 use std::time::{Duration, Instant};
@@ -191,7 +191,26 @@ async fn llama_server_client(
     on_step: impl Fn() + Send + Sync,
 ) -> ClientLog {
     let mut log = ClientLog::default();
-    let mut prompt = vec![serde_json::Value::String(base_text)];
+    // The base as token ids, from the server's own tokenizer: a prompt array of strings
+    // alone would be several prompts, one with an id in it is one prompt of mixed pieces.
+    #[derive(serde::Deserialize)]
+    struct Tokenized {
+        tokens: Vec<u32>,
+    }
+    let body =
+        serde_json::json!({"content": base_text, "add_special": false, "parse_special": true});
+    let mut prompt: Vec<serde_json::Value> =
+        match post::<Tokenized>(&http, &cfg, "/tokenize", body).await {
+            Ok(t) if !t.tokens.is_empty() => t.tokens.into_iter().map(Into::into).collect(),
+            Ok(_) => {
+                log.fail((false, "/tokenize: no tokens for the base".into()));
+                return log;
+            }
+            Err(e) => {
+                log.fail(e);
+                return log;
+            }
+        };
     let complete = |prompt: &[serde_json::Value], n_predict: usize| {
         post::<CompletionLite>(
             &http,
@@ -447,23 +466,28 @@ mod tests {
     async fn fake_llama_server() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        let app = Router::new().route(
-            "/completion",
-            post(move |Json(body): Json<serde_json::Value>| {
-                let mut log = log.lock().expect("lock");
-                let n = log.len() as u32;
-                log.push(body["prompt"].clone());
-                async move {
-                    Json(serde_json::json!({
-                        "content": "x",
-                        "tokens": [n],
-                        "stop_type": if n.is_multiple_of(2) { "eos" } else { "limit" },
-                        "timings": {"prompt_n": 10 + n, "cache_n": 100 * n,
-                                    "prompt_ms": 1.0, "predicted_ms": 2.0},
-                    }))
-                }
-            }),
-        );
+        let app = Router::new()
+            .route(
+                "/tokenize",
+                post(|| async { Json(serde_json::json!({"tokens": [7, 8, 9]})) }),
+            )
+            .route(
+                "/completion",
+                post(move |Json(body): Json<serde_json::Value>| {
+                    let mut log = log.lock().expect("lock");
+                    let n = log.len() as u32;
+                    log.push(body["prompt"].clone());
+                    async move {
+                        Json(serde_json::json!({
+                            "content": "x",
+                            "tokens": [n],
+                            "stop_type": if n.is_multiple_of(2) { "eos" } else { "limit" },
+                            "timings": {"prompt_n": 10 + n, "cache_n": 100 * n,
+                                        "prompt_ms": 1.0, "predicted_ms": 2.0},
+                        }))
+                    }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -497,19 +521,25 @@ mod tests {
         assert_eq!(report.reused, 100 + 200 + 300);
         assert_eq!(report.base_prefilled_tokens, 10);
         let prompts = seen.lock().expect("lock").clone();
-        let base = serde_json::Value::from(demo::base_text(&t, "serve").unwrap());
+        // The base as the server tokenized it.
+        let base = serde_json::json!([7, 8, 9]);
         let d0 = serde_json::Value::from(delta(&t, 0, 0, false).unwrap());
         // Infer 1 (answer [1], "limit": the turn stays open, the next delta closes it).
         let d1 = serde_json::Value::from(delta(&t, 0, 1, false).unwrap());
-        assert_eq!(prompts[0], serde_json::json!([base]));
-        assert_eq!(prompts[1], serde_json::json!([base, d0]));
+        let with = |rest: serde_json::Value| {
+            let mut p = base.as_array().unwrap().clone();
+            p.extend(rest.as_array().unwrap().iter().cloned());
+            serde_json::Value::from(p)
+        };
+        assert_eq!(prompts[0], base);
+        assert_eq!(prompts[1], with(serde_json::json!([d0])));
         // The base's dropped token is not in the context; infer 1's tokens are.
-        assert_eq!(prompts[2], serde_json::json!([base, d0, 1, d1]));
+        assert_eq!(prompts[2], with(serde_json::json!([d0, 1, d1])));
         // Infer 2 stopped on end of turn: the server left that token out, the context has
         // it, and the next delta does not close the turn again.
         let d2 = serde_json::Value::from(delta(&t, 0, 2, true).unwrap());
         let eot = serde_json::Value::from(t.end_of_turn());
-        assert_eq!(prompts[3], serde_json::json!([base, d0, 1, d1, 2, eot, d2]));
+        assert_eq!(prompts[3], with(serde_json::json!([d0, 1, d1, 2, eot, d2])));
     }
 
     #[test]
