@@ -369,7 +369,13 @@ impl Worker {
         // invariant to a batch's make-up (two prompts sharing a batch changed a greedy token
         // of one of them in our tests); one token of each decoding sequence beside a prompt
         // chunk changes nothing.
-        if let Some(run) = running.iter_mut().find(|r| r.prefilling()) {
+        // The oldest first: `running` is not in arrival order (finished runs are swap-removed),
+        // and picking by position let newer prompts overtake an older one again and again.
+        let oldest = running
+            .iter_mut()
+            .filter(|r| r.prefilling())
+            .min_by_key(|r| r.started);
+        if let Some(run) = oldest {
             let take = (run.prompt.len() - run.fed).min(self.batch);
             for k in 0..take {
                 let pos = run.fed + k;
