@@ -44,6 +44,7 @@ fn seal(c: &mut Criterion) {
             reused: 569,
             generated: 8,
             restored: 0,
+            unreported: 0,
         }),
         timings: Some(Timings {
             prefill_us: 500_000,
@@ -57,6 +58,7 @@ fn seal(c: &mut Criterion) {
         replay_of: None,
         public_key: None,
         kv: None,
+        remote: None,
         prev: ReceiptHash::from_bytes([9; 32]),
         key_id: signer.key_id(),
         timestamp_ms: 1_795_000_000_000,

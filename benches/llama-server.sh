@@ -5,13 +5,17 @@
 # llama.cpp sources inside llama-cpp-python's sdist on PyPI (the package registries are the
 # only network this project assumes), caches the build, and runs it in the foreground:
 #
-#   benches/llama-server.sh [PORT]            # first run builds it: 15-25 min on 2 cores
+#   benches/llama-server.sh [PORT]            # first run builds it: about 6 min on 2 cores
+#   benches/llama-server.sh --build-only      # builds it if missing, prints its path (.ci/run:
+#                                             # the remote engine's tests start it themselves)
 #   target/release/state-pack --engine llamacpp bench --steps 20 --runs 3 \
 #       --peer http://127.0.0.1:8080           # in another shell
 #
 # Needs cmake (`. .ci/llamacpp-env` installs it from PyPI) and a C++ compiler.
 set -euo pipefail
 
+BUILD_ONLY=0
+[ "${1:-}" = "--build-only" ] && { BUILD_ONLY=1; shift; }
 PORT="${1:-8080}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 # "-tilecfg": builds from before cmake/ggml-amx-tilecfg.cmake died of SIGILL on AMX CPUs.
@@ -34,7 +38,11 @@ if [ ! -x "$BIN" ]; then
         -DCMAKE_PROJECT_INCLUDE="$ROOT/cmake/ggml-amx-tilecfg.cmake" \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
-    cmake --build "$CACHE/build" --target llama-server -j "$(nproc)"
+    cmake --build "$CACHE/build" --target llama-server -j "$(nproc)" >&2
+fi
+if [ "$BUILD_ONLY" = 1 ]; then
+    echo "$BIN"
+    exit 0
 fi
 
 # The default model, as `state-pack model fetch` caches it (or any GGUF in $MODEL).

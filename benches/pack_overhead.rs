@@ -61,6 +61,7 @@ fn durable_record(c: &mut Criterion) {
                         reused: n as u64 - 29,
                         generated: 8,
                         restored: 0,
+                        unreported: 0,
                     },
                     timings: Timings::new(
                         Duration::from_millis(500),

@@ -47,5 +47,9 @@ pub use state_pack_core::{
 };
 /// LangGraph-style workflows: the `state-pack-graph` crate.
 pub use state_pack_graph as graph;
+/// The remote engine (an inference server in another process): the `state-pack-remote`
+/// crate, in builds with the `llamacpp` feature (it reads the vocabulary with llama.cpp).
+#[cfg(feature = "llamacpp")]
+pub use state_pack_remote as remote;
 /// The HTTP server: the `state-pack-server` crate.
 pub use state_pack_server as server;

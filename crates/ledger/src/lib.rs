@@ -49,5 +49,5 @@ pub use hash::{DeltaHash, ModelFingerprint, StateHash};
 pub use keys::{default_key_path, KeyError, PublicKey, Signer};
 pub use log::{Ledger, LedgerError, ReceiptRef, DEFAULT_CHECKPOINT_EVERY};
 pub use measured::Measured;
-pub use receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp};
+pub use receipt::{KeyId, LogId, Receipt, ReceiptHash, ReceiptOp, ReceiptRemote};
 pub use verify::{verify_file, TrustedCheckpoint, VerifyOptions, VerifyReport};

@@ -14,7 +14,8 @@ use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
 use crate::keys::{KeyError, PublicKey, Signer};
 use crate::measured::{Timings, Tokens};
 use crate::receipt::{
-    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, RECEIPT_VERSION,
+    BodyError, KeyId, LogId, Receipt, ReceiptHash, ReceiptKv, ReceiptOp, ReceiptRemote,
+    RECEIPT_VERSION,
 };
 use crate::stored;
 
@@ -90,6 +91,8 @@ pub struct ReceiptDraft {
     pub public_key: Option<String>,
     /// The KV blob written for the output state.
     pub kv: Option<ReceiptKv>,
+    /// The inference server that ran the operation.
+    pub remote: Option<ReceiptRemote>,
 }
 
 impl ReceiptDraft {
@@ -108,6 +111,7 @@ impl ReceiptDraft {
             replay_of: None,
             public_key: Some(key.to_hex()),
             kv: None,
+            remote: None,
         }
     }
 }
@@ -241,6 +245,7 @@ impl Ledger {
             replay_of: d.replay_of,
             public_key: d.public_key,
             kv: d.kv,
+            remote: d.remote,
             prev,
             key_id: self.signer.key_id(),
             timestamp_ms: now_ms(),

@@ -28,6 +28,11 @@ pub struct Tokens {
     /// memory. Omitted when none were (a signed `0` is refused: one meaning, one encoding).
     #[serde(default, skip_serializing_if = "is_zero", deserialize_with = "nonzero")]
     pub restored: u64,
+    /// Prompt tokens whose fate the engine did not report: a remote server that gives no
+    /// cached-token count. They are in neither `prefilled` nor `reused` (nothing is guessed).
+    /// Omitted when none were.
+    #[serde(default, skip_serializing_if = "is_zero", deserialize_with = "nonzero")]
+    pub unreported: u64,
 }
 
 /// Times of one operation, in microseconds as measured.
@@ -107,7 +112,7 @@ fn is_zero(n: &u64) -> bool {
 fn nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match u64::deserialize(d)? {
         0 => Err(serde::de::Error::custom(
-            "`restored: 0` is written by leaving the field out",
+            "a count of 0 (`restored`, `unreported`) is written by leaving the field out",
         )),
         n => Ok(n),
     }
@@ -126,6 +131,7 @@ mod tests {
             reused: 7,
             generated: 0,
             restored: 0,
+            unreported: 0,
         };
         let json = serde_json::to_string(&t).unwrap();
         assert!(!json.contains("restored"), "{json}");

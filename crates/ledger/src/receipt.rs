@@ -115,6 +115,26 @@ pub struct ReceiptKv {
     pub parent: Option<StateHash>,
 }
 
+/// The inference server an operation ran on, when the model did not run in this process
+/// (`state-pack --engine remote`). The receipt's token counts and engine times are then the
+/// server's own figures, as it reported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptRemote {
+    /// The server's base URL.
+    pub url: String,
+    /// The API spoken to it: `llama` (llama-server's `/completion`), `openai-completions`.
+    pub api: String,
+    /// The model id the server gave.
+    pub model: String,
+    /// The server returned the generated text, not its token ids: the ids in the output
+    /// state are this process's tokenization of that text. Absent when the server returned
+    /// the ids it sampled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retokenized: bool,
+}
+
 /// One receipt. Fields that do not apply to an op are absent from its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +185,9 @@ pub struct Receipt {
     /// The KV blob written for the output state, if one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<ReceiptKv>,
+    /// The inference server that ran the operation, if the model was not in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<ReceiptRemote>,
     /// The previous receipt's hash ([`ReceiptHash::ZERO`] for receipt 0).
     pub prev: ReceiptHash,
     /// The key that signed this receipt.
@@ -237,6 +260,7 @@ mod tests {
                 reused: 37,
                 generated: 8,
                 restored: 0,
+                unreported: 0,
             }),
             timings: Some(Timings {
                 prefill_us: 1500,
@@ -250,6 +274,7 @@ mod tests {
             replay_of: None,
             public_key: None,
             kv: None,
+            remote: None,
             prev: ReceiptHash::from_bytes([9; 32]),
             key_id: KeyId::from_bytes([8; 32]),
             timestamp_ms: 1_790_000_000_000,

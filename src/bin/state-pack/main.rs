@@ -42,8 +42,10 @@ struct Cli {
     /// ~/.config/state-pack/signing-key.pem; `run` creates it if missing].
     #[arg(long, global = true, env = "STATE_PACK_KEY")]
     key: Option<PathBuf>,
-    /// The engine that runs the model: mistralrs (default) or llamacpp (a build with the
-    /// `llamacpp` cargo feature; faster on CPU, and states survive restarts as KV blobs).
+    /// The engine that runs the model: mistralrs (default), llamacpp (a build with the
+    /// `llamacpp` cargo feature; faster on CPU, and states survive restarts as KV blobs), or
+    /// remote (an inference server at --remote-url; the same build; --model names a GGUF
+    /// file of the server's model, for its tokenizer).
     #[arg(long, global = true, env = "STATE_PACK_ENGINE", value_parser = engine_kind(), default_value_t = EngineKind::MistralRs)]
     engine: EngineKind,
     /// CPU threads the engine uses [default: every core]. Sets RAYON_NUM_THREADS for
@@ -80,6 +82,32 @@ struct Cli {
     /// cuda`; llama.cpp: its libraries built with the CUDA backend, docs/BUILD.md "GPU").
     #[arg(long, global = true, env = "STATE_PACK_DEVICE", default_value = "cpu", value_parser = device)]
     device: Device,
+    /// remote: the inference server's base URL (e.g. http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "STATE_PACK_REMOTE_URL")]
+    remote_url: Option<String>,
+    /// remote: the API to speak: llama (llama-server's /completion) or openai-completions
+    /// (/v1/completions with token-id prompts: llama-server, vLLM, SGLang).
+    #[arg(
+        long,
+        global = true,
+        env = "STATE_PACK_REMOTE_API",
+        default_value = "llama"
+    )]
+    remote_api: String,
+    /// remote: the model to ask for [default: the first the server lists].
+    #[arg(long, global = true, env = "STATE_PACK_REMOTE_MODEL")]
+    remote_model: Option<String>,
+    /// remote: sent as a bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "STATE_PACK_REMOTE_API_KEY",
+        hide_env_values = true
+    )]
+    remote_api_key: Option<String>,
+    /// remote: the longest one request may take, in seconds.
+    #[arg(long, global = true, env = "STATE_PACK_REMOTE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    remote_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,7 +228,8 @@ enum Command {
         #[arg(long, default_value_t = state_pack::demo::TOKENS_PER_STEP)]
         tokens_per_step: usize,
         /// Run the loop on every engine this build has (mistralrs, llamacpp), one after the
-        /// other in this process, and print them side by side.
+        /// other in this process, and print them side by side; with `--engine remote`, the
+        /// server and the in-process llama.cpp engine.
         #[arg(long)]
         compare_engines: bool,
         /// Tokens in the cold state (`--workload restore`).
@@ -296,6 +325,13 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let _ = NO_KV_BLOBS.set(cli.no_kv_blobs);
+    let _ = REMOTE.set(RemoteFlags {
+        url: cli.remote_url.clone(),
+        api: cli.remote_api.clone(),
+        model: cli.remote_model.clone(),
+        api_key: cli.remote_api_key.clone(),
+        timeout: std::time::Duration::from_secs(cli.remote_timeout),
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -397,9 +433,11 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                     return Ok(true);
                 }
             };
-            let engines = if compare_engines {
+            let engines = if compare_engines && cli.engine == EngineKind::Remote {
+                // A server beside the in-process engine that runs the same llama.cpp code.
+                vec![EngineKind::Remote, EngineKind::LlamaCpp]
+            } else if compare_engines {
                 EngineKind::ALL
-                    .to_vec()
                     .into_iter()
                     .filter(|k| k.available())
                     .collect()
@@ -516,9 +554,57 @@ pub(crate) async fn load(
         spec.kind
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let engine = load_engine(&path, spec).await;
+    let engine = match spec.kind {
+        EngineKind::Remote => connect_remote(&path, spec).await,
+        _ => load_engine(&path, spec).await.map_err(Into::into),
+    };
     spinner.finish_and_clear();
-    Ok(engine?)
+    engine
+}
+
+/// `--remote-*`: set once in `main`, read by [`load`] for `--engine remote`.
+static REMOTE: std::sync::OnceLock<RemoteFlags> = std::sync::OnceLock::new();
+
+/// The remote engine's flags.
+#[derive(Debug, Clone)]
+struct RemoteFlags {
+    url: Option<String>,
+    api: String,
+    model: Option<String>,
+    api_key: Option<String>,
+    timeout: std::time::Duration,
+}
+
+/// `--engine remote`: the server at `--remote-url`, with the vocabulary of the GGUF file at
+/// `tokenizer`. A spec keeping no hot states (the bench's naive arm) turns the server's
+/// prompt cache off.
+#[cfg(feature = "llamacpp")]
+async fn connect_remote(tokenizer: &Path, spec: EngineSpec) -> Result<Arc<dyn Engine>> {
+    use state_pack::remote::{RemoteApi, RemoteEngine, RemoteOptions};
+    let flags = REMOTE
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("the remote engine's flags were not read"))?;
+    let url = flags.url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("--engine remote needs --remote-url (the server's base URL)")
+    })?;
+    let api: RemoteApi = flags
+        .api
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--remote-api: {e}"))?;
+    let options = RemoteOptions {
+        chat_template: spec.chat_template,
+        api_key: flags.api_key.clone(),
+        model: flags.model.clone(),
+        timeout: flags.timeout,
+        cache_prompt: spec.hot_states > 0,
+        ..RemoteOptions::new(url, api, tokenizer)
+    };
+    Ok(Arc::new(RemoteEngine::connect(options).await?))
+}
+
+#[cfg(not(feature = "llamacpp"))]
+async fn connect_remote(_tokenizer: &Path, _spec: EngineSpec) -> Result<Arc<dyn Engine>> {
+    anyhow::bail!("this build has no remote engine: rebuild with `--features llamacpp` (it reads the model's vocabulary with llama.cpp)")
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -166,6 +166,12 @@ impl MistralRsEngine {
                     format!("{} was asked for, but mistral.rs cannot open it ({e}): a CUDA build needs the cargo feature `cuda`", options.device),
                 )
             })?,
+            super::Device::Remote => {
+                return Err(load_err(
+                    path,
+                    "mistral.rs runs the model in this process: a remote server is the remote engine's",
+                ))
+            }
         };
         let started = Instant::now();
         // A process-wide switch in our mistral.rs patch, read while the weights load.
@@ -393,6 +399,8 @@ impl MistralRsEngine {
                 prefill_time,
                 decode_time,
                 wall,
+                unreported: 0,
+                retokenized: false,
             },
             tokens,
         })

@@ -25,7 +25,7 @@ mod sampler;
 pub mod scripted;
 
 #[cfg(feature = "llamacpp")]
-pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions};
+pub use self::llamacpp::{LlamaCppEngine, LlamaCppOptions, LlamaCppVocab};
 #[cfg(feature = "mistralrs")]
 pub use self::mistralrs::MistralRsEngine;
 pub use self::options::{ActivationDType, Device, MistralRsOptions};
@@ -176,6 +176,21 @@ impl Grammar {
             "start: action {end_of_turn}\naction: %json {schema}\n"
         ))
     }
+
+    /// The schema and end-of-turn marker of a grammar [`json_turn`](Self::json_turn) made,
+    /// for engines that take a JSON Schema rather than a Lark grammar; `None` for any other.
+    pub fn as_json_turn(&self) -> Option<(serde_json::Value, &str)> {
+        match self {
+            Grammar::Lark(lark) => {
+                let (start, action) = lark.split_once('\n')?;
+                let end_of_turn = start.strip_prefix("start: action ")?;
+                let schema = action.strip_prefix("action: %json ")?.strip_suffix('\n')?;
+                let schema: serde_json::Value = serde_json::from_str(schema).ok()?;
+                (Grammar::json_turn(&schema, end_of_turn) == *self).then_some((schema, end_of_turn))
+            }
+            Grammar::JsonSchema(_) => None,
+        }
+    }
 }
 
 impl Sampling {
@@ -268,6 +283,12 @@ pub struct EngineUsage {
     pub decode_time: Duration,
     /// Wall time of the request, from sending it to the engine to its answer.
     pub wall: Duration,
+    /// Prompt tokens whose fate the engine did not report (a remote server without a
+    /// cached-token count): in neither `prefilled` nor `reused`. 0 for local engines.
+    pub unreported: usize,
+    /// The sampled ids are this process's tokenization of text the engine returned, not the
+    /// ids it sampled (a remote server that returns text only).
+    pub retokenized: bool,
 }
 
 /// The result of [`Engine::generate`].
@@ -353,6 +374,12 @@ pub trait Engine: Send + Sync {
         Ok(generation)
     }
 
+    /// The inference server this engine sends its work to, for receipts; `None` (the
+    /// default) for a model run in this process.
+    fn remote(&self) -> Option<state_pack_ledger::ReceiptRemote> {
+        None
+    }
+
     /// How many leading tokens of `tokens` the engine holds KV for right now (0 when it
     /// holds none).
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize;
@@ -411,25 +438,35 @@ pub enum EngineKind {
     /// llama.cpp (`LlamaCppEngine`, cargo feature `llamacpp`): faster on CPU, and states
     /// survive a restart as KV blobs.
     LlamaCpp,
+    /// An inference server in another process (`RemoteEngine` of the `state-pack-remote`
+    /// crate): connected to, not loaded from a file, so never by [`load_engine`].
+    Remote,
 }
 
 impl EngineKind {
     /// Every engine, built in or not.
-    pub const ALL: [EngineKind; 2] = [EngineKind::MistralRs, EngineKind::LlamaCpp];
+    pub const ALL: [EngineKind; 3] = [
+        EngineKind::MistralRs,
+        EngineKind::LlamaCpp,
+        EngineKind::Remote,
+    ];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::MistralRs => "mistralrs",
             EngineKind::LlamaCpp => "llamacpp",
+            EngineKind::Remote => "remote",
         }
     }
 
-    /// Whether this build includes the engine.
+    /// Whether this build can load the engine from a model file ([`load_engine`]): never
+    /// for [`Remote`](Self::Remote), which the application connects to itself.
     pub fn available(self) -> bool {
         match self {
             EngineKind::MistralRs => cfg!(feature = "mistralrs"),
             EngineKind::LlamaCpp => cfg!(feature = "llamacpp"),
+            EngineKind::Remote => false,
         }
     }
 }
@@ -447,8 +484,9 @@ impl std::str::FromStr for EngineKind {
         match s {
             "mistralrs" | "mistral.rs" => Ok(EngineKind::MistralRs),
             "llamacpp" | "llama.cpp" => Ok(EngineKind::LlamaCpp),
+            "remote" => Ok(EngineKind::Remote),
             other => Err(format!(
-                "unknown engine {other:?} (expected mistralrs or llamacpp)"
+                "unknown engine {other:?} (expected mistralrs, llamacpp or remote)"
             )),
         }
     }
@@ -562,6 +600,10 @@ pub async fn load_engine(
             )
             .await?,
         )),
+        EngineKind::Remote => Err(EngineError::Load {
+            path: path.to_path_buf(),
+            reason: "a remote engine is connected to its server (state_pack_remote::RemoteEngine::connect), not loaded from a model file".into(),
+        }),
         #[cfg(not(feature = "mistralrs"))]
         EngineKind::MistralRs => Err(EngineError::Load {
             path: path.to_path_buf(),
@@ -578,6 +620,24 @@ pub async fn load_engine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_turn_grammar_gives_back_its_schema_and_marker() {
+        let schema =
+            serde_json::json!({"type": "object", "properties": {"tool": {"type": "string"}}});
+        let g = Grammar::json_turn(&schema, "<|im_end|>");
+        assert_eq!(g.as_json_turn(), Some((schema.clone(), "<|im_end|>")));
+        assert_eq!(Grammar::Lark("start: \"a\"".into()).as_json_turn(), None);
+        assert_eq!(Grammar::JsonSchema(schema).as_json_turn(), None);
+        // Extra rules after the action are not a json_turn grammar.
+        let Grammar::Lark(lark) = g else {
+            unreachable!()
+        };
+        assert_eq!(
+            Grammar::Lark(format!("{lark}x: \"y\"\n")).as_json_turn(),
+            None
+        );
+    }
 
     #[test]
     fn shared_prefixes_are_counted_once() {

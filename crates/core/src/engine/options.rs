@@ -10,6 +10,9 @@ pub enum Device {
     Cpu,
     /// CUDA GPU number `n` (`cuda:n`; `cuda` is `cuda:0`).
     Cuda(usize),
+    /// Another process or machine: an inference server the engine sends requests to (where
+    /// that server runs the model is its own business).
+    Remote,
 }
 
 impl std::fmt::Display for Device {
@@ -17,6 +20,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Remote => f.write_str("remote"),
         }
     }
 }

@@ -341,6 +341,8 @@ impl Engine for ScriptedEngine {
             prefill_time,
             decode_time: Duration::ZERO,
             wall: started.elapsed(),
+            unreported: 0,
+            retokenized: false,
         })
     }
 
@@ -378,6 +380,8 @@ impl Engine for ScriptedEngine {
                 prefill_time,
                 decode_time,
                 wall: started.elapsed(),
+                unreported: 0,
+                retokenized: false,
             },
             tokens,
             text,

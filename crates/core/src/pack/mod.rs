@@ -445,6 +445,7 @@ impl StatePack {
                 reused: usage.reused as u64,
                 generated: usage.generated as u64,
                 restored: restored as u64,
+                unreported: usage.unreported as u64,
             },
             // The stored total cannot include its own write; the report's does.
             timings: ledger::measured::Timings::new(
@@ -462,7 +463,11 @@ impl StatePack {
             tokens: p.tokens,
         };
         let record = OperationRecord {
-            input_was_hot: p.input.map(|_| p.input_was_hot),
+            // What a remote server held is its business, not the pack's to claim.
+            input_was_hot: p
+                .input
+                .filter(|_| self.engine.remote().is_none())
+                .map(|_| p.input_was_hot),
             policy: p.policy,
             prompt_tokens: usage.prompt_tokens,
             output_text: p.output_text,
@@ -470,6 +475,10 @@ impl StatePack {
             finish: p.sampling.as_ref().map(|(_, f)| *f),
             replay_of: p.replay_of,
             kv,
+            remote: self.engine.remote().map(|r| ledger::ReceiptRemote {
+                retokenized: usage.retokenized,
+                ..r
+            }),
             ..OperationRecord::new(p.op, p.input, hash, p.delta_hash, measured)
         };
         let recorded = self.store().record(&stored, &record)?;

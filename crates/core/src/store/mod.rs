@@ -159,6 +159,7 @@ impl Store {
                 replay_of: op.replay_of,
                 public_key: None,
                 kv: op.kv.clone(),
+                remote: op.remote.clone(),
             },
         )?;
         let sampling = op

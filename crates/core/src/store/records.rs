@@ -121,6 +121,9 @@ pub struct OperationRecord {
     /// The receipt of the infer whose result this one repeats (an infer answered from the
     /// store without running the engine).
     pub replay_of: Option<u64>,
+    /// The inference server that ran the operation (a remote engine), signed into the
+    /// receipt.
+    pub remote: Option<state_pack_ledger::ReceiptRemote>,
 }
 
 impl OperationRecord {
@@ -144,6 +147,7 @@ impl OperationRecord {
             measured,
             kv: None,
             output_text: None,
+            remote: None,
             sampling: None,
             finish: None,
             replay_of: None,

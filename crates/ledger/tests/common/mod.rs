@@ -32,6 +32,7 @@ pub fn write_log(db: &Path, signer: Signer, n: usize) {
                         reused: i as u64,
                         generated: 0,
                         restored: 0,
+                        unreported: 0,
                     }),
                     timings: None,
                     input_was_hot: None,
@@ -40,6 +41,7 @@ pub fn write_log(db: &Path, signer: Signer, n: usize) {
                     replay_of: None,
                     public_key: None,
                     kv: None,
+                    remote: None,
                 },
             )
             .unwrap();

@@ -44,7 +44,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, info_span, warn, Instrument};
 
 mod slots;
+mod vocab;
 mod worker;
+
+pub use self::vocab::LlamaCppVocab;
 
 use self::slots::Slots;
 use self::worker::Worker;
@@ -186,6 +189,10 @@ impl LlamaCppEngine {
         let backend = backend()?;
         let params = match options.device {
             super::Device::Cpu => LlamaModelParams::default().with_n_gpu_layers(0),
+            super::Device::Remote => return Err(load_err(
+                path,
+                "llama.cpp runs the model in this process: a remote server is the remote engine's",
+            )),
             super::Device::Cuda(n) => {
                 if !backend.supports_gpu_offload() {
                     return Err(load_err(

@@ -462,6 +462,8 @@ impl Worker {
                     .unwrap_or_default(),
                 decode_time: run.prefilled_at.map(|t| t.elapsed()).unwrap_or_default(),
                 wall: run.started.elapsed(),
+                unreported: 0,
+                retokenized: false,
             },
             tokens: run.out.clone(),
         }
