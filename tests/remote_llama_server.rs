@@ -321,6 +321,34 @@ async fn openai_completions_reuse_and_retokenized_ids_are_recorded() {
     verify_ok(&db);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_chat_sends_the_states_turns_as_messages() {
+    let server = Server::start("smollm2-chat");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let (outputs, pack) = demo(
+        Arc::new(remote(&server.url, RemoteApi::OpenAiChat).await),
+        &db,
+    )
+    .await;
+    pack.close().unwrap();
+    drop(pack);
+    let rs = receipts(&db);
+    let infers: Vec<_> = rs.iter().filter(|r| r.sampling.is_some()).collect();
+    assert_eq!(infers.len(), QUESTIONS.len());
+    for r in &infers {
+        let remote = r.remote.as_ref().unwrap();
+        assert_eq!(remote.api, "openai-chat");
+        assert!(remote.retokenized);
+    }
+    // The server renders the same turns it was sent last step: its cache reuses them.
+    for r in &infers[1..] {
+        assert!(r.tokens.unwrap().reused > 0, "{:?}", r.tokens);
+    }
+    assert!(outputs.iter().all(|o| !o.is_empty()), "{outputs:?}");
+    verify_ok(&db);
+}
+
 /// A server that accepts connections and answers `reply` (or nothing, when `None`).
 fn fake_server(reply: Option<&'static str>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

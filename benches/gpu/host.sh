@@ -13,6 +13,7 @@
 #   benches/gpu/host.sh big            an 8B-shaped GGUF with random weights, and its bench
 #   benches/gpu/host.sh cpu-check      the same steps with CUDA off (to try this script on a
 #                                      machine without a GPU)
+#   ONLY="demo-gpu ..." host.sh bench   only the measurements named (see `measure` below)
 #
 # Every step runs in the foreground: a host may end a call's processes when the call ends
 # (the device service this was first run on does), so each must finish within one call.
@@ -164,6 +165,8 @@ measure() {
     local name=$1 started=$SECONDS rc=0
     shift
     if measured "$name"; then say "$name: measured already (runs.txt)"; return; fi
+    # ONLY="name ..." runs just those measurements (a short device budget).
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then say "$name: not in ONLY, skipped"; return; fi
     say "measuring $name"
     "$@" > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || rc=$?
     echo "$name rc=$rc $((SECONDS - started))s $*" >> "$RESULTS/runs.txt"

@@ -61,6 +61,23 @@ pub enum TemplateError {
     /// A conversation the family cannot express in this order.
     #[error("{0}")]
     Order(String),
+    /// Text that is not a sequence of this family's turns ([`ChatTemplate::messages`]).
+    #[error("not a {family} conversation: {reason}")]
+    NotTurns {
+        /// The template family.
+        family: &'static str,
+        /// Where the text stops being turns.
+        reason: String,
+    },
+}
+
+/// A conversation read back from the text of a state ([`ChatTemplate::messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Messages {
+    /// The turns, in order, each with its content as written.
+    pub turns: Vec<(Role, String)>,
+    /// The text ends with the reply prompt: the next thing is the model's reply.
+    pub awaiting_reply: bool,
 }
 
 /// One family's turn markup. Cheap to copy; every state of a model shares it.
@@ -276,6 +293,168 @@ impl ChatTemplate {
     }
 }
 
+/// Role names of a marker family's turn headers, and the family's end-of-turn marker and
+/// the separator written after it.
+struct Markers {
+    header: fn(&str) -> String,
+    end: &'static str,
+    separator: &'static str,
+    roles: [(Role, &'static str); 3],
+}
+
+impl ChatTemplate {
+    /// The turns of `text`, a state's text in this family's markup (as [`turn`](Self::turn)
+    /// and generated replies write it), for APIs that take messages rather than tokens. A
+    /// reply cut short by `max_tokens` has no end-of-turn marker: it ends where the next turn
+    /// begins. Gemma and Mistral write the system prompt inside the first user turn: it comes
+    /// back as part of that turn, which is what the model saw.
+    ///
+    /// Fails with [`TemplateError::NotTurns`] where the text does not begin with a turn.
+    pub fn messages(&self, text: &str) -> Result<Messages, TemplateError> {
+        let family = self.name();
+        let not_turns = |reason: String| TemplateError::NotTurns { family, reason };
+        let markers = match self.kind {
+            TemplateKind::ChatMl => Markers {
+                header: |r| format!("<|im_start|>{r}\n"),
+                end: "<|im_end|>",
+                separator: "\n",
+                roles: [
+                    (Role::System, "system"),
+                    (Role::User, "user"),
+                    (Role::Assistant, "assistant"),
+                ],
+            },
+            TemplateKind::Llama3 => Markers {
+                header: |r| format!("<|start_header_id|>{r}<|end_header_id|>\n\n"),
+                end: "<|eot_id|>",
+                separator: "",
+                roles: [
+                    (Role::System, "system"),
+                    (Role::User, "user"),
+                    (Role::Assistant, "assistant"),
+                ],
+            },
+            TemplateKind::Phi3 => Markers {
+                header: |r| format!("<|{r}|>\n"),
+                end: "<|end|>",
+                separator: "\n",
+                roles: [
+                    (Role::System, "system"),
+                    (Role::User, "user"),
+                    (Role::Assistant, "assistant"),
+                ],
+            },
+            TemplateKind::Gemma => Markers {
+                header: |r| format!("<start_of_turn>{r}\n"),
+                end: "<end_of_turn>",
+                separator: "\n",
+                // No system turn: the system prompt opens the first user turn.
+                roles: [
+                    (Role::User, "user"),
+                    (Role::User, "user"),
+                    (Role::Assistant, "model"),
+                ],
+            },
+            TemplateKind::Mistral => return self.mistral_messages(text),
+        };
+        let headers: Vec<(Role, String)> = markers
+            .roles
+            .iter()
+            .map(|&(role, name)| (role, (markers.header)(name)))
+            .collect();
+        let reply_header = (markers.header)(markers.roles[2].1);
+        let mut rest = text.strip_prefix(self.bos()).unwrap_or(text);
+        let mut turns = Vec::new();
+        while !rest.is_empty() {
+            if rest == reply_header {
+                return Ok(Messages {
+                    turns,
+                    awaiting_reply: true,
+                });
+            }
+            let (role, header) = headers
+                .iter()
+                .find(|(_, h)| rest.starts_with(h.as_str()))
+                .ok_or_else(|| not_turns(format!("no turn header at {:?}", clip(rest))))?;
+            let body = &rest[header.len()..];
+            let end = body.find(markers.end);
+            let next = headers
+                .iter()
+                .filter_map(|(_, h)| body.find(h.as_str()))
+                .min();
+            match (end, next) {
+                (Some(e), n) if n.is_none_or(|n| e < n) => {
+                    turns.push((*role, body[..e].to_string()));
+                    let after = &body[e + markers.end.len()..];
+                    rest = after.strip_prefix(markers.separator).unwrap_or(after);
+                }
+                // A turn without its end marker (a reply cut at max_tokens).
+                (_, Some(n)) => {
+                    turns.push((*role, body[..n].to_string()));
+                    rest = &body[n..];
+                }
+                (_, None) => {
+                    turns.push((*role, body.to_string()));
+                    rest = "";
+                }
+            }
+        }
+        Ok(Messages {
+            turns,
+            awaiting_reply: false,
+        })
+    }
+
+    fn mistral_messages(&self, text: &str) -> Result<Messages, TemplateError> {
+        let not_turns = |reason: String| TemplateError::NotTurns {
+            family: "mistral",
+            reason,
+        };
+        let mut rest = text.strip_prefix(self.bos()).unwrap_or(text);
+        let mut turns = Vec::new();
+        while !rest.is_empty() {
+            let body = rest
+                .strip_prefix("[INST] ")
+                .ok_or_else(|| not_turns(format!("no [INST] at {:?}", clip(rest))))?;
+            let end = body.find(" [/INST]").ok_or_else(|| {
+                not_turns(format!("an [INST] without its end at {:?}", clip(rest)))
+            })?;
+            turns.push((Role::User, body[..end].to_string()));
+            rest = &body[end + " [/INST]".len()..];
+            if rest.is_empty() {
+                return Ok(Messages {
+                    turns,
+                    awaiting_reply: true,
+                });
+            }
+            // A reply ends with </s>, or where the next [INST] begins if it was cut short.
+            let (end, next) = (rest.find("</s>"), rest.find("[INST] "));
+            match (end, next) {
+                (Some(e), n) if n.is_none_or(|n| e < n) => {
+                    turns.push((Role::Assistant, rest[..e].to_string()));
+                    rest = &rest[e + "</s>".len()..];
+                }
+                (_, Some(n)) => {
+                    turns.push((Role::Assistant, rest[..n].to_string()));
+                    rest = &rest[n..];
+                }
+                (_, None) => {
+                    turns.push((Role::Assistant, rest.to_string()));
+                    rest = "";
+                }
+            }
+        }
+        Ok(Messages {
+            turns,
+            awaiting_reply: false,
+        })
+    }
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
 fn chatml(role: Role) -> &'static str {
     match role {
         Role::System => "system",
@@ -425,6 +604,79 @@ mod tests {
             "{}",
             t.name()
         );
+    }
+
+    #[test]
+    fn messages_read_back_what_turns_wrote() {
+        let trimmed = |c: &str| c.trim().to_string();
+        for name in ["chatml", "llama3", "phi3", "gemma", "mistral"] {
+            let t = ChatTemplate::named(name).unwrap();
+            let text = turn_by_turn(t, CONVERSATION);
+            let read = t.messages(&text).unwrap();
+            // Mistral's reply prompt is empty: a user turn's [/INST] is where a reply starts.
+            assert_eq!(
+                read.awaiting_reply,
+                t.kind() == TemplateKind::Mistral,
+                "{name}"
+            );
+            let asked = t.messages(&(text.clone() + t.reply_prompt())).unwrap();
+            let expected: Vec<(Role, String)> = match t.kind() {
+                TemplateKind::ChatMl | TemplateKind::Phi3 => CONVERSATION
+                    .iter()
+                    .map(|&(r, c)| (r, c.to_string()))
+                    .collect(),
+                TemplateKind::Llama3 => {
+                    CONVERSATION.iter().map(|&(r, c)| (r, trimmed(c))).collect()
+                }
+                // The system prompt is inside the first user turn, as the model saw it.
+                TemplateKind::Gemma | TemplateKind::Mistral => {
+                    let first = format!("{}\n\n{}", CONVERSATION[0].1, CONVERSATION[1].1);
+                    std::iter::once((Role::User, first))
+                        .chain(CONVERSATION[2..].iter().map(|&(r, c)| {
+                            (
+                                r,
+                                if t.kind() == TemplateKind::Gemma {
+                                    trimmed(c)
+                                } else {
+                                    c.to_string()
+                                },
+                            )
+                        }))
+                        .collect()
+                }
+            };
+            assert_eq!(read.turns, expected, "{name}");
+            if t.kind() == TemplateKind::Mistral {
+                // The reply prompt is empty: a state ending in [/INST] awaits a reply.
+                assert_eq!(asked.turns, expected, "{name}");
+            } else {
+                assert!(asked.awaiting_reply, "{name}");
+                assert_eq!(asked.turns, expected, "{name}");
+            }
+        }
+        let chatml = ChatTemplate::CHATML;
+        // A reply cut at max_tokens ends where the next turn begins; a last one at the end.
+        let cut = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA cut<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n";
+        let read = chatml.messages(cut).unwrap();
+        assert!(read.awaiting_reply);
+        assert_eq!(
+            read.turns,
+            [
+                (Role::User, "Q".into()),
+                (Role::Assistant, "A cut".into()),
+                (Role::User, "Q2".into())
+            ]
+        );
+        // A generated reply's marker with no separator before the next turn.
+        let tight = "<|im_start|>assistant\nA<|im_end|><|im_start|>user\nB";
+        assert_eq!(
+            chatml.messages(tight).unwrap().turns,
+            [(Role::Assistant, "A".into()), (Role::User, "B".into())]
+        );
+        assert!(matches!(
+            chatml.messages("plain text"),
+            Err(TemplateError::NotTurns { .. })
+        ));
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub struct ReceiptKv {
 pub struct ReceiptRemote {
     /// The server's base URL.
     pub url: String,
-    /// The API spoken to it: `llama` (llama-server's `/completion`), `openai-completions`.
+    /// The API spoken to it: `llama` (llama-server's `/completion`), `openai-completions`,
+    /// `openai-chat`.
     pub api: String,
     /// The model id the server gave.
     pub model: String,

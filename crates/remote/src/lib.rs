@@ -34,7 +34,7 @@ use state_pack_core::engine::{
 };
 use state_pack_core::ledger::ReceiptRemote;
 use state_pack_core::state::ModelFingerprint;
-use state_pack_core::template::ChatTemplate;
+use state_pack_core::template::{ChatTemplate, Role};
 use tracing::{debug, warn};
 
 mod wire;
@@ -52,17 +52,35 @@ pub enum RemoteApi {
     /// them (`choices[0].token_ids`), otherwise the text re-tokenized here (and the receipt
     /// says so).
     OpenAiCompletions,
+    /// `/v1/chat/completions`, for servers that take only messages (hosted APIs): the
+    /// state's text is read back into its turns ([`ChatTemplate::messages`]) and sent as
+    /// messages; the server renders its own prompt, so reuse and prefill counts are in the
+    /// server's tokens, and the reply is re-tokenized here.
+    OpenAiChat,
 }
 
 impl RemoteApi {
     /// Every API, as named on the command line.
-    pub const ALL: [RemoteApi; 2] = [RemoteApi::Llama, RemoteApi::OpenAiCompletions];
+    pub const ALL: [RemoteApi; 3] = [
+        RemoteApi::Llama,
+        RemoteApi::OpenAiCompletions,
+        RemoteApi::OpenAiChat,
+    ];
 
-    /// `llama` or `openai-completions`.
+    /// `llama`, `openai-completions` or `openai-chat`.
     pub fn name(self) -> &'static str {
         match self {
             RemoteApi::Llama => "llama",
             RemoteApi::OpenAiCompletions => "openai-completions",
+            RemoteApi::OpenAiChat => "openai-chat",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            RemoteApi::Llama => "/completion",
+            RemoteApi::OpenAiCompletions => "/v1/completions",
+            RemoteApi::OpenAiChat => "/v1/chat/completions",
         }
     }
 }
@@ -74,9 +92,9 @@ impl std::str::FromStr for RemoteApi {
         match s {
             "llama" => Ok(RemoteApi::Llama),
             "openai-completions" => Ok(RemoteApi::OpenAiCompletions),
-            "openai-chat" => Err("the openai-chat API (message-only servers) is not supported yet: use llama or openai-completions".into()),
+            "openai-chat" => Ok(RemoteApi::OpenAiChat),
             other => Err(format!(
-                "unknown remote API {other:?} (expected llama or openai-completions)"
+                "unknown remote API {other:?} (expected llama, openai-completions or openai-chat)"
             )),
         }
     }
@@ -137,6 +155,9 @@ pub struct RemoteEngine {
     server_model: String,
     /// The template's end-of-turn token: the server stops on it without returning it.
     end_of_turn: Option<u32>,
+    /// Requests the server runs at once: llama-server's slots (`/props` `total_slots`), 1
+    /// where the server does not say.
+    slots: usize,
 }
 
 impl std::fmt::Debug for RemoteEngine {
@@ -188,6 +209,7 @@ impl RemoteEngine {
             client,
             options,
             server_model: String::new(),
+            slots: 1,
         };
         let models = engine.get("/v1/models").await?;
         let listed = wire::models(&models).map_err(|e| failed(&engine.options.url, e))?;
@@ -229,6 +251,7 @@ impl RemoteEngine {
             if let Some(n) = wire::slot_context(&props) {
                 engine.info.context_window = n;
             }
+            engine.slots = wire::slots(&props).unwrap_or(1).max(1);
         }
         if engine.info.context_window == 0 {
             return Err(failed(
@@ -314,6 +337,13 @@ impl RemoteEngine {
 
     fn request(&self, prompt: &[u32], sampling: &Sampling, n: usize) -> Result<Value, EngineError> {
         let mut body = match self.options.api {
+            RemoteApi::OpenAiChat => json!({
+                "model": self.server_model,
+                "messages": self.messages(prompt)?,
+                "max_tokens": n,
+                "stream": false,
+                "cache_prompt": self.options.cache_prompt,
+            }),
             RemoteApi::Llama => json!({
                 "prompt": prompt,
                 "n_predict": n,
@@ -361,9 +391,9 @@ impl RemoteEngine {
                         )
                     })?,
                 },
-                (_, RemoteApi::OpenAiCompletions) => {
+                (_, RemoteApi::OpenAiCompletions | RemoteApi::OpenAiChat) => {
                     return Err(EngineError::Rejected(
-                        "grammars are not sent over /v1/completions (servers disagree on the field): use the llama API".into(),
+                        "grammars are not sent over the OpenAI APIs (servers disagree on the field): use the llama API".into(),
                     ))
                 }
             };
@@ -379,10 +409,7 @@ impl RemoteEngine {
         n: usize,
     ) -> Result<(Answer, Duration), EngineError> {
         let body = self.request(prompt, sampling, n)?;
-        let path = match self.options.api {
-            RemoteApi::Llama => "/completion",
-            RemoteApi::OpenAiCompletions => "/v1/completions",
-        };
+        let path = self.options.api.path();
         let started = Instant::now();
         let value = self.send(path, Some(&body)).await?;
         let wall = started.elapsed();
@@ -390,6 +417,7 @@ impl RemoteEngine {
         let answer = match self.options.api {
             RemoteApi::Llama => wire::llama_answer(&value),
             RemoteApi::OpenAiCompletions => wire::openai_answer(&value),
+            RemoteApi::OpenAiChat => wire::chat_answer(&value),
         }
         .map_err(|e| failed(&url, e))?;
         if let Some(m) = answer.model.as_deref().filter(|m| *m != self.server_model) {
@@ -404,8 +432,32 @@ impl RemoteEngine {
         Ok((answer, wall))
     }
 
+    /// The turns of `prompt` as OpenAI chat messages.
+    fn messages(&self, prompt: &[u32]) -> Result<Vec<Value>, EngineError> {
+        let text = self.vocab.detokenize(prompt)?;
+        let read = self.info.template.messages(&text).map_err(|e| {
+            EngineError::Rejected(format!("the openai-chat API sends messages: {e}"))
+        })?;
+        Ok(read
+            .turns
+            .iter()
+            .map(|(role, content)| {
+                let role = match role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                json!({"role": role, "content": content})
+            })
+            .collect())
+    }
+
     fn usage(&self, prompt: &[u32], a: &Answer, wall: Duration) -> EngineUsage {
-        let prompt_tokens = prompt.len();
+        // Over chat, the server counts the prompt it rendered, in its own tokens.
+        let prompt_tokens = match self.options.api {
+            RemoteApi::OpenAiChat => a.prompt_tokens.unwrap_or(prompt.len()),
+            _ => prompt.len(),
+        };
         let (prefilled, reused, unreported) = match a.cached {
             Some(cached) => {
                 let cached = cached.min(prompt_tokens);
@@ -492,7 +544,7 @@ impl Engine for RemoteEngine {
         // wants at least one token, which is dropped.
         let n = match self.options.api {
             RemoteApi::Llama => 0,
-            RemoteApi::OpenAiCompletions => 1,
+            RemoteApi::OpenAiCompletions | RemoteApi::OpenAiChat => 1,
         };
         let (answer, wall) = self.complete(prompt, &Sampling::greedy(1), n).await?;
         let mut usage = self.usage(prompt, &answer, wall);
@@ -513,6 +565,15 @@ impl Engine for RemoteEngine {
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
+        if self.options.api == RemoteApi::OpenAiChat {
+            let text = self.vocab.detokenize(prompt)?;
+            let awaiting = self.info.template.messages(&text).map(|m| m.awaiting_reply);
+            if !matches!(awaiting, Ok(true)) {
+                return Err(EngineError::Rejected(
+                    "the openai-chat API generates replies only: the state must end with the reply prompt".into(),
+                ));
+            }
+        }
         let (answer, wall) = self.complete(prompt, sampling, sampling.max_tokens).await?;
         let mut usage = self.usage(prompt, &answer, wall);
         let (mut tokens, retokenized) = match &answer.tokens {
@@ -559,6 +620,10 @@ impl Engine for RemoteEngine {
         })
     }
 
+    fn max_concurrent(&self) -> usize {
+        self.slots
+    }
+
     fn hot_prefix_len(&self, _tokens: &[u32]) -> usize {
         // What the server holds is its business: every request sends the whole context.
         0
@@ -591,12 +656,10 @@ mod tests {
     }
 
     #[test]
-    fn apis_parse_by_name_and_openai_chat_says_it_is_not_built() {
+    fn apis_parse_by_name() {
         for api in RemoteApi::ALL {
             assert_eq!(api.name().parse::<RemoteApi>(), Ok(api));
         }
-        let e = "openai-chat".parse::<RemoteApi>().unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
         assert!("grpc".parse::<RemoteApi>().unwrap_err().contains("unknown"));
     }
 

@@ -34,6 +34,8 @@ pub struct Answer {
     pub prompt_time: Option<Duration>,
     /// The server's time generating, if reported.
     pub decode_time: Option<Duration>,
+    /// The prompt tokens the server counted (`usage.prompt_tokens`), if reported.
+    pub prompt_tokens: Option<usize>,
 }
 
 fn count(v: &Value, field: &str) -> Result<Option<usize>, String> {
@@ -109,6 +111,14 @@ pub(crate) fn slot_context(props: &Value) -> Option<usize> {
         .map(|n| n as usize)
 }
 
+/// llama-server's parallel slots (`/props`: `total_slots`).
+pub(crate) fn slots(props: &Value) -> Option<usize> {
+    props
+        .get("total_slots")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+}
+
 /// An answer of llama-server's `/completion`.
 pub(crate) fn llama_answer(v: &Value) -> Result<Answer, String> {
     let timings = v.get("timings").cloned().unwrap_or(Value::Null);
@@ -122,6 +132,7 @@ pub(crate) fn llama_answer(v: &Value) -> Result<Answer, String> {
         prompt_evaluated: count(&timings, "prompt_n")?,
         prompt_time: millis(&timings, "prompt_ms")?,
         decode_time: millis(&timings, "predicted_ms")?,
+        prompt_tokens: None,
     })
 }
 
@@ -154,7 +165,33 @@ pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
         },
         prompt_time: millis(&timings, "prompt_ms")?,
         decode_time: millis(&timings, "predicted_ms")?,
+        prompt_tokens: prompt,
     })
+}
+
+/// An answer of `/v1/chat/completions`: its message's text, never ids.
+pub(crate) fn chat_answer(v: &Value) -> Result<Answer, String> {
+    let choice = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .ok_or("the answer has no `choices`")?;
+    let message = choice.get("message").ok_or("the choice has no `message`")?;
+    // An OpenAI-shaped answer with `text` in place of the message is read the same way.
+    let as_completion = serde_json::json!({
+        "model": v.get("model"),
+        "usage": v.get("usage"),
+        "timings": v.get("timings"),
+        "choices": [{
+            "text": message
+                .get("content")
+                .filter(|c| !c.is_null())
+                .cloned()
+                .unwrap_or(Value::String(String::new())),
+            "finish_reason": choice.get("finish_reason"),
+        }],
+    });
+    openai_answer(&as_completion)
 }
 
 #[cfg(test)]
@@ -197,6 +234,26 @@ mod tests {
         assert_eq!((b.cached, b.prompt_evaluated), (Some(0), Some(12)));
         assert_eq!(b.tokens, Some(vec![5, 6]));
         assert!(b.stopped);
+    }
+
+    #[test]
+    fn a_chat_answer_is_its_message_text_with_the_usage() {
+        let a = chat_answer(&json!({
+            "model": "gpt-x",
+            "choices": [{"message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "prompt_tokens_details": {"cached_tokens": 24}}
+        }))
+        .unwrap();
+        assert_eq!(a.text, "Hello");
+        assert_eq!(a.tokens, None);
+        assert!(a.stopped);
+        assert_eq!(
+            (a.cached, a.prompt_evaluated, a.prompt_tokens),
+            (Some(24), Some(6), Some(30))
+        );
+        assert_eq!(a.model.as_deref(), Some("gpt-x"));
+        let e = chat_answer(&json!({"choices": [{"text": "x"}]})).unwrap_err();
+        assert!(e.contains("message"), "{e}");
     }
 
     #[test]

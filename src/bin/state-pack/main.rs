@@ -85,8 +85,9 @@ struct Cli {
     /// remote: the inference server's base URL (e.g. http://127.0.0.1:8080).
     #[arg(long, global = true, env = "STATE_PACK_REMOTE_URL")]
     remote_url: Option<String>,
-    /// remote: the API to speak: llama (llama-server's /completion) or openai-completions
-    /// (/v1/completions with token-id prompts: llama-server, vLLM, SGLang).
+    /// remote: the API to speak: llama (llama-server's /completion), openai-completions
+    /// (/v1/completions with token-id prompts: llama-server, vLLM, SGLang) or openai-chat
+    /// (/v1/chat/completions: the state's turns as messages).
     #[arg(
         long,
         global = true,
