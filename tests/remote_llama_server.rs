@@ -349,21 +349,22 @@ async fn openai_chat_sends_the_states_turns_as_messages() {
     verify_ok(&db);
 }
 
-/// A server that accepts connections and answers `reply` (or nothing, when `None`).
-fn fake_server(reply: Option<&'static str>) -> String {
+/// A server that accepts connections and answers `replies` in turn (status and body; the
+/// last one again and again), or nothing at all when `replies` is empty.
+fn fake_server(replies: &'static [(u16, &'static str)]) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let mut held = Vec::new();
-        for conn in listener.incoming() {
+        for (n, conn) in listener.incoming().enumerate() {
             let Ok(mut conn) = conn else { continue };
             let mut buf = [0u8; 4096];
             let _ = conn.read(&mut buf);
-            match reply {
-                Some(body) => {
+            match replies.get(n).or(replies.last()) {
+                Some((status, body)) => {
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                 }
@@ -373,6 +374,9 @@ fn fake_server(reply: Option<&'static str>) -> String {
     });
     url
 }
+
+const MODELS: &str =
+    r#"{"object":"list","data":[{"id":"m","meta":{"n_vocab":49152,"n_ctx":2048}}]}"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_are_one_line_errors() {
@@ -390,20 +394,20 @@ async fn failures_are_one_line_errors() {
         .to_string();
     assert!(e.contains(&closed) && !e.contains('\n'), "{e}");
     // Answers that are not JSON.
-    let e = RemoteEngine::connect(options(&fake_server(Some("<html>hi</html>"))))
+    let e = RemoteEngine::connect(options(&fake_server(&[(200, "<html>hi</html>")])))
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("not JSON") && !e.contains('\n'), "{e}");
     // JSON of another shape.
-    let e = RemoteEngine::connect(options(&fake_server(Some("{\"object\":\"list\"}"))))
+    let e = RemoteEngine::connect(options(&fake_server(&[(200, "{\"object\":\"list\"}")])))
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("data"), "{e}");
     // No answer at all: the timeout.
     let started = Instant::now();
-    let e = RemoteEngine::connect(options(&fake_server(None)))
+    let e = RemoteEngine::connect(options(&fake_server(&[])))
         .await
         .unwrap_err()
         .to_string();
@@ -412,6 +416,32 @@ async fn failures_are_one_line_errors() {
         "{e}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+    // A refusal is not retried and names its status.
+    let e = RemoteEngine::connect(options(&fake_server(&[(404, "no such route")])))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("404") && e.contains("no such route"), "{e}");
+    // A transient failure is retried (once here): the second answer connects.
+    let engine = RemoteEngine::connect(options(&fake_server(&[(503, "loading"), (200, MODELS)])))
+        .await
+        .unwrap();
+    assert_eq!(engine.server_model(), "m");
+    // One that keeps failing gives up after the retries, with the last status.
+    let e = RemoteEngine::connect(options(&fake_server(&[(503, "loading")])))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("503") && !e.contains('\n'), "{e}");
+    // A server whose vocabulary is not the tokenizer's.
+    let e = RemoteEngine::connect(options(&fake_server(&[(
+        200,
+        r#"{"data":[{"id":"other","meta":{"n_vocab":32000}}]}"#,
+    )])))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("32000") && e.contains("49152"), "{e}");
     // A model the server does not serve.
     let server = Server::start("smollm2-e");
     let e = RemoteEngine::connect(RemoteOptions {
