@@ -12,22 +12,12 @@ use serde_json::json;
 use state_pack::agent::{Action, AgentLoop, Decoding, StopReason};
 use state_pack::compaction::{CompactionPolicy, CompactionStrategy};
 use state_pack::engine::Grammar;
-use state_pack::ledger::{verify_file, Receipt, ReceiptOp, VerifyOptions};
+use state_pack::ledger::{Receipt, ReceiptOp};
 use state_pack::legal::LegalAgent;
 use state_pack::StatePack;
 
 fn verify_ok(db: &std::path::Path, receipts: u64) {
-    let v = verify_file(
-        db,
-        &VerifyOptions {
-            trusted_keys: vec![key().public_key()],
-            trusted_checkpoint: None,
-            witnesses: Vec::new(),
-        },
-    )
-    .unwrap();
-    assert!(v.ok(), "{:#?}", v.failures);
-    assert_eq!(v.receipts, receipts + 1);
+    assert_eq!(verified(db), receipts + 1);
 }
 
 fn close(pack: Arc<StatePack>) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use state_pack::agent::{Action, AgentLoop};
 use state_pack::engine::{Engine, LlamaCppEngine, LlamaCppOptions, Sampling};
-use state_pack::ledger::{verify_file, Receipt, VerifyOptions};
+use state_pack::ledger::Receipt;
 use state_pack::legal::LegalAgent;
 use state_pack::remote::{RemoteApi, RemoteEngine, RemoteOptions};
 use state_pack::{StatePack, Store};
@@ -155,20 +155,6 @@ async fn remote(url: &str, api: RemoteApi) -> RemoteEngine {
         .expect("connect")
 }
 
-fn verify_ok(db: &Path) -> u64 {
-    let v = verify_file(
-        db,
-        &VerifyOptions {
-            trusted_keys: vec![key().public_key()],
-            trusted_checkpoint: None,
-            witnesses: Vec::new(),
-        },
-    )
-    .unwrap();
-    assert!(v.ok(), "{:#?}", v.failures);
-    v.receipts
-}
-
 fn receipts(db: &Path) -> Vec<Receipt> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
@@ -240,7 +226,7 @@ async fn the_demo_loop_reuses_what_the_server_says_and_verifies() {
         assert!(t.reused > 0 && t.prefilled <= t.delta + 1, "{t:?}");
     }
     assert!(outputs.iter().all(|o| !o.is_empty()), "{outputs:?}");
-    assert_eq!(verify_ok(&db), rs.len() as u64);
+    assert_eq!(verified(&db), rs.len() as u64);
 
     // The same loop on the in-process llama.cpp engine: same vocabulary, and the same greedy
     // outputs where the two builds' numerics agree (they are different llama.cpp versions).
@@ -289,7 +275,7 @@ async fn the_agent_loop_runs_its_grammar_on_the_server() {
         .all(|c| c.tool == "clause_lookup" || c.tool == "multiply"));
     drop(agent);
     Arc::try_unwrap(pack).ok().unwrap().close().unwrap();
-    verify_ok(&db);
+    verified(&db);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,7 +304,7 @@ async fn openai_completions_reuse_and_retokenized_ids_are_recorded() {
         assert!(r.tokens.unwrap().reused > 0);
     }
     assert!(outputs.iter().all(|o| !o.is_empty()));
-    verify_ok(&db);
+    verified(&db);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,7 +332,7 @@ async fn openai_chat_sends_the_states_turns_as_messages() {
         assert!(r.tokens.unwrap().reused > 0, "{:?}", r.tokens);
     }
     assert!(outputs.iter().all(|o| !o.is_empty()), "{outputs:?}");
-    verify_ok(&db);
+    verified(&db);
 }
 
 /// A server that accepts connections and answers `replies` in turn (status and body; the
@@ -507,5 +493,5 @@ async fn another_model_or_a_dead_server_writes_nothing() {
     assert!(e.to_string().contains("model"), "{e}");
     assert_eq!(receipts(&db).len(), before);
     pack.close().unwrap();
-    verify_ok(&db);
+    verified(&db);
 }

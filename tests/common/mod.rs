@@ -46,3 +46,19 @@ pub const BASE: &str = "<|im_start|>system\nYou are a terse assistant for a law 
 pub fn turn(user: &str) -> String {
     format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
 }
+
+/// `verify` of the ledger at `db` under [`key`]: asserts it passes and gives back how many
+/// receipts it checked.
+pub fn verified(db: &std::path::Path) -> u64 {
+    let v = state_pack::ledger::verify_file(
+        db,
+        &state_pack::ledger::VerifyOptions {
+            trusted_keys: vec![key().public_key()],
+            trusted_checkpoint: None,
+            witnesses: Vec::new(),
+        },
+    )
+    .expect("verification runs");
+    assert!(v.ok(), "{:#?}", v.failures);
+    v.receipts
+}

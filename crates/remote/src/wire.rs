@@ -136,14 +136,17 @@ pub(crate) fn llama_answer(v: &Value) -> Result<Answer, String> {
     })
 }
 
+fn first_choice(v: &Value) -> Result<&Value, String> {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .ok_or_else(|| "the answer has no `choices`".to_string())
+}
+
 /// An answer of `/v1/completions`: the OpenAI shape, with llama-server's `timings` and
 /// vLLM's `token_ids` where present.
 pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
-    let choice = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or("the answer has no `choices`")?;
+    let choice = first_choice(v)?;
     let usage = v.get("usage").cloned().unwrap_or(Value::Null);
     let details = usage
         .get("prompt_tokens_details")
@@ -171,11 +174,7 @@ pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
 
 /// An answer of `/v1/chat/completions`: its message's text, never ids.
 pub(crate) fn chat_answer(v: &Value) -> Result<Answer, String> {
-    let choice = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or("the answer has no `choices`")?;
+    let choice = first_choice(v)?;
     let message = choice.get("message").ok_or("the choice has no `message`")?;
     // An OpenAI-shaped answer with `text` in place of the message is read the same way.
     let as_completion = serde_json::json!({
