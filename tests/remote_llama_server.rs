@@ -495,3 +495,58 @@ async fn another_model_or_a_dead_server_writes_nothing() {
     pack.close().unwrap();
     verified(&db);
 }
+
+/// The command line as an operator uses it: `--engine remote` for the demo agent, then
+/// `verify` on what it wrote, and a one-line error without `--remote-url`.
+#[test]
+fn the_cli_runs_the_demo_agent_through_the_server() {
+    let server = Server::start("smollm2-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_state-pack"))
+            .args(args)
+            .env("RUST_LOG", "off")
+            .env("STATE_PACK_KEY", dir.path().join("key.pem"))
+            .output()
+            .expect("run state-pack")
+    };
+    let db_arg = db.to_str().unwrap();
+    let out = run(&[
+        "--engine",
+        "remote",
+        "--remote-url",
+        &server.url,
+        "run",
+        "--steps",
+        "2",
+        "--db",
+        db_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("reused") && stdout.contains("verify them with"),
+        "{stdout}"
+    );
+    let out = run(&["verify", "--db", db_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rs = receipts(&db);
+    assert!(rs.iter().filter(|r| r.remote.is_some()).count() >= 3);
+
+    let out = run(&["--engine", "remote", "run", "--steps", "1", "--db", db_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--remote-url") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+}
