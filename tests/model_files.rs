@@ -68,14 +68,7 @@ async fn the_default_models_template_is_rendered_turn_by_turn() {
     env.add_template("model", jinja).unwrap();
     let messages: Vec<_> = conversation
         .iter()
-        .map(|(role, content)| {
-            let role = match role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            minijinja::context! { role => role, content => *content }
-        })
+        .map(|(role, content)| minijinja::context! { role => role.name(), content => *content })
         .collect();
     let whole = env
         .get_template("model")

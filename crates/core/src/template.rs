@@ -28,6 +28,17 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// `system`, `user` or `assistant`: its name in ChatML and in OpenAI messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 /// The template families state-pack renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,14 +178,14 @@ impl ChatTemplate {
         Ok(bos.to_string()
             + &match self.kind {
                 TemplateKind::ChatMl => {
-                    format!("<|im_start|>{}\n{content}<|im_end|>\n", chatml(role))
+                    format!("<|im_start|>{}\n{content}<|im_end|>\n", role.name())
                 }
                 TemplateKind::Llama3 => format!(
                     "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                    chatml(role),
+                    role.name(),
                     content.trim()
                 ),
-                TemplateKind::Phi3 => format!("<|{}|>\n{content}<|end|>\n", chatml(role)),
+                TemplateKind::Phi3 => format!("<|{}|>\n{content}<|end|>\n", role.name()),
                 TemplateKind::Gemma => match (previous, role) {
                     // Gemma has no system role: the system prompt opens the first user turn.
                     // Gemma 3 keeps the system text as written; Gemma 2 refuses a system turn.
@@ -455,14 +466,6 @@ fn clip(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-fn chatml(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-    }
-}
-
 fn order(what: &str) -> TemplateError {
     TemplateError::Order(what.to_string())
 }
@@ -546,7 +549,7 @@ mod tests {
         env.add_template("t", template).unwrap();
         let messages: Vec<_> = messages
             .iter()
-            .map(|(r, c)| minijinja::context! { role => chatml(*r), content => *c })
+            .map(|(r, c)| minijinja::context! { role => r.name(), content => *c })
             .collect();
         env.get_template("t")
             .unwrap()

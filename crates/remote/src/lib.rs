@@ -34,7 +34,7 @@ use state_pack_core::engine::{
 };
 use state_pack_core::ledger::ReceiptRemote;
 use state_pack_core::state::ModelFingerprint;
-use state_pack_core::template::{ChatTemplate, Role};
+use state_pack_core::template::ChatTemplate;
 use tracing::{debug, warn};
 
 mod wire;
@@ -335,11 +335,18 @@ impl RemoteEngine {
         }
     }
 
-    fn request(&self, prompt: &[u32], sampling: &Sampling, n: usize) -> Result<Value, EngineError> {
+    /// The request body; `reply`: the prompt must end by asking for the model's reply.
+    fn request(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        n: usize,
+        reply: bool,
+    ) -> Result<Value, EngineError> {
         let mut body = match self.options.api {
             RemoteApi::OpenAiChat => json!({
                 "model": self.server_model,
-                "messages": self.messages(prompt)?,
+                "messages": self.messages(prompt, reply)?,
                 "max_tokens": n,
                 "stream": false,
                 "cache_prompt": self.options.cache_prompt,
@@ -407,8 +414,9 @@ impl RemoteEngine {
         prompt: &[u32],
         sampling: &Sampling,
         n: usize,
+        reply: bool,
     ) -> Result<(Answer, Duration), EngineError> {
-        let body = self.request(prompt, sampling, n)?;
+        let body = self.request(prompt, sampling, n, reply)?;
         let path = self.options.api.path();
         let started = Instant::now();
         let value = self.send(path, Some(&body)).await?;
@@ -432,23 +440,22 @@ impl RemoteEngine {
         Ok((answer, wall))
     }
 
-    /// The turns of `prompt` as OpenAI chat messages.
-    fn messages(&self, prompt: &[u32]) -> Result<Vec<Value>, EngineError> {
+    /// The turns of `prompt` as OpenAI chat messages; with `reply`, refused unless the
+    /// prompt ends with the reply prompt (a chat API generates replies only).
+    fn messages(&self, prompt: &[u32], reply: bool) -> Result<Vec<Value>, EngineError> {
         let text = self.vocab.detokenize(prompt)?;
         let read = self.info.template.messages(&text).map_err(|e| {
             EngineError::Rejected(format!("the openai-chat API sends messages: {e}"))
         })?;
+        if reply && !read.awaiting_reply {
+            return Err(EngineError::Rejected(
+                "the openai-chat API generates replies only: the state must end with the reply prompt".into(),
+            ));
+        }
         Ok(read
             .turns
             .iter()
-            .map(|(role, content)| {
-                let role = match role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                json!({"role": role, "content": content})
-            })
+            .map(|(role, content)| json!({"role": role.name(), "content": content}))
             .collect())
     }
 
@@ -546,7 +553,9 @@ impl Engine for RemoteEngine {
             RemoteApi::Llama => 0,
             RemoteApi::OpenAiCompletions | RemoteApi::OpenAiChat => 1,
         };
-        let (answer, wall) = self.complete(prompt, &Sampling::greedy(1), n).await?;
+        let (answer, wall) = self
+            .complete(prompt, &Sampling::greedy(1), n, false)
+            .await?;
         let mut usage = self.usage(prompt, &answer, wall);
         if n == 0 {
             usage.decode_time = Duration::ZERO;
@@ -565,16 +574,9 @@ impl Engine for RemoteEngine {
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
-        if self.options.api == RemoteApi::OpenAiChat {
-            let text = self.vocab.detokenize(prompt)?;
-            let awaiting = self.info.template.messages(&text).map(|m| m.awaiting_reply);
-            if !matches!(awaiting, Ok(true)) {
-                return Err(EngineError::Rejected(
-                    "the openai-chat API generates replies only: the state must end with the reply prompt".into(),
-                ));
-            }
-        }
-        let (answer, wall) = self.complete(prompt, sampling, sampling.max_tokens).await?;
+        let (answer, wall) = self
+            .complete(prompt, sampling, sampling.max_tokens, true)
+            .await?;
         let mut usage = self.usage(prompt, &answer, wall);
         let (mut tokens, retokenized) = match &answer.tokens {
             Some(ids) => (ids.clone(), false),

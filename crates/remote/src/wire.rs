@@ -147,6 +147,26 @@ fn first_choice(v: &Value) -> Result<&Value, String> {
 /// vLLM's `token_ids` where present.
 pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
     let choice = first_choice(v)?;
+    let text = string(choice, "text")?.ok_or("the choice has no `text`")?;
+    openai_shaped(v, choice, text, ids(choice, "token_ids")?)
+}
+
+/// An answer of `/v1/chat/completions`: its message's text, never ids.
+pub(crate) fn chat_answer(v: &Value) -> Result<Answer, String> {
+    let choice = first_choice(v)?;
+    let message = choice.get("message").ok_or("the choice has no `message`")?;
+    // A message without content (a tool call) has no text.
+    let text = string(message, "content")?.unwrap_or_default();
+    openai_shaped(v, choice, text, None)
+}
+
+/// The usage, timings and finish of an OpenAI-shaped answer whose `choice` said `text`.
+fn openai_shaped(
+    v: &Value,
+    choice: &Value,
+    text: String,
+    tokens: Option<Vec<u32>>,
+) -> Result<Answer, String> {
     let usage = v.get("usage").cloned().unwrap_or(Value::Null);
     let details = usage
         .get("prompt_tokens_details")
@@ -157,8 +177,8 @@ pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
     let timings = v.get("timings").cloned().unwrap_or(Value::Null);
     Ok(Answer {
         model: string(v, "model")?,
-        text: string(choice, "text")?.ok_or("the choice has no `text`")?,
-        tokens: ids(choice, "token_ids")?,
+        text,
+        tokens,
         stopped: string(choice, "finish_reason")?.as_deref() == Some("stop"),
         cached,
         prompt_evaluated: match (count(&timings, "prompt_n")?, prompt, cached) {
@@ -170,27 +190,6 @@ pub(crate) fn openai_answer(v: &Value) -> Result<Answer, String> {
         decode_time: millis(&timings, "predicted_ms")?,
         prompt_tokens: prompt,
     })
-}
-
-/// An answer of `/v1/chat/completions`: its message's text, never ids.
-pub(crate) fn chat_answer(v: &Value) -> Result<Answer, String> {
-    let choice = first_choice(v)?;
-    let message = choice.get("message").ok_or("the choice has no `message`")?;
-    // An OpenAI-shaped answer with `text` in place of the message is read the same way.
-    let as_completion = serde_json::json!({
-        "model": v.get("model"),
-        "usage": v.get("usage"),
-        "timings": v.get("timings"),
-        "choices": [{
-            "text": message
-                .get("content")
-                .filter(|c| !c.is_null())
-                .cloned()
-                .unwrap_or(Value::String(String::new())),
-            "finish_reason": choice.get("finish_reason"),
-        }],
-    });
-    openai_answer(&as_completion)
 }
 
 #[cfg(test)]

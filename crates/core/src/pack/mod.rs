@@ -437,6 +437,7 @@ impl StatePack {
         } else {
             Duration::ZERO
         };
+        let remote = self.engine.remote();
         let measured = Measured {
             tokens: Tokens {
                 delta: p.delta as u64,
@@ -466,7 +467,7 @@ impl StatePack {
             // What a remote server held is its business, not the pack's to claim.
             input_was_hot: p
                 .input
-                .filter(|_| self.engine.remote().is_none())
+                .filter(|_| remote.is_none())
                 .map(|_| p.input_was_hot),
             policy: p.policy,
             prompt_tokens: usage.prompt_tokens,
@@ -475,7 +476,7 @@ impl StatePack {
             finish: p.sampling.as_ref().map(|(_, f)| *f),
             replay_of: p.replay_of,
             kv,
-            remote: self.engine.remote().map(|r| ledger::ReceiptRemote {
+            remote: remote.map(|r| ledger::ReceiptRemote {
                 retokenized: usage.retokenized,
                 ..r
             }),

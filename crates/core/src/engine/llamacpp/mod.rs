@@ -333,13 +333,7 @@ impl LlamaCppEngine {
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError> {
-        let n_vocab = self.model.n_vocab().max(0) as u32;
-        match tokens.iter().find(|&&t| t >= n_vocab) {
-            Some(t) => Err(EngineError::Rejected(format!(
-                "token id {t} is outside the model's vocabulary of {n_vocab}"
-            ))),
-            None => Ok(()),
-        }
+        vocab::check_tokens(&self.model, tokens)
     }
 }
 
@@ -384,22 +378,11 @@ impl Engine for LlamaCppEngine {
     }
 
     async fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        Ok(self
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), false, true)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect())
+        Ok(vocab::tokenize(&self.model, text))
     }
 
     async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
-        self.check_tokens(tokens)?;
-        let bytes = self
-            .model
-            .vocab()
-            .detokenize(&to_llama(tokens), false, true);
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        vocab::detokenize(&self.model, tokens)
     }
 
     async fn prefill(&self, prompt: &[u32]) -> Result<EngineUsage, EngineError> {

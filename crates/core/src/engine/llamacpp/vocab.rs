@@ -93,28 +93,41 @@ impl LlamaCppVocab {
 
     /// Token ids of `text`, without BOS/EOS; special-token markup becomes its special token.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        self.model
-            .vocab()
-            .tokenize(text.as_bytes(), false, true)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect()
+        tokenize(&self.model, text)
     }
 
     /// The text of `tokens`, special tokens included.
     ///
     /// Fails with [`EngineError::Rejected`] on an id outside the vocabulary.
     pub fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
-        let n = self.len() as u32;
-        if let Some(t) = tokens.iter().find(|&&t| t >= n) {
-            return Err(EngineError::Rejected(format!(
-                "token id {t} is outside the model's vocabulary of {n}"
-            )));
-        }
-        let bytes = self
-            .model
-            .vocab()
-            .detokenize(&to_llama(tokens), false, true);
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        detokenize(&self.model, tokens)
+    }
+}
+
+/// `model`'s token ids of `text` (the engine's and the vocabulary's tokenizer).
+pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<u32> {
+    model
+        .vocab()
+        .tokenize(text.as_bytes(), false, true)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect()
+}
+
+/// The text of `tokens` in `model`'s vocabulary, special tokens included.
+pub(super) fn detokenize(model: &LlamaModel, tokens: &[u32]) -> Result<String, EngineError> {
+    check_tokens(model, tokens)?;
+    let bytes = model.vocab().detokenize(&to_llama(tokens), false, true);
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Refuses an id outside `model`'s vocabulary.
+pub(super) fn check_tokens(model: &LlamaModel, tokens: &[u32]) -> Result<(), EngineError> {
+    let n_vocab = model.n_vocab().max(0) as u32;
+    match tokens.iter().find(|&&t| t >= n_vocab) {
+        Some(t) => Err(EngineError::Rejected(format!(
+            "token id {t} is outside the model's vocabulary of {n_vocab}"
+        ))),
+        None => Ok(()),
     }
 }
