@@ -49,8 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         println!(
             "KV blobs in {}",
-            pack.kv_blobs()
-                .map_or("(none)".into(), |b| b.dir().display().to_string())
+            pack.kv_blobs().map_or("(none)".into(), |b| b.location())
         );
         pack.close()?;
         step.report.output

@@ -684,7 +684,8 @@ where
     let state = base.output;
     let state_tokens = base.tokens.state as usize;
     blobs.flush();
-    let blob_path = blobs.dir().join(format!("{}.kv", state.to_hex()));
+    let blob_dir = blobs.dir().ok_or(BenchError::NoKvExport)?;
+    let blob_path = blob_dir.join(format!("{}.kv", state.to_hex()));
     let blob_bytes = std::fs::metadata(&blob_path)?.len();
     let model = engine.info().fingerprint;
     let kv_bytes = blobs

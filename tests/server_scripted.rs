@@ -686,3 +686,108 @@ async fn the_checkpoint_note_and_the_tiles_are_served() {
         assert_eq!(get(bad).await.0, StatusCode::NOT_FOUND, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn path_style_endpoints_are_the_same_operations_with_the_state_in_the_url() {
+    let f = default_fixture();
+    let state = create(&f).await;
+    let sampling = json!({"max_tokens": 4});
+    let at = |op: &str, s: &str| format!("/states/{s}/{op}");
+
+    // /states/{hash}/infer and /infer are one operation: the second is answered from the store.
+    let (status, _, a) = send(
+        &f.router,
+        request(
+            Method::POST,
+            &at("infer", &state),
+            Some(json!({"delta_text": "d", "sampling": sampling})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["state_hash"], state.as_str());
+    assert_eq!(a["engine_called"], true, "{a}");
+    let (status, _, b) = send(
+        &f.router,
+        request(
+            Method::POST,
+            "/infer",
+            Some(json!({"state_hash": state, "delta_text": "d", "sampling": sampling})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(a["new_state_hash"], b["new_state_hash"]);
+    assert_eq!(b["engine_called"], false, "{b}");
+    let next = a["new_state_hash"].as_str().unwrap().to_string();
+
+    // merge and compact (the seed's accumulated_deltas) by path; a state_hash in the body
+    // that names the same state is accepted.
+    let (status, _, m) = send(
+        &f.router,
+        request(
+            Method::POST,
+            &at("merge", &next),
+            Some(json!({"state_hash": next, "delta_text": "more"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let (status, _, c) = send(
+        &f.router,
+        request(
+            Method::POST,
+            &at("compact", &next),
+            Some(json!({"accumulated_deltas": ["x", "y"]})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert!(c["new_state_hash"].is_string(), "{c}");
+
+    // Refusals write nothing.
+    let before = receipts(&f);
+    let other = "ab".repeat(32);
+    let cases = [
+        (
+            at("infer", &state),
+            json!({"state_hash": other, "delta_text": "d"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_parameters",
+        ),
+        (
+            at("infer", "not-a-hash"),
+            json!({"delta_text": "d"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_hash",
+        ),
+        (
+            at("merge", &other),
+            json!({"delta_text": "d"}),
+            StatusCode::NOT_FOUND,
+            "unknown_state",
+        ),
+        (
+            at("infer", &state),
+            json!(["d"]),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            at("compact", &state),
+            json!({"delta_text": "d"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+    ];
+    for (uri, body, status, code) in cases {
+        expect_error(
+            &f.router,
+            request(Method::POST, &uri, Some(body)),
+            status,
+            code,
+        )
+        .await;
+    }
+    assert_eq!(receipts(&f), before);
+}

@@ -6,6 +6,7 @@ pub mod fuzz;
 pub mod http;
 pub mod isolated;
 pub mod ledgers;
+pub mod servers;
 pub mod synthetic;
 pub mod tools;
 

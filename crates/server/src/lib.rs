@@ -10,6 +10,7 @@
 //! POST /merge    {state_hash, delta_text}          -> StateResponse
 //! POST /infer    {state_hash, delta_text, sampling?} -> InferResponse
 //! POST /compact  {state_hash, policy?}             -> CompactResponse
+//! POST /states/{hash}/merge, /infer, /compact     the same, the state in the path
 //! GET  /states/{hash}   GET /health   GET /metrics   GET /openapi.json
 //! GET  /receipts/{seq}  GET /receipts/{seq}/proof  GET /checkpoint
 //! ```
@@ -256,6 +257,10 @@ impl Server {
             .route("/merge", post(merge))
             .route("/infer", post(infer))
             .route("/compact", post(compact_state))
+            // The same, with the state in the path for a proxy to route on (docs/DEPLOY.md).
+            .route("/states/{hash}/merge", post(native::merge_at))
+            .route("/states/{hash}/infer", post(native::infer_at))
+            .route("/states/{hash}/compact", post(native::compact_at))
             .route("/receipts/{seq}", get(receipt))
             .route("/receipts/{seq}/proof", get(proof))
             .route("/checkpoint", get(checkpoint))

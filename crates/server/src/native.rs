@@ -1,6 +1,8 @@
 //! The native protocol's engine endpoints: `POST /states`, `/merge`, `/infer`, `/compact`,
 //! with the seed protocol's fields (`dtype`, `accumulated_deltas`) accepted as its clients
-//! send them.
+//! send them; and the path-style `POST /states/{hash}/merge`, `/infer`, `/compact`, which
+//! carry the state in the URL so that a stock proxy can route a state's requests to the
+//! replica most likely to hold it (`docs/DEPLOY.md`).
 
 use super::*;
 use state_pack_ledger::hash::StateHash;
@@ -197,4 +199,56 @@ async fn fold_accumulated(
         summary: None,
         receipt: s.receipt(done.report.receipt.seq)?,
     }))
+}
+
+/// The body of a path-style request as the operation's own: `state_hash` comes from the
+/// path; one in the body must be the same.
+fn at_path<T: DeserializeOwned>(hash: String, mut body: serde_json::Value) -> Result<T, ApiError> {
+    let Some(fields) = body.as_object_mut() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object",
+        ));
+    };
+    match fields.get("state_hash") {
+        Some(given) if given.as_str() != Some(hash.as_str()) => {
+            return Err(ApiError::invalid(
+                "state_hash in the body is not the state in the path (leave it out)".into(),
+            ))
+        }
+        _ => {
+            fields.insert("state_hash".into(), hash.into());
+        }
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))
+}
+
+/// `POST /states/{hash}/merge`: [`merge`] with the state in the path.
+pub(super) async fn merge_at(
+    s: State<Arc<AppState>>,
+    client: axum::Extension<Client>,
+    UrlPath(hash): UrlPath<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<StateResponse>, ApiError> {
+    merge(s, client, ApiJson(at_path(hash, body)?)).await
+}
+
+/// `POST /states/{hash}/infer`: [`infer`] with the state in the path.
+pub(super) async fn infer_at(
+    s: State<Arc<AppState>>,
+    client: axum::Extension<Client>,
+    UrlPath(hash): UrlPath<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<InferResponse>, ApiError> {
+    infer(s, client, ApiJson(at_path(hash, body)?)).await
+}
+
+/// `POST /states/{hash}/compact`: [`compact_state`] with the state in the path.
+pub(super) async fn compact_at(
+    s: State<Arc<AppState>>,
+    client: axum::Extension<Client>,
+    UrlPath(hash): UrlPath<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<CompactResponse>, ApiError> {
+    compact_state(s, client, ApiJson(at_path(hash, body)?)).await
 }

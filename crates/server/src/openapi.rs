@@ -250,6 +250,19 @@ pub fn document() -> Value {
         Some(&json!([{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}])),
         false,
     );
+    // The path-style forms: the same operation, the state in the path (state_hash may be
+    // left out of the body).
+    let at_hash = |op: &Value| {
+        let mut op = op.clone();
+        op["post"]["parameters"] = hash_param.clone();
+        if let Some(summary) = op["post"]["summary"].as_str() {
+            op["post"]["summary"] = format!(
+                "{summary}; the state in the path (state_hash may be left out of the body)"
+            )
+            .into();
+        }
+        op
+    };
     let schemas = g.take_definitions();
     json!({
         "openapi": "3.0.3",
@@ -264,6 +277,9 @@ pub fn document() -> Value {
             "/merge": merge,
             "/infer": infer,
             "/compact": compact,
+            "/states/{hash}/merge": at_hash(&merge),
+            "/states/{hash}/infer": at_hash(&infer),
+            "/states/{hash}/compact": at_hash(&compact),
             "/receipts/{seq}": receipt,
             "/receipts/{seq}/proof": proof,
             "/checkpoint": checkpoint,

@@ -16,6 +16,7 @@ use measure::{bench_cmd, print_bench, restore_cmd};
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
 use state_pack::engine::{load_engine, ActivationDType, Device, Engine, EngineKind, EngineSpec};
+use state_pack::kv_blob::KvBlobStore;
 use state_pack::ledger::cli as ledger;
 use state_pack::ledger::DbError;
 use state_pack::ledger::{default_key_path, Signer};
@@ -56,6 +57,16 @@ struct Cli {
     /// again instead of loaded from disk.
     #[arg(long, global = true, env = "STATE_PACK_NO_KV_BLOBS")]
     no_kv_blobs: bool,
+    /// Where KV blobs are kept (llamacpp): a directory, or a Redis server that replicas
+    /// share, `redis://[user:password@]host:port[/db]` (docs/DEPLOY.md) [default: `<db>.kv/`
+    /// next to the database].
+    #[arg(
+        long,
+        global = true,
+        env = "STATE_PACK_KV",
+        conflicts_with = "no_kv_blobs"
+    )]
+    kv: Option<String>,
     /// llama.cpp: the KV memory all hot states share, in MiB [default: the model's training
     /// context, at most 8,192 tokens]; when full, the least recently used idle state is
     /// dropped (and later restored from its blob or prefilled).
@@ -168,16 +179,29 @@ pub(crate) fn open_store(db: &Path, signer: Signer) -> Result<Store> {
     })
 }
 
-/// Whether `--no-kv-blobs` was given: set once in `main`, read by [`new_pack`].
-static NO_KV_BLOBS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Where KV blobs go, from `--no-kv-blobs` and `--kv`: set once in `main`, read by
+/// [`new_pack`].
+enum KvTier {
+    /// `<db>.kv/` next to each database.
+    BesideDb,
+    None,
+    /// `--kv`, opened (and for Redis, reached) once at start.
+    At(Box<KvBlobStore>),
+}
+static KV_TIER: std::sync::OnceLock<KvTier> = std::sync::OnceLock::new();
 
-/// A pack over `engine` and `store`, keeping KV blobs unless `--no-kv-blobs` says not to.
+/// Whether `--no-kv-blobs` was given.
+pub(crate) fn kv_blobs_off() -> bool {
+    matches!(KV_TIER.get(), Some(KvTier::None))
+}
+
+/// A pack over `engine` and `store`, keeping KV blobs where `--kv` and `--no-kv-blobs` say.
 pub(crate) fn new_pack(engine: Arc<dyn Engine>, store: Store) -> StatePack {
     let pack = StatePack::new(engine, store);
-    if NO_KV_BLOBS.get().copied().unwrap_or(false) {
-        pack.with_kv_blobs(None)
-    } else {
-        pack
+    match KV_TIER.get() {
+        Some(KvTier::None) => pack.with_kv_blobs(None),
+        Some(KvTier::At(blobs)) => pack.with_kv_blobs(Some(blobs.as_ref().clone())),
+        Some(KvTier::BesideDb) | None => pack,
     }
 }
 
@@ -325,7 +349,6 @@ fn main() -> ExitCode {
         // starts; set before any other thread starts. llama.cpp takes it from the spec.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let _ = NO_KV_BLOBS.set(cli.no_kv_blobs);
     let _ = REMOTE.set(RemoteFlags {
         url: cli.remote_url.clone(),
         api: cli.remote_api.clone(),
@@ -354,6 +377,15 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<bool> {
+    let tier = match (&cli.kv, cli.no_kv_blobs) {
+        (_, true) => KvTier::None,
+        (Some(at), false) => KvTier::At(Box::new(KvBlobStore::open_location(
+            at,
+            state_pack::kv_blob::DEFAULT_BUDGET_BYTES,
+        )?)),
+        (None, false) => KvTier::BesideDb,
+    };
+    let _ = KV_TIER.set(tier);
     let spec = cli.spec();
     let cache = model::cache_dir(cli.cache_dir.as_deref());
     let key = cli.key.clone().unwrap_or_else(default_key_path);

@@ -21,7 +21,7 @@ pub(crate) async fn bench_cmd(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let plan = bench::BenchPlan {
-        kv_blobs: plan.kv_blobs && !NO_KV_BLOBS.get().copied().unwrap_or(false),
+        kv_blobs: plan.kv_blobs && !crate::kv_blobs_off(),
         ..plan
     };
     let report = bench::run(reuse, naive, peer, plan, |arm, step| {
