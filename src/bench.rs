@@ -581,8 +581,10 @@ pub struct RestoreReport {
     pub state_tokens: usize,
     /// Its KV as the engine serialized it, bytes.
     pub kv_bytes: u64,
-    /// Its blob on disk (compressed, with header), bytes.
+    /// Its blob as stored (header and body), bytes.
     pub blob_bytes: u64,
+    /// Where the blob was kept: `dir` (beside the database) or `redis` (`--kv redis://`).
+    pub blob_tier: String,
     /// Runs (each arm once per run, on a freshly loaded engine).
     pub runs: usize,
     /// Per run: reading, checking and loading the blob into the engine, milliseconds.
@@ -656,9 +658,12 @@ async fn with_clauses(
 
 /// Creates a state of about `tokens` tokens with its KV blob, then `runs` times, each on a
 /// freshly loaded engine: an infer on it with the blob (restored) and without (prefilled
-/// again). `load` loads a fresh engine of the kind measured; it must export KV.
+/// again). `load` loads a fresh engine of the kind measured; it must export KV. The blob is
+/// kept in `blobs` (e.g. Redis; its blob is deleted at the end), or without one beside the
+/// bench's scratch database.
 pub async fn restore_vs_prefill<F, Fut>(
     load: F,
+    blobs: Option<crate::kv_blob::KvBlobStore>,
     tokens: usize,
     runs: usize,
     mut on_run: impl FnMut(usize) + Send,
@@ -675,7 +680,15 @@ where
     let signer = crate::ledger::Signer::generate()?;
     let session = format!("{}-{}", std::process::id(), rand_suffix());
     let engine = load().await.map_err(PackError::from)?;
-    let pack = StatePack::new(engine.clone(), Store::open(&db, signer.clone())?);
+    let tier = blobs;
+    let with_tier = |pack: StatePack| match &tier {
+        Some(b) => pack.with_kv_blobs(Some(b.clone())),
+        None => pack,
+    };
+    let pack = with_tier(StatePack::new(
+        engine.clone(),
+        Store::open(&db, signer.clone())?,
+    ));
     let Some(blobs) = pack.kv_blobs().cloned() else {
         return Err(BenchError::NoKvExport);
     };
@@ -684,9 +697,7 @@ where
     let state = base.output;
     let state_tokens = base.tokens.state as usize;
     blobs.flush();
-    let blob_dir = blobs.dir().ok_or(BenchError::NoKvExport)?;
-    let blob_path = blob_dir.join(format!("{}.kv", state.to_hex()));
-    let blob_bytes = std::fs::metadata(&blob_path)?.len();
+    let blob_bytes = blobs.stored_bytes(&state).ok_or(BenchError::NotRestored)?;
     let model = engine.info().fingerprint;
     let kv_bytes = blobs
         .get(&state, &model)
@@ -707,6 +718,7 @@ where
         state_tokens,
         kv_bytes,
         blob_bytes,
+        blob_tier: blobs.kind().to_string(),
         runs,
         restore_ms: Vec::new(),
         reprefill_ms: Vec::new(),
@@ -722,10 +734,12 @@ where
         // Alternate which arm goes first.
         for restore in [run % 2 == 0, run % 2 != 0] {
             let engine = load().await.map_err(PackError::from)?;
-            let mut pack = StatePack::new(engine, Store::open(&db, signer.clone())?);
-            if !restore {
-                pack = pack.with_kv_blobs(None);
-            }
+            let pack = StatePack::new(engine, Store::open(&db, signer.clone())?);
+            let pack = if restore {
+                with_tier(pack)
+            } else {
+                pack.with_kv_blobs(None)
+            };
             let out = pack.infer(&state, delta, &sampling).await?;
             let t = &out.report;
             if restore {
@@ -744,6 +758,10 @@ where
         on_run(run);
     }
     r.outputs_identical = texts.windows(2).all(|w| w[0] == w[1]);
+    if tier.is_some() {
+        // A shared tier outlives the bench: leave nothing of it there.
+        let _ = blobs.remove(&state);
+    }
     r.speedup = median(
         r.reprefill_ms
             .iter()

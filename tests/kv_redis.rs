@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::bytes::noise;
 use common::servers::RedisServer;
 use sha2::{Digest, Sha256};
 use state_pack::kv_blob::{KvBlobError, KvBlobStore};
@@ -11,19 +12,6 @@ use state_pack::{ModelFingerprint, StateHash};
 
 fn hash(b: u8) -> StateHash {
     StateHash::from_bytes([b; 32])
-}
-
-/// Incompressible bytes (xorshift64).
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -2,6 +2,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod bytes;
 pub mod fuzz;
 pub mod http;
 pub mod isolated;

@@ -190,6 +190,14 @@ enum KvTier {
 }
 static KV_TIER: std::sync::OnceLock<KvTier> = std::sync::OnceLock::new();
 
+/// The blob tier `--kv` names, if it names one.
+pub(crate) fn kv_at() -> Option<KvBlobStore> {
+    match KV_TIER.get() {
+        Some(KvTier::At(blobs)) => Some(blobs.as_ref().clone()),
+        _ => None,
+    }
+}
+
 /// Whether `--no-kv-blobs` was given.
 pub(crate) fn kv_blobs_off() -> bool {
     matches!(KV_TIER.get(), Some(KvTier::None))
@@ -200,7 +208,7 @@ pub(crate) fn new_pack(engine: Arc<dyn Engine>, store: Store) -> StatePack {
     let pack = StatePack::new(engine, store);
     match KV_TIER.get() {
         Some(KvTier::None) => pack.with_kv_blobs(None),
-        Some(KvTier::At(blobs)) => pack.with_kv_blobs(Some(blobs.as_ref().clone())),
+        Some(KvTier::At(_)) => pack.with_kv_blobs(kv_at()),
         Some(KvTier::BesideDb) | None => pack,
     }
 }

@@ -147,9 +147,14 @@ pub(crate) async fn restore_cmd(
     }
     let (path, spec) = crate::resolve(model, cache, spec)?;
     let bar = ProgressBar::new(runs as u64);
-    let report =
-        bench::restore_vs_prefill(|| load_engine(&path, spec), tokens, runs, |_| bar.inc(1))
-            .await?;
+    let report = bench::restore_vs_prefill(
+        || load_engine(&path, spec),
+        crate::kv_at(),
+        tokens,
+        runs,
+        |_| bar.inc(1),
+    )
+    .await?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -161,9 +166,14 @@ pub(crate) async fn restore_cmd(
         report.state_tokens, report.engine, report.runs
     );
     println!(
-        "KV {:.1} MB, blob on disk {:.1} MB (zstd)",
+        "KV {:.1} MB, blob {:.1} MB (header and raw body, in {})",
         report.kv_bytes as f64 / 1e6,
-        report.blob_bytes as f64 / 1e6
+        report.blob_bytes as f64 / 1e6,
+        if report.blob_tier == "redis" {
+            "Redis"
+        } else {
+            "a directory"
+        }
     );
     println!(
         "restore from blob   {:>8.1} ms (median; read, check, load)",

@@ -674,6 +674,28 @@ impl KvBlobStore {
         (header.state == *state).then_some(header)
     }
 
+    /// The bytes the blob of `state` takes where it is kept (header and body), once any
+    /// queued write has landed; `None` if there is no readable blob.
+    pub fn stored_bytes(&self, state: &StateHash) -> Option<u64> {
+        self.settle(state);
+        match &self.tier {
+            Tier::Dir(_) => fs::metadata(self.path(state)).ok().map(|m| m.len()),
+            Tier::Redis(r) => {
+                let head = r.head(state).ok()??;
+                let (header, _) = read_header(&mut head.as_slice()).ok()?;
+                Some(head.len() as u64 + header.raw_bytes)
+            }
+        }
+    }
+
+    /// `dir` or `redis`: the kind of tier.
+    pub fn kind(&self) -> &'static str {
+        match &self.tier {
+            Tier::Dir(_) => "dir",
+            Tier::Redis(_) => "redis",
+        }
+    }
+
     /// Where the blob of `state` ends (one past the last position it holds), from the queue
     /// or its header alone; `None` if there is no readable blob.
     pub fn end_of(&self, state: &StateHash) -> Option<usize> {
