@@ -52,10 +52,15 @@ pub fn turn(user: &str) -> String {
 /// `verify` of the ledger at `db` under [`key`]: asserts it passes and gives back how many
 /// receipts it checked.
 pub fn verified(db: &std::path::Path) -> u64 {
+    verified_by(db, key().public_key())
+}
+
+/// `verify` of the ledger at `db` trusting `public_key`, as [`verified`].
+pub fn verified_by(db: &std::path::Path, public_key: state_pack::ledger::PublicKey) -> u64 {
     let v = state_pack::ledger::verify_file(
         db,
         &state_pack::ledger::VerifyOptions {
-            trusted_keys: vec![key().public_key()],
+            trusted_keys: vec![public_key],
             trusted_checkpoint: None,
             witnesses: Vec::new(),
         },

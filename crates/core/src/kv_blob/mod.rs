@@ -44,7 +44,9 @@
 //! Replicas that serve one shared store keep their blobs in Redis instead
 //! ([`KvBlobStore::open_redis`], `--kv redis://...`), the same bytes split over keys of at
 //! most 4 MiB (see `redis_tier.rs`): a state computed on one replica is restored on another
-//! instead of prefilled. That tier is bounded by the server's `maxmemory`, not by the store.
+//! instead of prefilled. That tier is bounded by the server's `maxmemory`, not by the store,
+//! and it is written before an operation answers, not behind it: a replica asked for a
+//! state another has just made finds its blob.
 //!
 //! [`Engine::kv_export`]: crate::engine::Engine::kv_export
 
@@ -420,7 +422,8 @@ impl KvBlobStore {
     }
 
     /// Like [`put`](Self::put), but the file is written by the store's writer thread and this
-    /// returns once the blob is queued; `sha256` is the hex SHA-256 of `raw` (the caller has
+    /// returns once the blob is queued (in Redis, once it is written: see the module's
+    /// docs); `sha256` is the hex SHA-256 of `raw` (the caller has
     /// it for the receipt already). Blocks while [`QUEUE`] blobs wait. A write that fails
     /// later is logged: the state is then prefilled when needed.
     pub fn put_behind(
@@ -433,6 +436,21 @@ impl KvBlobStore {
         sha256: String,
     ) -> Result<(), KvBlobError> {
         self.check_range(state, parent, &range)?;
+        if let Tier::Redis(_) = self.tier {
+            // A shared tier is written before the operation answers, so that another replica
+            // asked for the new state at once finds its blob (writing behind, it would
+            // prefill instead).
+            return self
+                .put_hashed(&Job {
+                    state: *state,
+                    model: *model,
+                    parent: parent.copied(),
+                    range,
+                    raw,
+                    sha256,
+                })
+                .map(|_| ());
+        }
         let behind = self.behind()?;
         lock(&behind.queued).insert(*state, range.end);
         let job = Job {

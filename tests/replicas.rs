@@ -1,0 +1,148 @@
+//! Two `state-pack serve` processes, each with its own llama.cpp engine, on one store (a
+//! SQLite file both open; Postgres is the store for replicas on several machines, issue 22)
+//! and one Redis KV tier: each continues the other's states through the path-style
+//! endpoints, loading their KV from Redis instead of prefilling them, and both append to one
+//! contiguous, verifiable receipt chain.
+#![cfg(feature = "llamacpp")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::{free_port, RedisServer};
+use common::{turn, BASE};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "replica-token-0123456789abcdef";
+
+/// `state-pack serve` on a loopback port; killed on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(dir: &Path, db: &Path, kv: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_state-pack"))
+            .args([
+                "--engine",
+                "llamacpp",
+                "--threads",
+                "1",
+                "--kv",
+                kv,
+                "serve",
+            ])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(db)
+            .env("STATE_PACK_KEY", dir.join("key.pem"))
+            .env("STATE_PACK_TOKENS", format!("replicas:{TOKEN}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start state-pack serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let mut server = Self { child, url };
+        let started = Instant::now();
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("state-pack serve exited at start: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "state-pack serve did not come up on {}",
+                server.url
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> Value {
+    let resp = client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status();
+    let answer: Value = resp.json().await.expect("a JSON answer");
+    assert!(status.is_success(), "POST {url}: {status} {answer}");
+    answer
+}
+
+#[tokio::test]
+async fn two_servers_on_one_store_continue_each_others_states_from_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    // The first opens the store and its log; the second attaches to them.
+    let a = Serve::start(dir.path(), &db, &redis.url);
+    let b = Serve::start(dir.path(), &db, &redis.url);
+    let client = reqwest::Client::new();
+    let greedy = json!({"max_tokens": 6});
+
+    let base = post(
+        &client,
+        format!("{}/states", a.url),
+        json!({"base_text": BASE}),
+    )
+    .await;
+    let s0 = base["new_state_hash"].as_str().unwrap().to_string();
+
+    // B never ran the base: its KV comes from the blob A wrote to Redis.
+    let step1 = post(
+        &client,
+        format!("{}/states/{s0}/infer", b.url),
+        json!({"delta_text": turn("Which clause caps liability?"), "sampling": greedy}),
+    )
+    .await;
+    let t = &step1["tokens"];
+    assert_eq!(t["restored"], base["tokens"]["state"], "{step1}");
+    assert!(t["prefilled"].as_u64().unwrap() < 40, "{step1}");
+    let s1 = step1["new_state_hash"].as_str().unwrap().to_string();
+
+    // A never ran step 1: it loads the chain (its own base blob, then B's delta) from Redis.
+    let step2 = post(
+        &client,
+        format!("{}/states/{s1}/infer", a.url),
+        json!({"delta_text": turn("And the notice period?"), "sampling": greedy}),
+    )
+    .await;
+    let t = &step2["tokens"];
+    assert_eq!(
+        t["restored"].as_u64(),
+        step1["tokens"]["state"].as_u64().map(|n| n - 1),
+        "{step2}"
+    );
+    assert!(t["prefilled"].as_u64().unwrap() < 40, "{step2}");
+
+    // Both appended to one chain: the three receipts follow each other.
+    let seqs: Vec<u64> = [&base, &step1, &step2]
+        .iter()
+        .map(|r| r["receipt"]["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    drop((a, b));
+    let (key, _) = state_pack::ledger::Signer::load_or_create(&dir.path().join("key.pem"))
+        .expect("the servers' key");
+    assert!(common::verified_by(&db, key.public_key()) >= 4);
+}
