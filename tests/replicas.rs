@@ -2,7 +2,9 @@
 //! SQLite file both open; Postgres is the store for replicas on several machines, issue 22)
 //! and one Redis KV tier: each continues the other's states through the path-style
 //! endpoints, loading their KV from Redis instead of prefilling them, and both append to one
-//! contiguous, verifiable receipt chain.
+//! contiguous, verifiable receipt chain. Behind nginx (`docs/deploy/nginx.conf`), agents
+//! finish when one server is killed mid-run, and every receipt a client was given is in
+//! the log.
 #![cfg(feature = "llamacpp")]
 
 mod common;
@@ -11,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::servers::{free_port, RedisServer};
+use common::servers::{free_port, Nginx, RedisServer};
 use common::{turn, BASE};
 use serde_json::{json, Value};
 
@@ -21,6 +23,8 @@ const TOKEN: &str = "replica-token-0123456789abcdef";
 struct Serve {
     child: Child,
     url: String,
+    /// `127.0.0.1:<port>`
+    addr: String,
 }
 
 impl Serve {
@@ -47,7 +51,8 @@ impl Serve {
             .spawn()
             .expect("start state-pack serve");
         let url = format!("http://127.0.0.1:{port}");
-        let mut server = Self { child, url };
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = Self { child, url, addr };
         let started = Instant::now();
         loop {
             let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
@@ -145,4 +150,102 @@ async fn two_servers_on_one_store_continue_each_others_states_from_redis() {
     let (key, _) = state_pack::ledger::Signer::load_or_create(&dir.path().join("key.pem"))
         .expect("the servers' key");
     assert!(common::verified_by(&db, key.public_key()) >= 4);
+}
+
+/// POSTs `body` to `url` through the proxy; a transport error or a 5xx is tried again (at
+/// most 3 times), as a client of replicas does.
+async fn post_retrying(client: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match client.post(url).bearer_auth(TOKEN).json(body).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                return resp.json().await.expect("a JSON answer");
+            }
+            Ok(resp) => {
+                last = format!(
+                    "{} {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("POST {url} failed 3 times: {last}");
+}
+
+#[tokio::test]
+async fn agents_behind_nginx_finish_when_a_server_is_killed() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let mut a = Serve::start(dir.path(), &db, &redis.url);
+    let b = Serve::start(dir.path(), &db, &redis.url);
+    let nginx = Nginx::start(&[a.addr.clone(), b.addr.clone()]);
+    let client = reqwest::Client::new();
+    let questions = [
+        "Which clause caps liability?",
+        "And the notice period?",
+        "Summarise in five words.",
+    ];
+    let agents = 3;
+    let mut states = Vec::new();
+    let mut given: Vec<(u64, String)> = Vec::new();
+    for i in 0..agents {
+        let base = format!("{BASE}<|im_start|>user\nCase file {i}.<|im_end|>\n");
+        let r = post_retrying(
+            &client,
+            &format!("{}/states", nginx.url),
+            &json!({"base_text": base}),
+        )
+        .await;
+        given.push((
+            r["receipt"]["seq"].as_u64().unwrap(),
+            r["receipt"]["hash"].as_str().unwrap().to_string(),
+        ));
+        states.push(r["new_state_hash"].as_str().unwrap().to_string());
+    }
+    let (mut restored, mut prefilled, mut reused) = (0, 0, 0);
+    for (step, q) in questions.iter().enumerate() {
+        if step == 1 {
+            // A replica dies between two steps: no clean shutdown.
+            a.child.kill().expect("kill -9 a server");
+            a.child.wait().expect("reap it");
+        }
+        for s in states.iter_mut() {
+            let r = post_retrying(
+                &client,
+                &format!("{}/states/{s}/infer", nginx.url),
+                &json!({"delta_text": turn(q), "sampling": {"max_tokens": 6}}),
+            )
+            .await;
+            let t = &r["tokens"];
+            restored += t["restored"].as_u64().unwrap_or(0);
+            prefilled += t["prefilled"].as_u64().unwrap();
+            reused += t["reused"].as_u64().unwrap();
+            given.push((
+                r["receipt"]["seq"].as_u64().unwrap(),
+                r["receipt"]["hash"].as_str().unwrap().to_string(),
+            ));
+            *s = r["new_state_hash"].as_str().unwrap().to_string();
+        }
+    }
+    eprintln!("{agents} agents x {} steps: {prefilled} tokens prefilled, {restored} restored from Redis, {reused} reused", questions.len());
+    drop((nginx, b));
+    let (key, _) = state_pack::ledger::Signer::load_or_create(&dir.path().join("key.pem"))
+        .expect("the servers' key");
+    assert!(common::verified_by(&db, key.public_key()) as usize >= given.len());
+    // Every receipt a client was given is in the log, as given.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for (seq, hash) in &given {
+        let stored: Vec<u8> = conn
+            .query_row(
+                "SELECT hash FROM receipts WHERE seq = ?1",
+                [*seq as i64],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("receipt {seq} is not in the log: {e}"));
+        assert_eq!(&hex::encode(stored), hash, "receipt {seq}");
+    }
 }

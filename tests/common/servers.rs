@@ -75,3 +75,73 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// nginx (Debian's package) in front of `upstreams` (`host:port` each), with
+/// `docs/deploy/nginx.conf`; stopped on drop.
+pub struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+}
+
+impl Nginx {
+    /// Starts it and waits until its port accepts connections.
+    pub fn start(upstreams: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploy/nginx.conf"),
+        )
+        .expect("docs/deploy/nginx.conf");
+        let servers: String = upstreams
+            .iter()
+            .map(|u| format!("server {u} max_fails=1 fail_timeout=10s;\n        "))
+            .collect();
+        let conf = template
+            .replace("@DIR@", &dir.path().display().to_string())
+            .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace("@SERVERS@", servers.trim_end());
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nginx ({e}): install Debian's nginx (.ci/run does)")
+            });
+        let mut nginx = Self {
+            child,
+            _dir: dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = nginx.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                panic!("nginx exited at start: {status}\n{stderr}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
