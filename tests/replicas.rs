@@ -154,10 +154,19 @@ async fn two_servers_on_one_store_continue_each_others_states_from_redis() {
 
 /// POSTs `body` to `url` through the proxy; a transport error or a 5xx is tried again (at
 /// most 3 times), as a client of replicas does.
-async fn post_retrying(client: &reqwest::Client, url: &str, body: &Value) -> Value {
+async fn post_retrying(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    session: Option<&str>,
+) -> Value {
     let mut last = String::new();
     for _ in 0..3 {
-        match client.post(url).bearer_auth(TOKEN).json(body).send().await {
+        let mut req = client.post(url).bearer_auth(TOKEN).json(body);
+        if let Some(s) = session {
+            req = req.header("X-State-Pack-Session", s);
+        }
+        match req.send().await {
             Ok(resp) if resp.status().is_success() => {
                 return resp.json().await.expect("a JSON answer");
             }
@@ -189,6 +198,32 @@ async fn agents_behind_nginx_finish_when_a_server_is_killed() {
         "And the notice period?",
         "Summarise in five words.",
     ];
+    // With a session header an agent's steps stay on one server, which holds each state it
+    // made: nothing is restored, everything but the new turn is reused.
+    let session = Some("agent-with-a-session");
+    let base = format!("{BASE}<|im_start|>user\nCase file S.<|im_end|>\n");
+    let r = post_retrying(
+        &client,
+        &format!("{}/states", nginx.url),
+        &json!({"base_text": base}),
+        session,
+    )
+    .await;
+    let mut s = r["new_state_hash"].as_str().unwrap().to_string();
+    for q in &questions {
+        let r = post_retrying(
+            &client,
+            &format!("{}/states/{s}/infer", nginx.url),
+            &json!({"delta_text": turn(q), "sampling": {"max_tokens": 6}}),
+            session,
+        )
+        .await;
+        let t = &r["tokens"];
+        assert!(t.get("restored").is_none(), "{r}");
+        assert!(t["prefilled"].as_u64().unwrap() < 30, "{r}");
+        s = r["new_state_hash"].as_str().unwrap().to_string();
+    }
+
     let agents = 3;
     let mut states = Vec::new();
     let mut given: Vec<(u64, String)> = Vec::new();
@@ -198,6 +233,7 @@ async fn agents_behind_nginx_finish_when_a_server_is_killed() {
             &client,
             &format!("{}/states", nginx.url),
             &json!({"base_text": base}),
+            None,
         )
         .await;
         given.push((
@@ -218,6 +254,7 @@ async fn agents_behind_nginx_finish_when_a_server_is_killed() {
                 &client,
                 &format!("{}/states/{s}/infer", nginx.url),
                 &json!({"delta_text": turn(q), "sampling": {"max_tokens": 6}}),
+                None,
             )
             .await;
             let t = &r["tokens"];

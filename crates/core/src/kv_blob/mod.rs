@@ -436,23 +436,6 @@ impl KvBlobStore {
         sha256: String,
     ) -> Result<(), KvBlobError> {
         self.check_range(state, parent, &range)?;
-        if let Tier::Redis(_) = self.tier {
-            // A shared tier is written before the operation answers, so that another replica
-            // asked for the new state at once finds its blob (writing behind, it would
-            // prefill instead).
-            return self
-                .put_hashed(&Job {
-                    state: *state,
-                    model: *model,
-                    parent: parent.copied(),
-                    range,
-                    raw,
-                    sha256,
-                })
-                .map(|_| ());
-        }
-        let behind = self.behind()?;
-        lock(&behind.queued).insert(*state, range.end);
         let job = Job {
             state: *state,
             model: *model,
@@ -461,6 +444,14 @@ impl KvBlobStore {
             raw,
             sha256,
         };
+        if let Tier::Redis(_) = self.tier {
+            // A shared tier is written before the operation answers, so that another replica
+            // asked for the new state at once finds its blob (writing behind, it would
+            // prefill instead).
+            return self.put_hashed(&job).map(|_| ());
+        }
+        let behind = self.behind()?;
+        lock(&behind.queued).insert(*state, job.range.end);
         let sender = lock(&behind.tx).clone();
         let sent = sender.is_some_and(|tx| tx.send(job).is_ok());
         if !sent {
