@@ -659,11 +659,11 @@ async fn with_clauses(
 /// Creates a state of about `tokens` tokens with its KV blob, then `runs` times, each on a
 /// freshly loaded engine: an infer on it with the blob (restored) and without (prefilled
 /// again). `load` loads a fresh engine of the kind measured; it must export KV. The blob is
-/// kept in `blobs` (e.g. Redis; its blob is deleted at the end), or without one beside the
+/// kept in `tier` (e.g. Redis; its blob is deleted at the end), or without one beside the
 /// bench's scratch database.
 pub async fn restore_vs_prefill<F, Fut>(
     load: F,
-    blobs: Option<crate::kv_blob::KvBlobStore>,
+    tier: Option<crate::kv_blob::KvBlobStore>,
     tokens: usize,
     runs: usize,
     mut on_run: impl FnMut(usize) + Send,
@@ -680,7 +680,6 @@ where
     let signer = crate::ledger::Signer::generate()?;
     let session = format!("{}-{}", std::process::id(), rand_suffix());
     let engine = load().await.map_err(PackError::from)?;
-    let tier = blobs;
     let with_tier = |pack: StatePack| match &tier {
         Some(b) => pack.with_kv_blobs(Some(b.clone())),
         None => pack,

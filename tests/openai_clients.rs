@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::servers::free_port;
 use sha2::{Digest, Sha256};
 use state_pack::ledger::{verify_file, VerifyOptions};
 
@@ -94,13 +95,6 @@ impl Drop for Served {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Waits until `GET /health` answers (the model loads first).

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::servers::free_port;
 use common::*;
 use state_pack::agent::{Action, AgentLoop};
 use state_pack::engine::{Engine, LlamaCppEngine, LlamaCppOptions, Sampling};
@@ -37,14 +38,6 @@ fn server_binary() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A llama-server child on a loopback port, killed on drop.

@@ -11,9 +11,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::servers::{free_port, Nginx, RedisServer};
+use common::servers::{free_port, wait_for_port, Nginx, RedisServer};
 use common::{turn, BASE};
 use serde_json::{json, Value};
 
@@ -53,22 +53,12 @@ impl Serve {
         let url = format!("http://127.0.0.1:{port}");
         let addr = format!("127.0.0.1:{port}");
         let mut server = Self { child, url, addr };
-        let started = Instant::now();
-        loop {
-            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if up {
-                break;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("state-pack serve exited at start: {status}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "state-pack serve did not come up on {}",
-                server.url
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_port(
+            &mut server.child,
+            port,
+            "state-pack serve",
+            Duration::from_secs(180),
+        );
         server
     }
 }

@@ -13,6 +13,26 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Waits until `port` on loopback accepts connections; fails the test, naming `what`, if
+/// `child` exits first or `timeout` passes (with the child's stderr when it was piped).
+pub fn wait_for_port(child: &mut Child, port: u16, what: &str, timeout: Duration) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("{what} exited at start: {status}\n{stderr}");
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{what} did not come up on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `redis-server` on a loopback port, without persistence; killed on drop.
 pub struct RedisServer {
     child: Child,
@@ -120,21 +140,7 @@ impl Nginx {
             _dir: dir,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = nginx.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-                }
-                panic!("nginx exited at start: {status}\n{stderr}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "nginx did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(&mut nginx.child, port, "nginx", Duration::from_secs(20));
         nginx
     }
 }

@@ -359,18 +359,16 @@ impl KvBlobStore {
         }
     }
 
-    /// The writer thread and its queue, started on first use. The thread holds a handle of
-    /// its own (not sharing the queue), so that it ends when the store's last handle goes.
+    /// The writer thread and its queue, started on first use (by a directory tier only:
+    /// Redis is written before the operation answers). The thread holds a handle of its own
+    /// (not sharing the queue), so that it ends when the store's last handle goes.
     fn behind(&self) -> Result<&Behind, KvBlobError> {
         if let Some(b) = self.behind.get() {
             return Ok(b);
         }
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let disk = Self {
-            tier: match &self.tier {
-                Tier::Dir(dir) => Tier::Dir(dir.clone()),
-                Tier::Redis(r) => Tier::Redis(r.own_connection()),
-            },
+            tier: self.tier.clone(),
             budget_bytes: self.budget_bytes,
             behind: Arc::default(),
         };
@@ -674,13 +672,14 @@ impl KvBlobStore {
         }
     }
 
-    /// The header of the blob of `state`, if there is a readable one.
-    fn header(&self, state: &StateHash) -> Option<Header> {
-        let (header, _) = match &self.tier {
+    /// The header of the blob of `state`, if there is a readable one, and the length of the
+    /// head it was read from (magic, length, header: where the body starts).
+    fn header(&self, state: &StateHash) -> Option<(Header, usize)> {
+        let (header, head_len) = match &self.tier {
             Tier::Dir(_) => read_header(&mut fs::File::open(self.path(state)).ok()?).ok()?,
             Tier::Redis(r) => read_header(&mut r.head(state).ok()??.as_slice()).ok()?,
         };
-        (header.state == *state).then_some(header)
+        (header.state == *state).then_some((header, head_len))
     }
 
     /// The bytes the blob of `state` takes where it is kept (header and body), once any
@@ -689,10 +688,9 @@ impl KvBlobStore {
         self.settle(state);
         match &self.tier {
             Tier::Dir(_) => fs::metadata(self.path(state)).ok().map(|m| m.len()),
-            Tier::Redis(r) => {
-                let head = r.head(state).ok()??;
-                let (header, _) = read_header(&mut head.as_slice()).ok()?;
-                Some(head.len() as u64 + header.raw_bytes)
+            Tier::Redis(_) => {
+                let (header, head_len) = self.header(state)?;
+                Some(head_len as u64 + header.raw_bytes)
             }
         }
     }
@@ -711,7 +709,7 @@ impl KvBlobStore {
         if let Some(end) = self.queued_end(state) {
             return Some(end);
         }
-        self.header(state).map(|h| h.end)
+        self.header(state).map(|(h, _)| h.end)
     }
 
     /// The chain of blobs that restores `state`: from the root blob (start 0) to the
@@ -765,7 +763,7 @@ impl KvBlobStore {
             }
             Tier::Redis(r) => {
                 // Without a readable head the chunks cannot be named; eviction takes them.
-                let body = self.header(state).map_or(0, |h| h.raw_bytes);
+                let body = self.header(state).map_or(0, |(h, _)| h.raw_bytes);
                 r.delete(state, body)
                     .map_err(redis_err(self.describe(state)))
             }

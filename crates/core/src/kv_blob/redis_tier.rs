@@ -28,8 +28,8 @@ const PREFIX: &str = "state-pack:kv:";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One Redis server holding blobs. Clones share the connection; the store's writer thread
-/// gets its own ([`Self::own_connection`]).
+/// One Redis server holding blobs. Clones share the connection (blobs are written to Redis
+/// by the operation itself, never by the store's writer thread).
 #[derive(Clone)]
 pub(super) struct RedisTier {
     client: Client,
@@ -73,15 +73,6 @@ impl RedisTier {
     /// The URL, without its password.
     pub(super) fn shown(&self) -> &str {
         &self.shown
-    }
-
-    /// The same server on a connection of its own.
-    pub(super) fn own_connection(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            shown: self.shown.clone(),
-            conn: Arc::default(),
-        }
     }
 
     fn open(&self) -> Result<Connection, RedisError> {
