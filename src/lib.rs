@@ -40,7 +40,7 @@ pub mod legal;
 pub mod research;
 
 pub use state_pack_core::{
-    agent, compaction, engine, kv_blob, ledger, pack, state, store, template,
+    agent, compaction, engine, kv_blob, ledger, pack, postgres, state, store, template,
 };
 pub use state_pack_core::{
     Inference, ModelFingerprint, OpReport, PackError, StateHash, StatePack, Store,

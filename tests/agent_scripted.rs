@@ -10,14 +10,14 @@ use common::tools::Clumsy;
 use state_pack::agent::{AgentLoop, StopReason};
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
 use state_pack::ledger::Signer;
-use state_pack::{StatePack, Store};
+use state_pack::StatePack;
 
 fn scripted_pack(
     replies: Reply,
     options: ScriptedOptions,
 ) -> (Arc<StatePack>, Arc<ScriptedEngine>) {
     let engine = Arc::new(ScriptedEngine::new(replies, options));
-    let store = Store::open_in_memory(Signer::from_seed([8; 32])).unwrap();
+    let store = common::db::throwaway(Signer::from_seed([8; 32]));
     (Arc::new(StatePack::new(engine.clone(), store)), engine)
 }
 

@@ -1,6 +1,8 @@
 //! StateGraph without a model: validation, routing, fan-out and joins, retries, interrupts,
 //! resume, forks and checkpoint growth, on checkpoints in a real SQLite file.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +45,8 @@ fn log(line: impl Into<String>) -> NotesUpdate {
 
 fn checkpointer() -> (tempfile::TempDir, Checkpointer) {
     let dir = tempfile::tempdir().unwrap();
-    let c = Checkpointer::open(&dir.path().join("graph.db")).unwrap();
+    let c =
+        Checkpointer::open_location(&common::db::location(&dir.path().join("graph.db"))).unwrap();
     (dir, c)
 }
 

@@ -13,9 +13,9 @@ use axum::Router;
 use common::http::{expect_error, request, send, send_text, sse_data};
 use serde_json::{json, Value};
 use state_pack::engine::scripted::{Reply, ScriptedEngine, ScriptedOptions};
-use state_pack::ledger::{verify_file, Signer, VerifyOptions};
+use state_pack::ledger::{Signer, VerifyOptions};
 use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
-use state_pack::{StatePack, Store};
+use state_pack::StatePack;
 
 const MODEL: &str = "scripted";
 
@@ -29,7 +29,7 @@ struct Fixture {
 fn fixture(reply: Reply, config: ServerConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(ScriptedEngine::new(reply, ScriptedOptions::default()));
-    let store = Store::open(&dir.path().join("o.db"), Signer::from_seed([8; 32])).unwrap();
+    let store = common::db::open(&dir.path().join("o.db"), Signer::from_seed([8; 32]));
     let pack = Arc::new(StatePack::new(engine.clone(), store));
     let router = Server::new(pack.clone(), config).router();
     Fixture {
@@ -129,9 +129,9 @@ async fn a_client_that_resends_its_history_prefills_only_its_new_turns() {
     let matched3 = b3["state_pack"]["matched_tokens"].as_u64().unwrap();
     assert!(matched3 > 0 && matched3 < state1_len, "matched {matched3}");
 
-    let db = f.pack.db_path().unwrap();
+    let db = f._dir.path().join("o.db");
     f.pack.close().unwrap();
-    let report = verify_file(&db, &VerifyOptions::default()).unwrap();
+    let report = common::db::verify(&db, &VerifyOptions::default());
     assert!(report.ok(), "{report:?}");
 }
 

@@ -2,11 +2,13 @@
 //! what was prefilled, reused and restored, replays, and that an operation that fails writes
 //! nothing. Fast and offline; what a real model computes is tested in `pack_real_model.rs`.
 
+mod common;
+
 use std::sync::Arc;
 
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
 use state_pack::engine::{Engine, Sampling};
-use state_pack::ledger::{verify_file, Signer, VerifyOptions};
+use state_pack::ledger::{Signer, VerifyOptions};
 use state_pack::pack::PackError;
 use state_pack::{StatePack, Store};
 
@@ -19,7 +21,7 @@ fn pack_with(engine: Arc<ScriptedEngine>, store: Store) -> StatePack {
 }
 
 fn in_memory(engine: Arc<ScriptedEngine>) -> StatePack {
-    pack_with(engine, Store::open_in_memory(key()).unwrap())
+    pack_with(engine, common::db::throwaway(key()))
 }
 
 /// An engine whose KV can be exported, so an on-disk pack keeps blobs.
@@ -191,7 +193,7 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     let db = dir.path().join("agent.db");
     let engine = kv_engine();
     let (state, state_len) = {
-        let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+        let pack = common::db::pack(engine.clone(), &db, key());
         assert!(pack.kv_blobs().is_some(), "an on-disk store keeps blobs");
         let base = pack.create(BASE).await.unwrap();
         let out = pack
@@ -202,7 +204,7 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     };
     // A restarted engine holds nothing; the pack loads the state from its blobs.
     engine.evict_all();
-    let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+    let pack = common::db::pack(engine.clone(), &db, key());
     let next = pack.merge(&state, "more").await.unwrap();
     let t = next.tokens;
     assert!(t.restored > 0, "restored from blobs: {t:?}");
@@ -215,15 +217,14 @@ async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     assert_eq!(engine.calls().imports, 1);
     drop(pack);
 
-    let report = verify_file(
+    let report = common::db::verify(
         &db,
         &VerifyOptions {
             trusted_keys: vec![key().public_key()],
             trusted_checkpoint: None,
             witnesses: Vec::new(),
         },
-    )
-    .unwrap();
+    );
     assert!(report.ok(), "{:#?}", report.failures);
 }
 
@@ -235,11 +236,11 @@ async fn a_blob_the_log_does_not_vouch_for_is_deleted_not_loaded() {
     let db = dir.path().join("agent.db");
     let engine = kv_engine();
     let base = {
-        let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+        let pack = common::db::pack(engine.clone(), &db, key());
         pack.create(BASE).await.unwrap().output
     };
     engine.evict_all();
-    let pack = pack_with(engine.clone(), Store::open(&db, key()).unwrap());
+    let pack = common::db::pack(engine.clone(), &db, key());
     let blobs = pack.kv_blobs().unwrap().clone();
     assert!(blobs.contains(&base));
     // Replace the blob: a valid file for the same state and range, other bytes.

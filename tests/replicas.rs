@@ -10,65 +10,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::servers::{free_port, wait_for_port, Nginx, RedisServer};
+use common::servers::{post_retrying, Nginx, RedisServer, Serve, TOKEN};
 use common::{turn, BASE};
 use serde_json::{json, Value};
-
-const TOKEN: &str = "replica-token-0123456789abcdef";
-
-/// `state-pack serve` on a loopback port; killed on drop.
-struct Serve {
-    child: Child,
-    url: String,
-    /// `127.0.0.1:<port>`
-    addr: String,
-}
-
-impl Serve {
-    fn start(dir: &Path, db: &Path, kv: &str) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_state-pack"))
-            .args([
-                "--engine",
-                "llamacpp",
-                "--threads",
-                "1",
-                "--kv",
-                kv,
-                "serve",
-            ])
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(db)
-            .env("STATE_PACK_KEY", dir.join("key.pem"))
-            .env("STATE_PACK_TOKENS", format!("replicas:{TOKEN}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start state-pack serve");
-        let url = format!("http://127.0.0.1:{port}");
-        let addr = format!("127.0.0.1:{port}");
-        let mut server = Self { child, url, addr };
-        wait_for_port(
-            &mut server.child,
-            port,
-            "state-pack serve",
-            Duration::from_secs(180),
-        );
-        server
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> Value {
     let resp = client
@@ -140,38 +86,6 @@ async fn two_servers_on_one_store_continue_each_others_states_from_redis() {
     let (key, _) = state_pack::ledger::Signer::load_or_create(&dir.path().join("key.pem"))
         .expect("the servers' key");
     assert!(common::verified_by(&db, key.public_key()) >= 4);
-}
-
-/// POSTs `body` to `url` through the proxy; a transport error or a 5xx is tried again (at
-/// most 3 times), as a client of replicas does.
-async fn post_retrying(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Value,
-    session: Option<&str>,
-) -> Value {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let mut req = client.post(url).bearer_auth(TOKEN).json(body);
-        if let Some(s) = session {
-            req = req.header("X-State-Pack-Session", s);
-        }
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                return resp.json().await.expect("a JSON answer");
-            }
-            Ok(resp) => {
-                last = format!(
-                    "{} {}",
-                    resp.status(),
-                    resp.text().await.unwrap_or_default()
-                )
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("POST {url} failed 3 times: {last}");
 }
 
 #[tokio::test]

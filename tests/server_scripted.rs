@@ -16,10 +16,10 @@ use common::fuzz::{mutate, Rng};
 use common::http::{expect_error, request, send};
 use serde_json::{json, Value};
 use state_pack::engine::scripted::{Fault, Reply, ScriptedEngine, ScriptedOptions};
-use state_pack::ledger::{verify_file, Signer, VerifyOptions};
+use state_pack::ledger::{Signer, VerifyOptions};
 use state_pack::server::error::ErrorCode;
 use state_pack::server::{parse_tokens, Auth, Server, ServerConfig};
-use state_pack::{StatePack, Store};
+use state_pack::StatePack;
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -43,8 +43,8 @@ fn fixture(options: ScriptedOptions, config: ServerConfig) -> Fixture {
 fn fixture_at(db: Option<&Path>, options: ScriptedOptions, config: ServerConfig) -> Fixture {
     let engine = Arc::new(ScriptedEngine::new(Reply::Fixed("ok".into()), options));
     let store = match db {
-        Some(db) => Store::open(db, signer()).unwrap(),
-        None => Store::open_in_memory(signer()).unwrap(),
+        Some(db) => common::db::open(db, signer()),
+        None => common::db::throwaway(signer()),
     };
     let pack = Arc::new(StatePack::new(engine.clone(), store));
     let router = Server::new(pack.clone(), config).router();
@@ -538,15 +538,14 @@ async fn thousands_of_mutated_requests_never_get_5xx_and_the_log_verifies() {
         "many error classes hit"
     );
     drop(f);
-    let report = verify_file(
+    let report = common::db::verify(
         &db,
         &VerifyOptions {
             trusted_keys: vec![signer().public_key()],
             trusted_checkpoint: None,
             witnesses: Vec::new(),
         },
-    )
-    .unwrap();
+    );
     assert!(report.ok(), "{:#?}", report.failures);
     assert!(report.receipts > 1);
 }

@@ -2,6 +2,7 @@
 //! `redis-server`, which `.ci/run` installs where it is missing).
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,4 +151,220 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Postgres (Debian's `postgresql` package) in a temporary directory on a loopback port:
+/// `initdb` and `pg_ctl start`, as the `postgres` user when the tests run as root (Postgres
+/// refuses to run as root); stopped (immediate mode) and removed on drop.
+pub struct PostgresServer {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    as_postgres: bool,
+    port: u16,
+    next_db: std::sync::atomic::AtomicUsize,
+}
+
+impl PostgresServer {
+    /// The directory holding `initdb` and `pg_ctl`: on PATH, else Debian's
+    /// `/usr/lib/postgresql/<version>/bin`.
+    fn bin_dir() -> std::path::PathBuf {
+        let debian = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").is_file())
+            .max();
+        debian.unwrap_or_else(|| {
+            panic!("no Postgres found in /usr/lib/postgresql: install Debian's postgresql (.ci/run does)")
+        })
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Starts one and waits until it accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // SAFETY: geteuid has no preconditions.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the Postgres directory");
+        }
+        let server = Self {
+            bin: Self::bin_dir(),
+            dir,
+            as_postgres,
+            port: free_port(),
+            next_db: std::sync::atomic::AtomicUsize::new(0),
+        };
+        let data = server.dir.path().join("data");
+        let out = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "state_pack", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            server.port,
+            server.dir.path().display()
+        );
+        let out = server
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(server.dir.path().join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
+        );
+        server
+    }
+
+    /// The URL of database `name` on it.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://state_pack@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new, empty database; its URL.
+    pub fn fresh_db(&self) -> String {
+        let n = self
+            .next_db
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("t{n}");
+        let admin = state_pack_postgres::connect(&self.url("postgres")).expect("connect");
+        admin
+            .execute_batch(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        self.url(&name)
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The bearer token [`Serve`] servers accept.
+pub const TOKEN: &str = "replica-token-0123456789abcdef";
+
+/// `state-pack serve --engine llamacpp` on a loopback port; killed on drop.
+pub struct Serve {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    /// `127.0.0.1:<port>`
+    pub addr: String,
+}
+
+impl Serve {
+    /// Starts one on database `db` (a file or a URL) and KV tier `kv`, signing with
+    /// `<dir>/key.pem`; waits until it listens.
+    pub fn start(dir: &Path, db: impl AsRef<std::ffi::OsStr>, kv: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_state-pack"))
+            .args([
+                "--engine",
+                "llamacpp",
+                "--threads",
+                "1",
+                "--kv",
+                kv,
+                "serve",
+            ])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(db)
+            .env("STATE_PACK_KEY", dir.join("key.pem"))
+            .env("STATE_PACK_TOKENS", format!("replicas:{TOKEN}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start state-pack serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = Self { child, url, addr };
+        wait_for_port(
+            &mut server.child,
+            port,
+            "state-pack serve",
+            Duration::from_secs(180),
+        );
+        server
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs `body` to `url` through the proxy; a transport error or a 5xx is tried again (at
+/// most 3 times), as a client of replicas does.
+pub async fn post_retrying(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    session: Option<&str>,
+) -> serde_json::Value {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let mut req = client.post(url).bearer_auth(TOKEN).json(body);
+        if let Some(s) = session {
+            req = req.header("X-State-Pack-Session", s);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                return resp.json().await.expect("a JSON answer");
+            }
+            Ok(resp) => {
+                last = format!(
+                    "{} {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("POST {url} failed 3 times: {last}");
 }

@@ -31,6 +31,8 @@ pub mod template;
 pub use state_pack_ledger as ledger;
 /// Content-addressed states: [`state_pack_ledger::hash`].
 pub use state_pack_ledger::hash as state;
+/// The Postgres backend of the store (`--db postgres://...`): the `state-pack-postgres` crate.
+pub use state_pack_postgres as postgres;
 
 pub use pack::{Inference, OpReport, PackError, StatePack};
 pub use state::{ModelFingerprint, StateHash};

@@ -1,11 +1,12 @@
-//! Graph checkpoints in SQLite (`graph_checkpoints`, `src/graph/schema.sql`).
+//! Graph checkpoints in the pack's database (`graph_checkpoints`: `schema.sql` on SQLite,
+//! `schema_postgres.sql` on Postgres).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
+use state_pack_ledger::sql::{params, Db, Kind, OptionalExtension, Row};
 
 use super::GraphError;
 use state_pack_core::store::StoreError;
@@ -137,11 +138,13 @@ impl From<&Stored> for CheckpointInfo {
 /// (usually the pack's, so checkpoints sit beside the receipts they name). It owns its table
 /// (`schema.sql`) and needs no signing key: checkpoints are not receipts.
 pub struct Checkpointer {
-    conn: Mutex<Connection>,
+    conn: Mutex<Db>,
 }
 
 /// The graph's table, created if missing.
 const SCHEMA: &str = include_str!("schema.sql");
+/// The same table on Postgres.
+const SCHEMA_POSTGRES: &str = include_str!("schema_postgres.sql");
 
 /// Bytes a checkpoint takes (its JSON columns).
 const BYTES: &str = "COALESCE(length(snapshot), 0) + length(writes) + length(next) + length(joins)";
@@ -162,9 +165,33 @@ impl Checkpointer {
         Self::with_connection(db::open_connection(path)?)
     }
 
-    /// Over `conn`, already configured ([`db::configure`]).
-    fn with_connection(conn: Connection) -> Result<Self, StoreError> {
-        conn.execute_batch(SCHEMA)?;
+    /// Checkpoints in the database at `location`: an SQLite file, or a Postgres URL.
+    pub fn open_location(location: &str) -> Result<Self, StoreError> {
+        if state_pack_core::postgres::is_url(location) {
+            let conn = state_pack_core::postgres::connect(location).map_err(|source| {
+                db::DbError::Open {
+                    location: state_pack_core::postgres::masked(location),
+                    source,
+                }
+            })?;
+            Self::with_connection(conn)
+        } else {
+            Self::open(Path::new(location))
+        }
+    }
+
+    /// Over `conn`, a connection of its own (an SQLite one configured as
+    /// [`db::open_connection`] does).
+    pub fn with_connection(conn: Db) -> Result<Self, StoreError> {
+        match conn.kind() {
+            Kind::Sqlite => conn.execute_batch(SCHEMA)?,
+            Kind::Postgres => {
+                // One writer lock, so replicas creating the table at once do not race.
+                let tx = conn.write()?;
+                tx.execute_batch(SCHEMA_POSTGRES)?;
+                tx.commit()?;
+            }
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -172,20 +199,20 @@ impl Checkpointer {
 
     /// Checkpoints in `pack`'s database, or in memory when the pack has none on disk.
     pub fn for_pack(pack: &StatePack) -> Result<Self, StoreError> {
-        match pack.db_path() {
-            Some(path) => Self::open(&path),
+        match pack.connect_again() {
+            Some(conn) => Self::with_connection(conn?),
             None => Self::in_memory(),
         }
     }
 
     /// Checkpoints in a throwaway in-memory database (tests, and packs kept in memory).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()?;
+        let conn = rusqlite::Connection::open_in_memory()?;
         db::configure(&conn)?;
-        Self::with_connection(conn)
+        Self::with_connection(Db::sqlite(conn, ":memory:"))
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    fn conn(&self) -> MutexGuard<'_, Db> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -194,7 +221,12 @@ impl Checkpointer {
     pub(crate) fn receipt_count(&self) -> Result<u64, GraphError> {
         let conn = self.conn();
         let has_log: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'",
+            match conn.kind() {
+                Kind::Sqlite => {
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'"
+                }
+                Kind::Postgres => "SELECT to_regclass('receipts') IS NOT NULL",
+            },
             [],
             |r| r.get(0),
         )?;
@@ -208,10 +240,10 @@ impl Checkpointer {
     pub(crate) fn insert(&self, c: New<'_>) -> Result<CheckpointId, GraphError> {
         let conn = self.conn();
         let snapshot = c.snapshot.map(serde_json::to_vec).transpose()?;
-        conn.execute(
+        let id = conn.query_row(
             "INSERT INTO graph_checkpoints (thread, parent, step, source, snapshot, writes, next, \
              joins, receipts_from, receipts_to, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
             params![
                 c.thread,
                 c.parent.map(|p| p.0),
@@ -225,11 +257,12 @@ impl Checkpointer {
                 c.receipts.1 as i64,
                 i64::try_from(log::now_ms()).unwrap_or(i64::MAX),
             ],
+            |r| r.get(0),
         )?;
-        Ok(CheckpointId(conn.last_insert_rowid()))
+        Ok(CheckpointId(id))
     }
 
-    fn read(row: &Row<'_>) -> rusqlite::Result<RawRow> {
+    fn read(row: &Row) -> rusqlite::Result<RawRow> {
         Ok(RawRow {
             id: row.get(0)?,
             thread: row.get(1)?,
@@ -281,11 +314,11 @@ impl Checkpointer {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "WITH RECURSIVE chain(id) AS ( \
-                 SELECT ?1 \
+                 SELECT CAST(?1 AS BIGINT) \
                  UNION ALL \
                  SELECT c.parent FROM graph_checkpoints c JOIN chain ON c.id = chain.id \
                  WHERE c.parent IS NOT NULL) \
-             SELECT {COLUMNS} FROM graph_checkpoints WHERE id IN chain ORDER BY id"
+             SELECT {COLUMNS} FROM graph_checkpoints WHERE id IN (SELECT id FROM chain) ORDER BY id"
         ))?;
         let rows = stmt
             .query_map([id.0], Self::read)?
@@ -321,7 +354,7 @@ impl Checkpointer {
     /// Bytes stored for `thread`'s checkpoints.
     pub fn thread_bytes(&self, thread: &str) -> Result<u64, GraphError> {
         let n: i64 = self.conn().query_row(
-            &format!("SELECT COALESCE(SUM({BYTES}), 0) FROM graph_checkpoints WHERE thread = ?1"),
+            &format!("SELECT CAST(COALESCE(SUM({BYTES}), 0) AS BIGINT) FROM graph_checkpoints WHERE thread = ?1"),
             [thread],
             |r| r.get(0),
         )?;
@@ -389,8 +422,8 @@ mod own_connection_tests {
         let db = dir.path().join("graph.db");
         let c = Checkpointer::open(&db).unwrap();
         assert_eq!(c.receipt_count().unwrap(), 0);
-        let tables: Vec<String> = c
-            .conn()
+        let conn = c.conn();
+        let tables: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .unwrap()
             .query_map([], |r| r.get(0))
@@ -398,6 +431,7 @@ mod own_connection_tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(tables, ["graph_checkpoints"]);
+        drop(conn);
         drop(c);
         // Reopening (the table exists) works, and so does a store opening the same file.
         Checkpointer::open(&db).unwrap();

@@ -222,7 +222,13 @@ pub enum GraphError {
 
 impl From<rusqlite::Error> for GraphError {
     fn from(e: rusqlite::Error) -> Self {
-        GraphError::Store(StoreError::Sqlite(e))
+        GraphError::Store(StoreError::from(e))
+    }
+}
+
+impl From<state_pack_ledger::sql::SqlError> for GraphError {
+    fn from(e: state_pack_ledger::sql::SqlError) -> Self {
+        GraphError::Store(StoreError::Sql(e))
     }
 }
 

@@ -8,29 +8,30 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 use crate::checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
 use crate::keys::Signer;
 use crate::log::{self, Ledger, LedgerError, ReceiptRef, StoredReceipt, DEFAULT_CHECKPOINT_EVERY};
 use crate::schema::{self, SchemaError};
+use crate::sql::{Db, Kind, SqlError};
 
 /// Errors opening or using a [`LedgerDb`].
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database could not be opened or created.
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {location}: {source}")]
     Open {
-        /// The path.
-        path: PathBuf,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The path, or the URL with its password masked.
+        location: String,
+        /// The database's error.
+        source: SqlError,
     },
     /// The database is newer than this build.
-    #[error("database {path} has schema version {found}, newer than this build's {supported}: upgrade state-pack")]
+    #[error("database {location} has schema version {found}, newer than this build's {supported}: upgrade state-pack")]
     TooNew {
-        /// The path.
-        path: PathBuf,
+        /// The path, or the URL with its password masked.
+        location: String,
         /// Its version.
         found: i64,
         /// Ours.
@@ -39,15 +40,21 @@ pub enum DbError {
     /// The ledger refused or failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// Any other SQLite error.
+    /// Any other database error.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sql(e.into())
+    }
 }
 
 /// A database with its schema up to date and, when opened with a key, its log attached for
 /// signing. Dropping a signing `LedgerDb` writes a closing checkpoint.
 pub struct LedgerDb {
-    conn: Connection,
+    conn: Db,
     path: Option<PathBuf>,
     /// The signing side of the ledger; `None` when opened for reading only.
     ledger: Option<Ledger>,
@@ -64,8 +71,54 @@ impl LedgerDb {
     /// [`open`](Self::open), writing a signed checkpoint every `checkpoint_every` receipts.
     pub fn open_with(path: &Path, signer: Signer, checkpoint_every: u64) -> Result<Self, DbError> {
         let mut db = Self::open_unsigned(path)?;
-        db.ledger = Some(Ledger::attach(&mut db.conn, signer, checkpoint_every)?);
+        db.ledger = Some(Ledger::attach(&db.conn, signer, checkpoint_every)?);
         Ok(db)
+    }
+
+    /// [`open_with`](Self::open_with) on a connection of any backend (a Postgres
+    /// connection from `state-pack-postgres`): the schema is brought up to date and the
+    /// ledger attached. Several processes may hold such a `LedgerDb` on one database: each
+    /// append takes the database's writer lock, so they share one contiguous log.
+    pub fn open_db(conn: Db, signer: Signer, checkpoint_every: u64) -> Result<Self, DbError> {
+        let mut db = Self {
+            conn,
+            path: None,
+            ledger: None,
+        };
+        db.migrate()?;
+        db.ledger = Some(Ledger::attach(&db.conn, signer, checkpoint_every)?);
+        Ok(db)
+    }
+
+    /// A `LedgerDb` that only reads, on a connection of any backend whose schema is up to
+    /// date (see [`open_db`](Self::open_db)); nothing is created or migrated, and the
+    /// connection refuses writes.
+    pub fn open_db_for_reading(conn: Db) -> Result<Self, DbError> {
+        let found = schema::version(&conn)?;
+        let supported = schema::VERSION;
+        if found > supported as i64 {
+            return Err(DbError::TooNew {
+                location: conn.label().to_owned(),
+                found,
+                supported,
+            });
+        }
+        if found < supported as i64 {
+            return Err(DbError::Ledger(LedgerError::Corrupt(format!(
+                "{} has schema version {found}, not {supported}: open it once with a key (any \
+                 state-pack command that writes) to bring it up to date",
+                conn.label()
+            ))));
+        }
+        match conn.kind() {
+            Kind::Sqlite => conn.execute_batch("PRAGMA query_only = true")?,
+            Kind::Postgres => conn.execute_batch("SET default_transaction_read_only = on")?,
+        }
+        Ok(Self {
+            conn,
+            path: None,
+            ledger: None,
+        })
     }
 
     /// The connection with its schema up to date, no ledger attached yet.
@@ -86,7 +139,7 @@ impl LedgerDb {
         let db = Self::open_unsigned(path)?;
         // From here on this connection only reads: a bug that tried to write through it
         // fails instead of racing the writer.
-        db.conn.pragma_update(None, "query_only", true)?;
+        db.conn.execute_batch("PRAGMA query_only = true")?;
         Ok(db)
     }
 
@@ -94,28 +147,21 @@ impl LedgerDb {
     pub fn open_in_memory(signer: Signer) -> Result<Self, DbError> {
         let conn = Connection::open_in_memory()?;
         configure(&conn)?;
-        let mut db = Self {
-            conn,
-            path: None,
-            ledger: None,
-        };
-        db.migrate()?;
-        db.ledger = Some(Ledger::attach(
-            &mut db.conn,
+        Self::open_db(
+            Db::sqlite(conn, ":memory:"),
             signer,
             DEFAULT_CHECKPOINT_EVERY,
-        )?);
-        Ok(db)
+        )
     }
 
     fn migrate(&mut self) -> Result<(), DbError> {
-        schema::migrate(&mut self.conn).map_err(|e| match e {
+        schema::migrate(&self.conn).map_err(|e| match e {
             SchemaError::TooNew { found, supported } => DbError::TooNew {
-                path: self.path.clone().unwrap_or_default(),
+                location: self.conn.label().to_owned(),
                 found,
                 supported,
             },
-            SchemaError::Sqlite(e) => DbError::Sqlite(e),
+            SchemaError::Sql(e) => DbError::Sql(e),
         })
     }
 
@@ -125,14 +171,14 @@ impl LedgerDb {
     }
 
     /// The connection, for reading the tables this crate does not own.
-    pub fn conn(&self) -> &Connection {
+    pub fn conn(&self) -> &Db {
         &self.conn
     }
 
     /// The connection and the signing side together, for a caller that appends a receipt
     /// inside its own transaction (see [`Ledger::append`]).
-    pub fn parts_mut(&mut self) -> (&mut Connection, Option<&mut Ledger>) {
-        (&mut self.conn, self.ledger.as_mut())
+    pub fn parts_mut(&mut self) -> (&Db, Option<&mut Ledger>) {
+        (&self.conn, self.ledger.as_mut())
     }
 
     /// The ledger's signing side, if the database was opened with a key.
@@ -149,9 +195,7 @@ impl LedgerDb {
     /// already covered). Called on clean shutdown.
     pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, DbError> {
         let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.write()?;
         let cp = ledger.checkpoint(&tx)?;
         tx.commit()?;
         Ok(cp)
@@ -161,7 +205,7 @@ impl LedgerDb {
     /// carries `next`'s public key. Returns that receipt.
     pub fn rotate_key(&mut self, next: Signer) -> Result<ReceiptRef, DbError> {
         let ledger = self.ledger.as_mut().ok_or(LedgerError::ReadOnly)?;
-        Ok(ledger.rotate(&mut self.conn, next)?)
+        Ok(ledger.rotate(&self.conn, next)?)
     }
 
     /// Receipt `seq` as stored.
@@ -193,19 +237,22 @@ impl LedgerDb {
 /// state-pack connection is: a busy timeout (other processes may be creating the same file),
 /// WAL, [`configure`]. Parts of state-pack that keep their own tables in the file open theirs
 /// with this.
-pub fn open_connection(path: &Path) -> Result<Connection, DbError> {
-    let open_err = |source| DbError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
+pub fn open_connection(path: &Path) -> Result<Db, DbError> {
+    let conn = open_sqlite(path).map_err(|source| DbError::Open {
+        location: path.display().to_string(),
+        source: source.into(),
+    })?;
+    Ok(Db::sqlite(conn, path.display().to_string()))
+}
+
+/// The SQLite connection [`open_connection`] wraps.
+pub(crate) fn open_sqlite(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
     // Before anything else: other processes may be creating the same database right now.
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     // journal_mode returns a row; the rest do not.
-    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-        .map_err(open_err)?;
-    configure(&conn).map_err(open_err)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    configure(&conn)?;
     Ok(conn)
 }
 

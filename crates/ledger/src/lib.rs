@@ -37,6 +37,7 @@ pub mod measured;
 pub mod note;
 pub mod receipt;
 pub mod schema;
+pub mod sql;
 pub mod stored;
 pub mod tiles;
 pub mod tlog;

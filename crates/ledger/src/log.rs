@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use crate::sql::{params, Db, OptionalExtension, Row, SqlError};
 
 use crate::checkpoint::{Checkpoint, ReceiptProof, SignedCheckpoint};
 use crate::hash::{DeltaHash, ModelFingerprint, StateHash};
@@ -48,9 +48,15 @@ pub enum LedgerError {
     /// Encoding trouble.
     #[error(transparent)]
     Body(#[from] BodyError),
-    /// SQLite.
+    /// The database.
     #[error("ledger database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Sql(e.into())
+    }
 }
 
 /// Where a receipt is: its number and hash.
@@ -164,12 +170,8 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Opens the log in `conn` for signing with `signer`: starts it (receipt 0, `open_log`) if
     /// it is empty, and otherwise checks that `signer` is its current key.
-    pub fn attach(
-        conn: &mut Connection,
-        signer: Signer,
-        checkpoint_every: u64,
-    ) -> Result<Self, LedgerError> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn attach(conn: &Db, signer: Signer, checkpoint_every: u64) -> Result<Self, LedgerError> {
+        let tx = conn.write()?;
         let log_id = match log_id(&tx)? {
             Some(id) => {
                 let (_, current) = current_key(&tx)?;
@@ -217,11 +219,7 @@ impl Ledger {
     /// Stamps, signs and inserts the next receipt, and writes a checkpoint when one is due.
     /// Runs inside the caller's (immediate) transaction: the receipt commits with whatever
     /// else the transaction writes, or not at all.
-    pub fn append(
-        &mut self,
-        tx: &Transaction<'_>,
-        d: ReceiptDraft,
-    ) -> Result<ReceiptRef, LedgerError> {
+    pub fn append(&mut self, tx: &Db, d: ReceiptDraft) -> Result<ReceiptRef, LedgerError> {
         let span = tracing::debug_span!("ledger.append", op = d.op.as_str());
         let _enter = span.enter();
         let (seq, prev) = match head(tx)? {
@@ -271,7 +269,7 @@ impl Ledger {
     }
 
     /// Writes a signed checkpoint of the log as it is in `tx`, unless one of this size exists.
-    pub fn checkpoint(&mut self, tx: &Transaction<'_>) -> Result<Option<Checkpoint>, LedgerError> {
+    pub fn checkpoint(&mut self, tx: &Db) -> Result<Option<Checkpoint>, LedgerError> {
         let Some((last, head_hash)) = head(tx)? else {
             return Ok(None);
         };
@@ -311,12 +309,8 @@ impl Ledger {
     /// `next` too (the `new_key_signature` column, over the same receipt hash); then a
     /// checkpoint signed by `next`. From then on `next` signs, and the old key's signatures
     /// on anything later are refused by `verify`.
-    pub fn rotate(
-        &mut self,
-        conn: &mut Connection,
-        next: Signer,
-    ) -> Result<ReceiptRef, LedgerError> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn rotate(&mut self, conn: &Db, next: Signer) -> Result<ReceiptRef, LedgerError> {
+        let tx = conn.write()?;
         let r = self.append(
             &tx,
             ReceiptDraft::key_event(ReceiptOp::RotateKey, &next.public_key()),
@@ -340,7 +334,7 @@ impl Ledger {
 }
 
 /// A `SELECT seq, body, signature` row.
-fn stored_receipt(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReceipt> {
+fn stored_receipt(r: &Row) -> rusqlite::Result<StoredReceipt> {
     Ok(StoredReceipt {
         seq: r.get::<_, i64>(0)? as u64,
         body: r.get(1)?,
@@ -349,7 +343,7 @@ fn stored_receipt(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReceipt> {
 }
 
 /// The last receipt's number and hash.
-pub fn head(conn: &Connection) -> Result<Option<(u64, ReceiptHash)>, LedgerError> {
+pub fn head(conn: &Db) -> Result<Option<(u64, ReceiptHash)>, LedgerError> {
     let row = conn
         .query_row(
             "SELECT seq, hash FROM receipts ORDER BY seq DESC LIMIT 1",
@@ -367,7 +361,7 @@ pub fn head(conn: &Connection) -> Result<Option<(u64, ReceiptHash)>, LedgerError
 }
 
 /// The log id, from receipt 0.
-pub fn log_id(conn: &Connection) -> Result<Option<LogId>, LedgerError> {
+pub fn log_id(conn: &Db) -> Result<Option<LogId>, LedgerError> {
     match receipt(conn, 0) {
         Ok(r) => Ok(Some(r.receipt()?.log_id)),
         Err(LedgerError::NoSuchReceipt(_)) => Ok(None),
@@ -377,7 +371,7 @@ pub fn log_id(conn: &Connection) -> Result<Option<LogId>, LedgerError> {
 
 /// Every key event in order: `(first seq it signs, key)`. An `open_log` at 0 signs from 0; a
 /// `rotate_key` at `s` (signed by the old key) hands over from `s + 1`.
-pub fn key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerError> {
+pub fn key_schedule(conn: &Db) -> Result<Vec<(u64, PublicKey)>, LedgerError> {
     let mut stmt = conn.prepare(
         "SELECT seq, body, signature FROM receipts WHERE op IN ('open_log', 'rotate_key') ORDER BY seq",
     )?;
@@ -401,7 +395,7 @@ pub fn key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerEr
 
 /// [`key_schedule`], each key event checked: `open_log` signed by the key it names, each
 /// `rotate_key` by the key before it. A schedule that does not check is an error.
-pub fn signed_key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, LedgerError> {
+pub fn signed_key_schedule(conn: &Db) -> Result<Vec<(u64, PublicKey)>, LedgerError> {
     let mut out: Vec<(u64, PublicKey)> = Vec::new();
     for (from, key) in key_schedule(conn)? {
         // open_log signs from its own seq, rotate_key hands over after its seq.
@@ -427,10 +421,7 @@ pub fn signed_key_schedule(conn: &Connection) -> Result<Vec<(u64, PublicKey)>, L
 ///
 /// This is what lets a KV blob directory be untrusted: a blob is loaded into an engine only
 /// when its bytes hash to what a signed receipt says.
-pub fn vouched_kv(
-    conn: &Connection,
-    states: &[StateHash],
-) -> Result<Vec<Option<ReceiptKv>>, LedgerError> {
+pub fn vouched_kv(conn: &Db, states: &[StateHash]) -> Result<Vec<Option<ReceiptKv>>, LedgerError> {
     let mut schedule = None;
     let mut out = Vec::with_capacity(states.len());
     for state in states {
@@ -473,14 +464,14 @@ pub fn vouched_kv(
 }
 
 /// The key that signs the next receipt, with the seq it took over from.
-pub fn current_key(conn: &Connection) -> Result<(u64, PublicKey), LedgerError> {
+pub fn current_key(conn: &Db) -> Result<(u64, PublicKey), LedgerError> {
     key_schedule(conn)?
         .pop()
         .ok_or_else(|| LedgerError::Corrupt("the log has no open_log receipt".into()))
 }
 
 /// The receipt `seq`.
-pub fn receipt(conn: &Connection, seq: u64) -> Result<StoredReceipt, LedgerError> {
+pub fn receipt(conn: &Db, seq: u64) -> Result<StoredReceipt, LedgerError> {
     conn.query_row(
         "SELECT seq, body, signature FROM receipts WHERE seq = ?1",
         [seq as i64],
@@ -491,11 +482,7 @@ pub fn receipt(conn: &Connection, seq: u64) -> Result<StoredReceipt, LedgerError
 }
 
 /// Receipts with `seq >= from`, in order, at most `limit`.
-pub fn receipts(
-    conn: &Connection,
-    from: u64,
-    limit: u64,
-) -> Result<Vec<StoredReceipt>, LedgerError> {
+pub fn receipts(conn: &Db, from: u64, limit: u64) -> Result<Vec<StoredReceipt>, LedgerError> {
     let mut stmt = conn.prepare(
         "SELECT seq, body, signature FROM receipts WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
     )?;
@@ -507,7 +494,7 @@ pub fn receipts(
 }
 
 /// Every stored checkpoint, smallest first.
-pub fn checkpoints(conn: &Connection) -> Result<Vec<SignedCheckpoint>, LedgerError> {
+pub fn checkpoints(conn: &Db) -> Result<Vec<SignedCheckpoint>, LedgerError> {
     let mut stmt = conn.prepare("SELECT body, signature FROM checkpoints ORDER BY size")?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -525,7 +512,7 @@ pub fn checkpoints(conn: &Connection) -> Result<Vec<SignedCheckpoint>, LedgerErr
 }
 
 /// The newest stored checkpoint.
-pub fn latest_checkpoint(conn: &Connection) -> Result<Option<SignedCheckpoint>, LedgerError> {
+pub fn latest_checkpoint(conn: &Db) -> Result<Option<SignedCheckpoint>, LedgerError> {
     let row = conn
         .query_row(
             "SELECT body, signature FROM checkpoints ORDER BY size DESC LIMIT 1",
@@ -544,7 +531,7 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<SignedCheckpoint>, 
 }
 
 /// An inclusion proof of receipt `seq` against the latest checkpoint (which must cover it).
-pub fn prove(conn: &Connection, seq: u64) -> Result<ReceiptProof, LedgerError> {
+pub fn prove(conn: &Db, seq: u64) -> Result<ReceiptProof, LedgerError> {
     let stored = receipt(conn, seq)?;
     let schedule = key_schedule(conn)?;
     let receipt_key = signer_of(&schedule, seq)

@@ -3,7 +3,7 @@
 //! every checkpoint (`checkpoint_notes`) with the cosignatures witnesses add, and the tiles a
 //! log publishes.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::sql::{params, Db, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::MerkleRoot;
@@ -15,7 +15,7 @@ use crate::tiles::{self, Tile, TileKind};
 use crate::tlog::{self, Hash, HashReader, TreeError};
 
 /// Stored hashes read from `tree_hashes`.
-pub struct SqlHashes<'c>(pub &'c Connection);
+pub struct SqlHashes<'c>(pub &'c Db);
 
 impl HashReader for SqlHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, TreeError> {
@@ -64,7 +64,7 @@ impl From<TreeError> for LedgerError {
 }
 
 /// Leaves the stored tree holds completely (its row count is exactly a tree's), or `None`.
-pub fn stored_leaves(conn: &Connection) -> Result<Option<u64>, LedgerError> {
+pub fn stored_leaves(conn: &Db) -> Result<Option<u64>, LedgerError> {
     let rows: i64 = conn.query_row("SELECT count(*) FROM tree_hashes", [], |r| r.get(0))?;
     let rows = rows as u64;
     // stored_hash_count grows with n and is below 2n + 64: search n in rows/2 - 64 ..= rows.
@@ -81,7 +81,7 @@ pub fn stored_leaves(conn: &Connection) -> Result<Option<u64>, LedgerError> {
 }
 
 /// A reader for the tree of the first `size` receipts.
-pub fn tree_reader(conn: &Connection, size: u64) -> Result<TreeReader<'_>, LedgerError> {
+pub fn tree_reader(conn: &Db, size: u64) -> Result<TreeReader<'_>, LedgerError> {
     if stored_leaves(conn)?.is_some_and(|n| n >= size) {
         return Ok(TreeReader::Stored(SqlHashes(conn)));
     }
@@ -105,11 +105,7 @@ pub fn tree_reader(conn: &Connection, size: u64) -> Result<TreeReader<'_>, Ledge
 }
 
 /// Adds receipt `seq` (hash `receipt`) to the stored tree; inside the appending transaction.
-pub(crate) fn append_leaf(
-    tx: &Connection,
-    seq: u64,
-    receipt: &ReceiptHash,
-) -> Result<(), LedgerError> {
+pub(crate) fn append_leaf(tx: &Db, seq: u64, receipt: &ReceiptHash) -> Result<(), LedgerError> {
     let hashes = tlog::stored_hashes(seq, tlog::leaf_hash(receipt.as_bytes()), &SqlHashes(tx))?;
     let mut insert = tx.prepare_cached("INSERT INTO tree_hashes (idx, hash) VALUES (?1, ?2)")?;
     let first = tlog::stored_hash_index(0, seq);
@@ -121,7 +117,7 @@ pub(crate) fn append_leaf(
 
 /// Stores the tree of every receipt the stored tree lacks (a log written before the tree was
 /// stored, or one whose table is not a whole tree: rebuilt). Returns the leaves added.
-pub(crate) fn backfill(tx: &Connection) -> Result<u64, LedgerError> {
+pub(crate) fn backfill(tx: &Db) -> Result<u64, LedgerError> {
     let receipts = log::head(tx)?.map_or(0, |(seq, _)| seq + 1);
     let have = match stored_leaves(tx)? {
         Some(n) if n <= receipts => n,
@@ -150,7 +146,7 @@ pub(crate) fn backfill(tx: &Connection) -> Result<u64, LedgerError> {
 }
 
 /// The root of the first `size` receipts.
-pub fn tree_root(conn: &Connection, size: u64) -> Result<MerkleRoot, LedgerError> {
+pub fn tree_root(conn: &Db, size: u64) -> Result<MerkleRoot, LedgerError> {
     Ok(MerkleRoot::from_bytes(tlog::tree_hash(
         size,
         &tree_reader(conn, size)?,
@@ -168,7 +164,7 @@ pub fn checkpoint_text(log: &LogId, size: u64, root: &MerkleRoot) -> CheckpointT
 
 /// Signs and stores the note of a checkpoint (inside the checkpointing transaction).
 pub(crate) fn write_note(
-    tx: &Connection,
+    tx: &Db,
     signer: &Signer,
     log: &LogId,
     size: u64,
@@ -178,14 +174,15 @@ pub(crate) fn write_note(
     let signed = note::sign(&text.encode(), &text.origin, signer)
         .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
     tx.execute(
-        "INSERT OR REPLACE INTO checkpoint_notes (size, note) VALUES (?1, ?2)",
+        "INSERT INTO checkpoint_notes (size, note) VALUES (?1, ?2)
+         ON CONFLICT (size) DO UPDATE SET note = excluded.note",
         params![size as i64, signed.encode()],
     )?;
     Ok(())
 }
 
 /// The note of the checkpoint of `size`, or of the newest one, with its cosignatures.
-pub fn note_at(conn: &Connection, size: Option<u64>) -> Result<Option<String>, LedgerError> {
+pub fn note_at(conn: &Db, size: Option<u64>) -> Result<Option<String>, LedgerError> {
     let row = match size {
         Some(s) => conn
             .query_row(
@@ -209,7 +206,7 @@ pub fn note_at(conn: &Connection, size: Option<u64>) -> Result<Option<String>, L
 /// witness returned it) that the stored note lacks. The stored text must be the note's text;
 /// the lines are kept as given (an auditor checks the witnesses it trusts with
 /// `verify --witness`). Returns how many lines were added.
-pub fn add_cosignatures(conn: &Connection, cosigned: &str) -> Result<usize, LedgerError> {
+pub fn add_cosignatures(conn: &Db, cosigned: &str) -> Result<usize, LedgerError> {
     let given = Note::parse(cosigned).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
     let text =
         CheckpointText::parse(&given.text).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
@@ -285,11 +282,7 @@ impl ConsistencyProof {
 }
 
 /// The proof that the log at `new` receipts extends the log at `old`.
-pub fn prove_consistency(
-    conn: &Connection,
-    old: u64,
-    new: u64,
-) -> Result<ConsistencyProof, LedgerError> {
+pub fn prove_consistency(conn: &Db, old: u64, new: u64) -> Result<ConsistencyProof, LedgerError> {
     let size = log::head(conn)?.map_or(0, |(seq, _)| seq + 1);
     if new > size {
         return Err(LedgerError::Corrupt(format!(
@@ -309,11 +302,7 @@ pub fn prove_consistency(
 
 /// The bytes of `tile` in the log as of `size` receipts, or `None` if no such tile exists at
 /// that size.
-pub fn tile_bytes(
-    conn: &Connection,
-    tile: &Tile,
-    size: u64,
-) -> Result<Option<Vec<u8>>, LedgerError> {
+pub fn tile_bytes(conn: &Db, tile: &Tile, size: u64) -> Result<Option<Vec<u8>>, LedgerError> {
     if !tile.exists_in(size) {
         return Ok(None);
     }
@@ -344,7 +333,7 @@ pub fn tile_bytes(
 /// Writes the log as of its newest checkpoint as a static tlog-tiles directory: `checkpoint`
 /// (the note, with its cosignatures), every hash tile, entry bundle and body bundle.
 /// Returns the checkpoint's size and the number of files written.
-pub fn export_tiles(conn: &Connection, dir: &std::path::Path) -> Result<(u64, usize), LedgerError> {
+pub fn export_tiles(conn: &Db, dir: &std::path::Path) -> Result<(u64, usize), LedgerError> {
     let io = |e: std::io::Error| LedgerError::Corrupt(format!("{}: {e}", dir.display()));
     let note = note_at(conn, None)?
         .ok_or_else(|| LedgerError::Corrupt("the log has no checkpoint note yet".into()))?;

@@ -219,8 +219,8 @@ pub struct Shutdown {
 impl Server {
     /// A server for `pack`.
     pub fn new(pack: Arc<StatePack>, config: ServerConfig) -> Self {
-        let path = pack.with_store(|s| s.path().map(Path::to_path_buf));
-        let reader = path.and_then(|p| match Store::open_for_reading(&p) {
+        let conn = pack.with_store(|s| s.connect_again());
+        let reader = conn.and_then(|c| match c.and_then(Store::open_db_for_reading) {
             Ok(store) => Some(std::sync::Mutex::new(store)),
             Err(e) => {
                 tracing::warn!(error = %e, "no read-only connection: reads share the writer's");

@@ -209,8 +209,8 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, a: AgentArgs) -> Result<()
         "receipts {}..={} in {}; verify with: state-pack verify --db {} --pubkey {public_key}",
         report.receipts.0,
         report.receipts.1,
-        a.db.display(),
-        a.db.display()
+        crate::shown(&a.db),
+        crate::shown(&a.db)
     );
     Ok(())
 }

@@ -85,7 +85,7 @@ pub fn history(w: &Where) -> Result<()> {
         anyhow::bail!(
             "thread {:?} has no checkpoints in {}",
             w.thread,
-            w.db.display()
+            crate::shown(&w.db)
         );
     }
     if w.json {
@@ -213,7 +213,7 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, command: GraphCommand) -> 
             "paused before {}; go on with: state-pack graph resume --thread {} --db {}",
             n.join(", "),
             run.thread,
-            at.db.display()
+            crate::shown(&at.db)
         ),
         RunStatus::InterruptedAfter(n) => println!("paused after {}", n.join(", ")),
     }
@@ -232,7 +232,7 @@ pub async fn run(engine: Arc<dyn Engine>, key: &Path, command: GraphCommand) -> 
     println!(
         "history: state-pack graph history --thread {} --db {}",
         run.thread,
-        at.db.display()
+        crate::shown(&at.db)
     );
     Ok(())
 }

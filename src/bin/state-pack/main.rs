@@ -168,15 +168,29 @@ impl Cli {
     }
 }
 
-/// The store at `db`, signed by `signer`; a path that cannot be opened says which flag
-/// chooses another.
+/// The store at `db` (a file, or a `postgres://` URL), signed by `signer`; a path that
+/// cannot be opened says which flag chooses another.
 pub(crate) fn open_store(db: &Path, signer: Signer) -> Result<Store> {
-    Store::open(db, signer).map_err(|e| match e {
+    Store::open_location(
+        &db.to_string_lossy(),
+        signer,
+        state_pack::ledger::DEFAULT_CHECKPOINT_EVERY,
+    )
+    .map_err(|e| match e {
         StoreError::Db(DbError::Open { .. }) => {
             anyhow::anyhow!("{e} (choose a writable path with --db)")
         }
         e => e.into(),
     })
+}
+
+/// `db` as printed: a file as given, a URL with its password masked.
+pub(crate) fn shown(db: &Path) -> String {
+    let location = db.to_string_lossy();
+    if state_pack_postgres::is_url(&location) {
+        return state_pack_postgres::masked(&location);
+    }
+    db.display().to_string()
 }
 
 /// Where KV blobs go, from `--no-kv-blobs` and `--kv`: set once in `main`, read by
@@ -352,6 +366,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // `--db postgres://...` for the ledger's own commands (verify, receipts, keys).
+    state_pack::ledger::sql::set_connector(state_pack_postgres::connect);
     if let Some(n) = cli.threads {
         // mistral.rs's kernels (candle) run on rayon's global pool, which reads this when it
         // starts; set before any other thread starts. llama.cpp takes it from the spec.
@@ -536,7 +552,10 @@ async fn dispatch(cli: Cli) -> Result<bool> {
         Command::State { hash, db } => {
             let hash: StateHash = hash.parse()?;
             let engine = load(model_path, &cache, spec).await?;
-            let pack = new_pack(engine, Store::open_for_reading(&db)?);
+            let pack = new_pack(
+                engine,
+                Store::open_location_for_reading(&db.to_string_lossy())?,
+            );
             println!("{}", serde_json::to_string_pretty(&pack.state(&hash)?)?);
         }
     }
@@ -682,7 +701,7 @@ async fn run(
             let done = before.operations.saturating_sub(1) as usize;
             println!(
                 "continuing {} from state {} ({} tokens, step {})",
-                db.display(),
+                shown(db),
                 state.short(),
                 tokens.len(),
                 done + 1
@@ -746,9 +765,7 @@ async fn run(
     let all = pack.totals()?;
     println!(
         "database {}: {} operations so far, {} tokens prefilled, {} reused, {} generated",
-        std::fs::canonicalize(db)
-            .unwrap_or_else(|_| db.to_path_buf())
-            .display(),
+        shown(&std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf())),
         all.operations,
         all.prefilled,
         all.reused,
@@ -767,7 +784,7 @@ async fn run(
     );
     println!(
         "verify them with: state-pack verify --db {} --pubkey {public_key}",
-        db.display()
+        shown(db)
     );
     println!("for a measured naive-vs-state-pack comparison run `state-pack bench`");
     Ok(())

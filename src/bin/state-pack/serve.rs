@@ -164,7 +164,7 @@ pub async fn serve(
     };
     eprintln!(
         "state-pack serving http://{addr} ({authn}); database {}; OpenAI-compatible API at http://{addr}/v1 (model {:?}); dashboard at http://{addr}/dashboard; OpenAPI at /openapi.json; Ctrl-C or SIGTERM to stop",
-        args.db.display(),
+        crate::shown(&args.db),
         args.model_id.as_deref().unwrap_or_default(),
         addr = listener.local_addr()?
     );
@@ -174,7 +174,7 @@ pub async fn serve(
     eprintln!(
         "stopped; final checkpoint covers {} receipts. verify with: state-pack verify --db {} --pubkey {public_key}",
         done.receipts,
-        args.db.display()
+        crate::shown(&args.db)
     );
     Ok(())
 }

@@ -130,6 +130,14 @@ impl StatePack {
         self.store().path().map(|p| p.to_path_buf())
     }
 
+    /// A new connection to the pack's database, for a part that keeps its own (graph
+    /// checkpoints); `None` when the store is in memory.
+    pub fn connect_again(
+        &self,
+    ) -> Option<Result<crate::ledger::sql::Db, crate::store::StoreError>> {
+        self.store().connect_again()
+    }
+
     /// Runs `f` on the store (for the ledger: checkpoints, key rotation, receipts). Pack
     /// operations wait while it runs.
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use crate::ledger::sql::{params, Db, OptionalExtension};
 
 use crate::engine::FinishReason;
 use crate::ledger::codec::{blob_to_tokens, tokens_to_blob};
@@ -60,8 +60,60 @@ impl Store {
         signer: Signer,
         checkpoint_every: u64,
     ) -> Result<Self, StoreError> {
-        let mut db = LedgerDb::open_with(path, signer, checkpoint_every)?;
-        prefix::backfill(db.parts_mut().0)?;
+        Self::with_db(LedgerDb::open_with(path, signer, checkpoint_every)?)
+    }
+
+    /// The store at `location`: an SQLite file, or a Postgres database
+    /// (`postgres://user:password@host:port/dbname`) that several servers may share.
+    pub fn open_location(
+        location: &str,
+        signer: Signer,
+        checkpoint_every: u64,
+    ) -> Result<Self, StoreError> {
+        if state_pack_postgres::is_url(location) {
+            let conn = state_pack_postgres::connect(location).map_err(|source| {
+                crate::ledger::DbError::Open {
+                    location: state_pack_postgres::masked(location),
+                    source,
+                }
+            })?;
+            Self::open_db(conn, signer, checkpoint_every)
+        } else {
+            Self::open_with(Path::new(location), signer, checkpoint_every)
+        }
+    }
+
+    /// [`open_location`](Self::open_location) without a signing key: reads only.
+    pub fn open_location_for_reading(location: &str) -> Result<Self, StoreError> {
+        if state_pack_postgres::is_url(location) {
+            let conn = state_pack_postgres::connect(location).map_err(|source| {
+                crate::ledger::DbError::Open {
+                    location: state_pack_postgres::masked(location),
+                    source,
+                }
+            })?;
+            Self::open_db_for_reading(conn)
+        } else {
+            Self::open_for_reading(Path::new(location))
+        }
+    }
+
+    /// A store on a connection of any backend (Postgres through `state-pack-postgres`):
+    /// the schema brought up to date, the ledger attached, signed by `signer`. Several
+    /// processes may open one database this way and share one log.
+    pub fn open_db(conn: Db, signer: Signer, checkpoint_every: u64) -> Result<Self, StoreError> {
+        Self::with_db(LedgerDb::open_db(conn, signer, checkpoint_every)?)
+    }
+
+    /// A store that only reads, on a connection of any backend.
+    pub fn open_db_for_reading(conn: Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: LedgerDb::open_db_for_reading(conn)?,
+        })
+    }
+
+    fn with_db(db: LedgerDb) -> Result<Self, StoreError> {
+        prefix::backfill(db.conn())?;
         Ok(Self { db })
     }
 
@@ -81,8 +133,19 @@ impl Store {
     }
 
     /// The connection, for the modules that keep their own tables here (graph checkpoints).
-    pub(crate) fn conn(&self) -> &Connection {
+    pub(crate) fn conn(&self) -> &Db {
         self.db.conn()
+    }
+
+    /// A new connection to this store's database (graph checkpoints and a server's reads
+    /// keep their own); `None` for an in-memory store.
+    pub fn connect_again(&self) -> Option<Result<Db, StoreError>> {
+        Some(self.conn().connect_again()?.map_err(StoreError::from))
+    }
+
+    /// Where the database is: its file, or its URL with the password masked.
+    pub fn location(&self) -> &str {
+        self.conn().label()
     }
 
     /// Receipts in the log: the next receipt's seq.
@@ -139,7 +202,7 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let (conn, ledger) = self.db.parts_mut();
         let ledger = ledger.ok_or(LedgerError::ReadOnly)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.write()?;
         if insert_state(&tx, state)? {
             prefix::index_state(&tx, state)?;
         }
@@ -170,12 +233,13 @@ impl Store {
             .map_err(LedgerError::from)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let (t, tm) = (op.measured.tokens, op.measured.timings);
-        tx.execute(
+        let operation = tx.query_row(
             "INSERT INTO operations (op, input, output, delta_tokens, prompt_tokens, prefilled,
                  reused, generated, prefill_us, decode_us, total_us, output_text, created_at,
                  receipt_seq, delta_hash, sampling, finish, replay_of, restored, restore_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18, ?19, ?20)",
+                 ?17, ?18, ?19, ?20)
+             RETURNING seq",
             params![
                 op.op.as_str(),
                 op.input.map(|h| h.as_bytes().to_vec()),
@@ -198,8 +262,8 @@ impl Store {
                 t.restored as i64,
                 tm.restore_us.unwrap_or(0) as i64,
             ],
-        )?;
-        let operation = tx.last_insert_rowid() as u64;
+            |r| r.get::<_, i64>(0),
+        )? as u64;
         tx.commit()?;
         Ok(Recorded { operation, receipt })
     }
@@ -372,8 +436,9 @@ impl Store {
     /// Totals over every recorded operation.
     pub fn totals(&self) -> Result<OperationTotals, StoreError> {
         Ok(self.conn().query_row(
-            "SELECT count(*), coalesce(sum(prefilled), 0), coalesce(sum(reused), 0),
-                    coalesce(sum(generated), 0) FROM operations",
+            "SELECT count(*), CAST(coalesce(sum(prefilled), 0) AS BIGINT),
+                    CAST(coalesce(sum(reused), 0) AS BIGINT),
+                    CAST(coalesce(sum(generated), 0) AS BIGINT) FROM operations",
             [],
             |r| {
                 Ok(OperationTotals {
@@ -408,10 +473,10 @@ fn finish_name(f: FinishReason) -> &'static str {
 }
 
 /// Inserts `s` unless it is stored already; whether it was new.
-fn insert_state(tx: &Transaction<'_>, s: &StoredState) -> Result<bool, StoreError> {
+fn insert_state(tx: &Db, s: &StoredState) -> Result<bool, StoreError> {
     let inserted = tx.execute(
-        "INSERT OR IGNORE INTO states (hash, model, parent, op, token_count, tokens, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO states (hash, model, parent, op, token_count, tokens, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         params![
             s.hash.as_bytes().as_slice(),
             s.model.as_bytes().as_slice(),
@@ -520,7 +585,7 @@ pub(super) mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();

@@ -7,7 +7,7 @@
 //! from databases written before it existed are filled when a writer opens the store, and a
 //! hit is used only after the state's own tokens are checked against the request's.
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+use crate::ledger::sql::{params, values_from_iter, Db, OptionalExtension};
 
 use super::{digest, OpKind, Store, StoreError, StoredState};
 use crate::ledger::codec::blob_to_tokens;
@@ -19,7 +19,7 @@ const CHUNK: usize = 256;
 
 /// Adds `s`'s row to the index (inside the transaction that inserts the state). A merge or
 /// infer extends its input's tokens, so its chain continues from the input's row.
-pub(super) fn index_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), StoreError> {
+pub(super) fn index_state(tx: &Db, s: &StoredState) -> Result<(), StoreError> {
     let from_parent = match (s.op, s.parent) {
         (OpKind::Merge | OpKind::Infer, Some(parent)) => tx
             .prepare_cached("SELECT prefix, length FROM state_prefixes WHERE state = ?1")?
@@ -39,7 +39,8 @@ pub(super) fn index_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), S
         return Ok(());
     };
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO state_prefixes (state, prefix, length) VALUES (?1, ?2, ?3)",
+        "INSERT INTO state_prefixes (state, prefix, length) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
     )?
     .execute(params![
         s.hash.as_bytes().as_slice(),
@@ -51,8 +52,8 @@ pub(super) fn index_state(tx: &Transaction<'_>, s: &StoredState) -> Result<(), S
 
 /// Indexes every state that has no row yet (databases written before the index existed).
 /// Returns how many were added.
-pub(super) fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
+pub(super) fn backfill(conn: &Db) -> Result<usize, StoreError> {
+    let tx = conn.write()?;
     let missing: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = tx
         .prepare(
             "SELECT s.hash, s.model, s.tokens FROM states s
@@ -68,7 +69,8 @@ pub(super) fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
         })?;
         if let Some(prefix) = PrefixHash::of(&model, &tokens) {
             tx.execute(
-                "INSERT OR IGNORE INTO state_prefixes (state, prefix, length) VALUES (?1, ?2, ?3)",
+                "INSERT INTO state_prefixes (state, prefix, length) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
                 params![hash, prefix.as_bytes().as_slice(), tokens.len() as i64],
             )?;
         }
@@ -123,7 +125,7 @@ impl Store {
             .conn()
             .prepare_cached(&sql)?
             .query_row(
-                params_from_iter(keys.iter().map(|k| k.as_bytes().as_slice())),
+                values_from_iter(keys.iter().map(|k| k.as_bytes().as_slice()))?,
                 |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
             )
             .optional()?;

@@ -1,5 +1,6 @@
 //! The store's records: states, operations as the pack records them, and its errors.
 
+use crate::ledger::sql::SqlError;
 use serde::Serialize;
 
 use crate::engine::FinishReason;
@@ -26,9 +27,15 @@ pub enum StoreError {
     /// The receipt ledger refused or failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// Any other SQLite error.
+    /// Any other database error.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.into())
+    }
 }
 
 /// The operation kinds of the pack.

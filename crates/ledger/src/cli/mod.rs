@@ -26,7 +26,7 @@ pub enum KeysCommand {
     /// Hand a database's ledger over from the key at --key to the key at --to (created if
     /// missing): a rotate_key receipt signed by the old key. Use --key <new> afterwards.
     Rotate {
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
         /// The new key file.
@@ -40,7 +40,7 @@ pub enum KeysCommand {
 pub enum ReceiptsCommand {
     /// One line per receipt.
     List {
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
         /// First receipt to list.
@@ -54,7 +54,7 @@ pub enum ReceiptsCommand {
     Show {
         /// The receipt number.
         seq: u64,
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
@@ -63,7 +63,7 @@ pub enum ReceiptsCommand {
     /// directory (checkpoint note, hash tiles, entry bundles, receipt bodies) that any static
     /// file server can publish.
     Export {
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
         /// Output format.
@@ -76,7 +76,7 @@ pub enum ReceiptsCommand {
     /// `--format note`, print the newest checkpoint as a C2SP signed note (with any witness
     /// cosignatures); with `--format vkey`, the log's note verifier key.
     Checkpoint {
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
         /// What to print.
@@ -93,7 +93,7 @@ pub enum ReceiptsCommand {
         /// Two sizes, OLD NEW.
         #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
         consistency: Option<Vec<u64>>,
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
@@ -102,7 +102,7 @@ pub enum ReceiptsCommand {
     Cosign {
         /// The cosigned note, or - for standard input.
         note: PathBuf,
-        /// The SQLite database.
+        /// The database: an SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "state-pack.db")]
         db: PathBuf,
     },
@@ -165,7 +165,7 @@ pub fn keys(command: KeysCommand, key: &Path, out: &mut dyn Write) -> Result<()>
             if created {
                 writeln!(out, "created {}", to.display())?;
             }
-            let mut store = LedgerDb::open(&db, old.clone())?;
+            let mut store = open_signing(&db, old.clone())?;
             let r = store.rotate_key(next.clone())?;
             writeln!(
                 out,
@@ -188,7 +188,35 @@ fn print_key(out: &mut dyn Write, path: &Path, s: &Signer) -> Result<()> {
     Ok(())
 }
 
+/// The database at `db`, a file or a URL (`postgres://...`), for reading only.
+pub(crate) fn open_reading(db: &Path) -> Result<LedgerDb> {
+    match db.to_str().filter(|l| crate::sql::is_url(l)) {
+        Some(url) => Ok(LedgerDb::open_db_for_reading(crate::sql::connect_url(
+            url,
+        )?)?),
+        None => {
+            existing(db)?;
+            Ok(LedgerDb::open_for_reading(db)?)
+        }
+    }
+}
+
+/// The database at `db`, a file or a URL, signed by `signer`.
+pub(crate) fn open_signing(db: &Path, signer: Signer) -> Result<LedgerDb> {
+    match db.to_str().filter(|l| crate::sql::is_url(l)) {
+        Some(url) => Ok(LedgerDb::open_db(
+            crate::sql::connect_url(url)?,
+            signer,
+            crate::DEFAULT_CHECKPOINT_EVERY,
+        )?),
+        None => Ok(LedgerDb::open(db, signer)?),
+    }
+}
+
 pub(crate) fn existing(db: &Path) -> Result<()> {
+    if db.to_str().is_some_and(crate::sql::is_url) {
+        return Ok(());
+    }
     if !db.is_file() {
         bail!(
             "{} does not exist (pass the agent's database with --db)",
@@ -207,7 +235,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
     match command {
         ReceiptsCommand::List { db, from, limit } => {
             existing(&db)?;
-            let store = LedgerDb::open_for_reading(&db)?;
+            let store = open_reading(&db)?;
             writeln!(
                 out,
                 "{:>6}  {:<10}  {:<12}  {:>6}  {:>9}  {:>6}  {:>9}  time",
@@ -233,7 +261,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
         }
         ReceiptsCommand::Show { seq, db } => {
             existing(&db)?;
-            let store = LedgerDb::open_for_reading(&db)?;
+            let store = open_reading(&db)?;
             let stored = store.receipt(seq)?;
             let r = parse(&stored)?;
             writeln!(
@@ -254,7 +282,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             let dir = dir.context(
                 "give the directory to write the tiles to: receipts export --format tiles DIR",
             )?;
-            let store = LedgerDb::open_for_reading(&db)?;
+            let store = open_reading(&db)?;
             let (size, files) = crate::stored::export_tiles(store.conn(), &dir)?;
             writeln!(
                 out,
@@ -268,7 +296,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             dir: _,
         } => {
             existing(&db)?;
-            let store = LedgerDb::open_for_reading(&db)?;
+            let store = open_reading(&db)?;
             let mut out = std::io::BufWriter::new(out);
             let mut from = 0;
             loop {
@@ -291,7 +319,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
         }
         ReceiptsCommand::Checkpoint { db, format } => {
             existing(&db)?;
-            let mut store = LedgerDb::open(&db, Signer::load(key)?)?;
+            let mut store = open_signing(&db, Signer::load(key)?)?;
             let written = store.checkpoint()?;
             match format {
                 CheckpointFormat::Summary => match written {
@@ -325,12 +353,12 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
             // with another key), prove against the newest stored checkpoint. A consistency
             // proof needs no checkpoint.
             let signing = match (&consistency, Signer::load(key)) {
-                (None, Ok(k)) => LedgerDb::open(&db, k).ok(),
+                (None, Ok(k)) => open_signing(&db, k).ok(),
                 _ => None,
             };
             let mut store = match signing {
                 Some(s) => s,
-                None => LedgerDb::open_for_reading(&db)?,
+                None => open_reading(&db)?,
             };
             match (consistency.as_deref(), seq) {
                 (Some(&[old, new]), _) => {
@@ -347,7 +375,7 @@ pub fn receipts(command: ReceiptsCommand, key: &Path, out: &mut dyn Write) -> Re
         ReceiptsCommand::Cosign { note, db } => {
             existing(&db)?;
             let text = read_input(&note)?;
-            let store = LedgerDb::open(&db, Signer::load(key)?)?;
+            let store = open_signing(&db, Signer::load(key)?)?;
             let added = crate::stored::add_cosignatures(store.conn(), &text)?;
             writeln!(
                 out,

@@ -12,7 +12,7 @@ use crate::{verify_file, TrustedCheckpoint, VerifyOptions, VerifyReport};
 /// `state-pack verify` arguments.
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The SQLite database to check.
+    /// The database to check: an SQLite file, or a `postgres://` URL (read only).
     #[arg(long, default_value = "state-pack.db")]
     db: PathBuf,
     /// A public key of the log (hex, or a file holding it): the key it was opened with, or
@@ -72,7 +72,10 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
         witnesses,
     };
     existing(&args.db)?;
-    let report = verify_file(&args.db, &options)?;
+    let report = match args.db.to_str().filter(|l| crate::sql::is_url(l)) {
+        Some(url) => crate::verify::verify(&crate::sql::connect_url(url)?, &options)?,
+        None => verify_file(&args.db, &options)?,
+    };
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {

@@ -11,7 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
+
+use crate::sql::Db;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, MerkleRoot, SignedCheckpoint};
@@ -167,16 +169,22 @@ pub fn verify_file(db: &Path, options: &VerifyOptions) -> Result<VerifyReport, L
             db.display()
         )));
     }
-    let conn = Connection::open_with_flags(
+    let conn = rusqlite::Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    verify(&conn, options)
+    verify(&Db::sqlite(conn, db.display().to_string()), options)
 }
 
-/// Verifies the ledger in `conn`.
-pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
+/// Receipts read per statement: the log is verified in pages, so memory stays bounded.
+const PAGE: i64 = 4096;
+
+/// Verifies the ledger in `conn`, in one read transaction: a log that writers are appending
+/// to is verified as it was when verification began.
+pub fn verify(conn: &Db, options: &VerifyOptions) -> Result<VerifyReport, LedgerError> {
     let started = Instant::now();
+    let snapshot = conn.read()?;
+    let conn: &Db = &snapshot;
     let mut v = Verifier::new(conn, options)?;
     // Rotations carry the new key's signature from schema version 7 on.
     let pop_column = if v.schema_version >= 7 {
@@ -184,25 +192,34 @@ pub fn verify(conn: &Connection, options: &VerifyOptions) -> Result<VerifyReport
     } else {
         "NULL"
     };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT seq, op, hash, body, signature, {pop_column} FROM receipts ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)?;
-        let op_col: String = row.get(1)?;
-        let hash_col: Vec<u8> = row.get(2)?;
-        let body: Vec<u8> = row.get(3)?;
-        let sig: Vec<u8> = row.get(4)?;
-        let pop: Option<Vec<u8>> = row.get(5)?;
-        v.receipt(seq, &op_col, &hash_col, &body, &sig, pop.as_deref())?;
+    let sql = format!(
+        "SELECT seq, op, hash, body, signature, {pop_column} FROM receipts
+         WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+    );
+    let mut from = i64::MIN;
+    loop {
+        let rows = conn.query(&sql, [from, PAGE])?;
+        for row in &rows {
+            let seq = row.get::<_, i64>(0)?;
+            let op_col: String = row.get(1)?;
+            let hash_col: Vec<u8> = row.get(2)?;
+            let body: Vec<u8> = row.get(3)?;
+            let sig: Vec<u8> = row.get(4)?;
+            let pop: Option<Vec<u8>> = row.get(5)?;
+            v.receipt(seq, &op_col, &hash_col, &body, &sig, pop.as_deref())?;
+            from = seq.saturating_add(1);
+        }
+        if (rows.len() as i64) < PAGE {
+            break;
+        }
     }
-    drop(rows);
-    v.finish(started)
+    let report = v.finish(started);
+    drop(snapshot);
+    report
 }
 
 struct Verifier<'c> {
-    conn: &'c Connection,
+    conn: &'c Db,
     options: &'c VerifyOptions,
     report: VerifyReport,
     expected_seq: u64,
@@ -226,8 +243,8 @@ struct Verifier<'c> {
 }
 
 impl<'c> Verifier<'c> {
-    fn new(conn: &'c Connection, options: &'c VerifyOptions) -> Result<Self, LedgerError> {
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    fn new(conn: &'c Db, options: &'c VerifyOptions) -> Result<Self, LedgerError> {
+        let version = crate::schema::version(conn)?;
         if version < 2 {
             return Err(LedgerError::Corrupt(
                 "this database has no receipt ledger (written before receipts existed, or not a state-pack database)".into(),

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension};
+use crate::sql::{Db, OptionalExtension};
 
 use super::Verifier;
 use crate::checkpoint::SignedCheckpoint;
@@ -42,7 +42,7 @@ pub(super) struct OperationRow {
 }
 
 /// Every operations row that names a receipt, by that receipt's seq.
-pub(super) fn operation_rows(conn: &Connection) -> Result<HashMap<u64, OperationRow>, LedgerError> {
+pub(super) fn operation_rows(conn: &Db) -> Result<HashMap<u64, OperationRow>, LedgerError> {
     let mut stmt = conn.prepare(
         "SELECT receipt_seq, op, input, output, delta_tokens, prefilled, reused, generated,
                 restored, prefill_us, decode_us, total_us, restore_us, delta_hash, sampling,
@@ -80,9 +80,7 @@ pub(super) fn operation_rows(conn: &Connection) -> Result<HashMap<u64, Operation
 }
 
 /// Every stored checkpoint with its `size` column, smallest first.
-pub(super) fn checkpoint_rows(
-    conn: &Connection,
-) -> Result<Vec<(i64, SignedCheckpoint)>, LedgerError> {
+pub(super) fn checkpoint_rows(conn: &Db) -> Result<Vec<(i64, SignedCheckpoint)>, LedgerError> {
     let mut stmt = conn.prepare("SELECT size, body, signature FROM checkpoints ORDER BY size")?;
     let rows = stmt.query_map([], |r| {
         Ok((

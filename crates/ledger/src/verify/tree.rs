@@ -1,7 +1,7 @@
 //! The checks of the stored tree, the checkpoint notes and their cosignatures, the trust
 //! anchor among the log's keys, and growth since a trusted checkpoint by consistency proof.
 
-use rusqlite::OptionalExtension;
+use crate::sql::OptionalExtension;
 
 use super::*;
 use crate::note::{CheckpointText, Note, NoteVerifier, ED25519};
@@ -46,19 +46,26 @@ impl Verifier<'_> {
         if self.schema_version < 7 {
             return Ok(());
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT idx, hash FROM tree_hashes ORDER BY idx")?;
-        let mut rows = stmt.query([])?;
         let mut seen = 0u64;
         let mut wrong = Vec::new();
-        while let Some(row) = rows.next()? {
-            let idx: i64 = row.get(0)?;
-            let hash: Vec<u8> = row.get(1)?;
-            seen += 1;
-            match self.stored.get(idx as usize) {
-                Some(h) if h.as_slice() == hash.as_slice() => {}
-                _ => wrong.push(idx),
+        let mut from = i64::MIN;
+        loop {
+            let rows = self.conn.query(
+                "SELECT idx, hash FROM tree_hashes WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                [from, super::PAGE],
+            )?;
+            for row in &rows {
+                let idx: i64 = row.get(0)?;
+                let hash: Vec<u8> = row.get(1)?;
+                seen += 1;
+                match self.stored.get(idx as usize) {
+                    Some(h) if h.as_slice() == hash.as_slice() => {}
+                    _ => wrong.push(idx),
+                }
+                from = idx.saturating_add(1);
+            }
+            if (rows.len() as i64) < super::PAGE {
+                break;
             }
         }
         if let Some(first) = wrong.first() {

@@ -12,7 +12,7 @@ pub fn write_log(db: &Path, signer: Signer, n: usize) {
     let mut ledger_db = LedgerDb::open(db, signer).unwrap();
     let (conn, ledger) = ledger_db.parts_mut();
     let ledger = ledger.unwrap();
-    let tx = conn.transaction().unwrap();
+    let tx = conn.write().unwrap();
     let model = ModelFingerprint::from_bytes([9; 32]);
     for i in 0..n {
         let tokens: Vec<u32> = (0..=i as u32).collect();
