@@ -2,7 +2,9 @@
 //!
 //! - `receipt_seal`: canonicalize (RFC 8785) + hash + Ed25519 sign one receipt, in memory.
 //! - `receipt_append_durable`: `Store::record` on disk: the state row, the operations row and
-//!   the signed receipt in one transaction, committed with WAL + `synchronous = FULL`.
+//!   the signed receipt in one transaction, committed with WAL + `synchronous = FULL`; and the
+//!   same on Postgres (`--db postgres://`, a server on loopback with its durable defaults,
+//!   started by the bench from Debian's package), the writer lock taken per transaction.
 //! - `verify`: `state-pack verify` over a 10,000-receipt ledger (100 agents x 100 steps,
 //!   states of 400-900 tokens): every signature, link, state re-hash and checkpoint.
 //!
@@ -15,6 +17,9 @@
 //! `cargo bench --bench ledger`. Targets (issue 3): verify >= 10,000 receipts/s on one core;
 //! append under 2% of an agent step (~1 s here, see `state-pack bench`).
 
+#[path = "../tests/common/servers.rs"]
+#[allow(dead_code)]
+mod servers;
 #[path = "../tests/common/synthetic.rs"]
 mod synthetic;
 
@@ -92,6 +97,24 @@ fn append_durable(c: &mut Criterion) {
             chain.step(&mut store, 30)
         })
     });
+    let server = servers::PostgresServer::start_durable();
+    let mut pg = Store::open_location(
+        &server.fresh_db(),
+        Signer::from_seed([1; 32]),
+        state_pack::ledger::DEFAULT_CHECKPOINT_EVERY,
+    )
+    .expect("postgres store");
+    let mut agent = 0;
+    let mut chain = Chain::new(0, 600);
+    g.bench_function("record_state_operation_receipt_postgres", |b| {
+        b.iter(|| {
+            if chain.tokens.len() > 1500 {
+                agent += 1;
+                chain = Chain::new(agent * 100_000, 600);
+            }
+            chain.step(&mut pg, 30)
+        })
+    });
     g.finish();
 }
 
@@ -127,7 +150,7 @@ fn verify(c: &mut Criterion) {
 }
 
 /// A database holding only the stored tree of `n` synthetic receipts.
-fn stored_tree(dir: &std::path::Path, n: u64) -> rusqlite::Connection {
+fn stored_tree(dir: &std::path::Path, n: u64) -> state_pack::ledger::sql::Db {
     use state_pack::ledger::tlog;
     let mut conn = rusqlite::Connection::open(dir.join(format!("tree-{n}.db"))).expect("db");
     conn.execute_batch(
@@ -150,7 +173,7 @@ fn stored_tree(dir: &std::path::Path, n: u64) -> rusqlite::Connection {
         }
     }
     tx.commit().expect("commit");
-    conn
+    state_pack::ledger::sql::Db::sqlite(conn, "bench")
 }
 
 fn proof_generation(c: &mut Criterion) {

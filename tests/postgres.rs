@@ -183,6 +183,27 @@ async fn verify_reads_a_postgres_log_and_catches_an_edited_receipt() {
     assert_eq!(stored_receipts(&url).len(), count);
 }
 
+/// Postgres restarts (immediate mode, as after a crash) between two operations: the store
+/// connects again and goes on; the log stays one verifiable chain.
+#[tokio::test]
+async fn the_store_reconnects_after_postgres_restarts() {
+    let server = PostgresServer::start();
+    let url = server.fresh_db();
+    let store = Store::open_location(&url, key(), 8).unwrap();
+    let pack = StatePack::new(Arc::new(ScriptedEngine::replying("ok")), store);
+    let base = pack
+        .create("<|im_start|>system\nS<|im_end|>\n")
+        .await
+        .unwrap();
+    server.restart();
+    let next = pack.merge(&base.output, " more").await.unwrap();
+    assert_eq!(next.receipt.seq, base.receipt.seq + 1);
+    pack.close().unwrap();
+    let db = state_pack_postgres::connect(&url).unwrap();
+    let report = state_pack::ledger::verify::verify(&db, &options(&key())).unwrap();
+    assert!(report.ok(), "{:#?}", report.failures);
+}
+
 #[tokio::test]
 async fn an_unreachable_postgres_is_one_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_state-pack"))

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
 
 use common::servers::{post_retrying, Nginx, RedisServer, Serve, TOKEN};
 use common::{turn, BASE};

@@ -191,8 +191,19 @@ impl PostgresServer {
         }
     }
 
-    /// Starts one and waits until it accepts connections.
+    /// Starts one (without fsync: tests need no durability) and waits until it accepts
+    /// connections.
     pub fn start() -> Self {
+        Self::start_with("-c fsync=off")
+    }
+
+    /// Starts one with Postgres's durable defaults (fsync, synchronous commit), as a
+    /// benchmark against SQLite's `synchronous = FULL` must.
+    pub fn start_durable() -> Self {
+        Self::start_with("")
+    }
+
+    fn start_with(settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // SAFETY: geteuid has no preconditions.
         let as_postgres = unsafe { libc::geteuid() } == 0;
@@ -225,7 +236,7 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}",
             server.port,
             server.dir.path().display()
         );
@@ -245,6 +256,23 @@ impl PostgresServer {
             std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
         );
         server
+    }
+
+    /// Stops it at once (as a crash would) and starts it again with the same settings.
+    pub fn restart(&self) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "restart", "-l"])
+            .arg(self.dir.path().join("log"))
+            .output()
+            .expect("run pg_ctl restart");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The URL of database `name` on it.

@@ -78,6 +78,42 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    config: Config,
+    label: String,
+    /// A transaction is open.
+    in_transaction: bool,
+    /// The connection dropped while a transaction was open: its statements are gone with
+    /// it, and nothing more may run as part of it (it can only be rolled back).
+    lost_transaction: bool,
+}
+
+impl Conn {
+    fn reconnect(&mut self) -> Result<(), SqlError> {
+        self.client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| pg_error(&self.label, e))?;
+        self.statements.clear();
+        tracing::warn!(db = %self.label, "reconnected to postgres");
+        Ok(())
+    }
+
+    /// Connects again if the server closed the connection (a restarted Postgres), so one
+    /// outage does not fail every later statement; a transaction open when it dropped is
+    /// lost, and says so.
+    fn ready(&mut self) -> Result<(), SqlError> {
+        if self.client.is_closed() {
+            self.lost_transaction |= self.in_transaction;
+            self.reconnect()?;
+        }
+        if self.lost_transaction {
+            return Err(SqlError::Postgres(format!(
+                "{}: the connection dropped inside a transaction, which was rolled back",
+                self.label
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A Postgres connection, run on a thread of its own.
@@ -121,6 +157,10 @@ impl Postgres {
                 let mut conn = Conn {
                     client,
                     statements: HashMap::new(),
+                    config: thread_config,
+                    label: thread_label,
+                    in_transaction: false,
+                    lost_transaction: false,
                 };
                 // Runs until every sender (the backend) is dropped.
                 for job in inbox {
@@ -139,16 +179,39 @@ impl Postgres {
         })
     }
 
-    /// Runs `f` on the connection's thread and waits for its answer.
+    /// Runs `f` on the connection's thread and waits for its answer. A connection the server
+    /// closed (a restarted Postgres) is opened again and, outside a transaction, `f` runs
+    /// once more on it; inside one, the transaction is reported lost.
     fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error> + Send + 'static,
+        f: impl Fn(&mut Conn) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        self.run_raw(move |conn| {
+            conn.ready()?;
+            match f(conn) {
+                Err(e) if e.is_closed() && !conn.in_transaction => {
+                    conn.reconnect()?;
+                    f(conn).map_err(|e| pg_error(&conn.label, e))
+                }
+                Err(e) => {
+                    if e.is_closed() {
+                        conn.lost_transaction = true;
+                    }
+                    Err(pg_error(&conn.label, e))
+                }
+                Ok(v) => Ok(v),
+            }
+        })
+    }
+
+    fn run_raw<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, SqlError> + Send + 'static,
     ) -> Result<T, SqlError> {
         let (tx, rx) = mpsc::channel();
-        let label = self.label.clone();
         self.jobs
             .send(Box::new(move |conn: &mut Conn| {
-                let _ = tx.send(f(conn).map_err(|e| pg_error(&label, e)));
+                let _ = tx.send(f(conn));
             }))
             .map_err(|_| SqlError::Postgres(format!("{}: connection thread gone", self.label)))?;
         rx.recv()
@@ -310,16 +373,36 @@ impl Backend for Postgres {
                 conn.client
                     .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
             }
+            conn.in_transaction = true;
             Ok(())
         })
     }
 
     fn commit(&mut self) -> Result<(), SqlError> {
-        self.run(|conn| conn.client.batch_execute("COMMIT"))
+        self.run_raw(|conn| {
+            let result = conn.ready().and_then(|()| {
+                conn.client
+                    .batch_execute("COMMIT")
+                    .map_err(|e| pg_error(&conn.label, e))
+            });
+            conn.in_transaction = false;
+            conn.lost_transaction = false;
+            result
+        })
     }
 
     fn rollback(&mut self) -> Result<(), SqlError> {
-        self.run(|conn| conn.client.batch_execute("ROLLBACK"))
+        self.run_raw(|conn| {
+            let lost = std::mem::take(&mut conn.lost_transaction);
+            conn.in_transaction = false;
+            if lost || conn.client.is_closed() {
+                // The server rolled it back when the connection dropped.
+                return Ok(());
+            }
+            conn.client
+                .batch_execute("ROLLBACK")
+                .map_err(|e| pg_error(&conn.label, e))
+        })
     }
 
     fn connect_again(&self) -> Option<Result<Box<dyn Backend>, SqlError>> {
