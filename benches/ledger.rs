@@ -78,42 +78,38 @@ fn seal(c: &mut Criterion) {
     });
 }
 
-fn append_durable(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut store =
-        Store::open(&dir.path().join("append.db"), Signer::from_seed([1; 32])).expect("store");
-    // Agent-sized states: a 600-token base growing by 30 tokens a step, restarted (as a new
-    // agent) once it passes 1,500 tokens.
+/// One agent-sized step on `store` per call: a 600-token base growing by 30 tokens a step,
+/// restarted (as a new agent) once it passes 1,500 tokens.
+fn agent_steps(mut store: Store) -> impl FnMut() {
     let mut agent = 0;
     let mut chain = Chain::new(0, 600);
+    move || {
+        if chain.tokens.len() > 1500 {
+            agent += 1;
+            chain = Chain::new(agent * 100_000, 600);
+        }
+        chain.step(&mut store, 30);
+    }
+}
+
+fn append_durable(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::open(&dir.path().join("append.db"), Signer::from_seed([1; 32])).expect("store");
     let mut g = c.benchmark_group("receipt_append_durable");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("record_state_operation_receipt", |b| {
-        b.iter(|| {
-            if chain.tokens.len() > 1500 {
-                agent += 1;
-                chain = Chain::new(agent * 100_000, 600);
-            }
-            chain.step(&mut store, 30)
-        })
-    });
+    let mut step = agent_steps(store);
+    g.bench_function("record_state_operation_receipt", |b| b.iter(&mut step));
     let server = servers::PostgresServer::start_durable();
-    let mut pg = Store::open_location(
+    let pg = Store::open_location(
         &server.fresh_db(),
         Signer::from_seed([1; 32]),
         state_pack::ledger::DEFAULT_CHECKPOINT_EVERY,
     )
     .expect("postgres store");
-    let mut agent = 0;
-    let mut chain = Chain::new(0, 600);
+    let mut step = agent_steps(pg);
     g.bench_function("record_state_operation_receipt_postgres", |b| {
-        b.iter(|| {
-            if chain.tokens.len() > 1500 {
-                agent += 1;
-                chain = Chain::new(agent * 100_000, 600);
-            }
-            chain.step(&mut pg, 30)
-        })
+        b.iter(&mut step)
     });
     g.finish();
 }

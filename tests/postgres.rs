@@ -119,24 +119,18 @@ async fn verify_reads_a_postgres_log_and_catches_an_edited_receipt() {
             .create("<|im_start|>system\nS<|im_end|>\n")
             .await
             .unwrap();
-        let out = pack
-            .infer_or_replay(
+        let sampling = state_pack::engine::Sampling::greedy(4);
+        let ask = || {
+            pack.infer_or_replay(
                 &base.output,
                 "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-                &state_pack::engine::Sampling::greedy(4),
+                &sampling,
             )
-            .await
-            .unwrap();
+        };
+        let out = ask().await.unwrap();
         assert_eq!(out.text, "fine");
         // Answered from the store: a replay receipt, the engine not called.
-        let again = pack
-            .infer_or_replay(
-                &base.output,
-                "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-                &state_pack::engine::Sampling::greedy(4),
-            )
-            .await
-            .unwrap();
+        let again = ask().await.unwrap();
         assert_eq!(again.report.replay_of, Some(out.report.seq));
         pack.close().unwrap();
     }

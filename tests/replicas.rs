@@ -9,7 +9,6 @@
 
 mod common;
 
-
 use common::servers::{post_retrying, Nginx, RedisServer, Serve, TOKEN};
 use common::{turn, BASE};
 use serde_json::{json, Value};

@@ -60,6 +60,20 @@ pub fn open(path: &Path, signer: Signer) -> Store {
     open_with(path, signer, state_pack::ledger::DEFAULT_CHECKPOINT_EVERY)
 }
 
+/// [`open`], or why it failed.
+pub fn try_open(path: &Path, signer: Signer) -> Result<Store, state_pack::store::StoreError> {
+    Store::open_location(
+        &location(path),
+        signer,
+        state_pack::ledger::DEFAULT_CHECKPOINT_EVERY,
+    )
+}
+
+/// The store at `path`, without a key: reads only.
+pub fn open_for_reading(path: &Path) -> Store {
+    Store::open_location_for_reading(&location(path)).expect("open the store for reading")
+}
+
 /// [`open`], checkpointing every `every` receipts.
 pub fn open_with(path: &Path, signer: Signer, every: u64) -> Store {
     Store::open_location(&location(path), signer, every).expect("open the store")

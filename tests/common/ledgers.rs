@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
-use state_pack::ledger::{verify_file, Signer, VerifyOptions, VerifyReport};
-use state_pack::Store;
+use state_pack::ledger::sql::Db;
+use state_pack::ledger::{Signer, VerifyOptions, VerifyReport};
 
 use super::synthetic::Chain;
 
@@ -15,7 +14,7 @@ pub fn key() -> Signer {
 /// A closed ledger with `ops` operations (1 open_log + ops receipts), checkpoint every 8.
 pub fn ledger(dir: &Path, ops: usize) -> PathBuf {
     let db = dir.join("ledger.db");
-    let mut store = Store::open_with(&db, key(), 8).unwrap();
+    let mut store = super::db::open_with(&db, key(), 8);
     let mut chain = Chain::new(100, 40);
     for _ in 0..ops {
         chain.step(&mut store, 5);
@@ -31,8 +30,9 @@ pub fn trusted() -> VerifyOptions {
     }
 }
 
+/// `verify` of the database a test keeps at `db` (SQLite, or Postgres: `super::db`).
 pub fn check(db: &Path, options: &VerifyOptions) -> VerifyReport {
-    verify_file(db, options).expect("verification runs")
+    super::db::verify(db, options)
 }
 
 pub fn assert_caught(report: &VerifyReport, first_bad: Option<u64>, needle: &str) {
@@ -52,9 +52,16 @@ pub fn assert_caught(report: &VerifyReport, first_bad: Option<u64>, needle: &str
     );
 }
 
-/// A raw connection, as an attacker with write access to the file would use.
-pub fn sql(db: &Path) -> Connection {
-    let conn = Connection::open(db).unwrap();
+/// A raw connection, as an attacker with write access to the database would use, with
+/// foreign keys not enforced.
+pub fn sql(db: &Path) -> Db {
+    if super::db::postgres().is_some() {
+        let conn = state_pack_postgres::connect(&super::db::location(db)).unwrap();
+        conn.execute_batch("SET session_replication_role = replica")
+            .unwrap();
+        return conn;
+    }
+    let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-    conn
+    Db::sqlite(conn, db.display().to_string())
 }

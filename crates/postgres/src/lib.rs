@@ -218,6 +218,25 @@ impl Postgres {
             .map_err(|_| SqlError::Postgres(format!("{}: connection thread gone", self.label)))?
     }
 
+    /// Runs `run` with `sql` prepared (once per connection) and `params` bound.
+    fn statement_with<T: Send + 'static>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        run: impl Fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>
+            + Send
+            + 'static,
+    ) -> Result<T, SqlError> {
+        let sql = sql.to_owned();
+        let params: Vec<Param> = params.iter().cloned().map(Param).collect();
+        self.run(move |conn| {
+            let stmt = Self::statement(conn, &sql)?;
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            run(&mut conn.client, &stmt, &refs)
+        })
+    }
+
     fn statement(conn: &mut Conn, sql: &str) -> Result<Statement, postgres::Error> {
         if let Some(s) = conn.statements.get(sql) {
             return Ok(s.clone());
@@ -328,26 +347,13 @@ impl Backend for Postgres {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<usize, SqlError> {
-        let sql = sql.to_owned();
-        let params: Vec<Param> = params.iter().cloned().map(Param).collect();
-        self.run(move |conn| {
-            let stmt = Self::statement(conn, &sql)?;
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            conn.client.execute(&stmt, &refs)
-        })
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        self.statement_with(sql, params, |client, stmt, refs| client.execute(stmt, refs))
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, SqlError> {
-        let sql = sql.to_owned();
-        let params: Vec<Param> = params.iter().cloned().map(Param).collect();
-        let rows = self.run(move |conn| {
-            let stmt = Self::statement(conn, &sql)?;
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            conn.client.query(&stmt, &refs)
-        })?;
+        let rows =
+            self.statement_with(sql, params, |client, stmt, refs| client.query(stmt, refs))?;
         rows.iter()
             .map(|row| {
                 (0..row.len())

@@ -171,6 +171,15 @@ impl Cli {
 /// The store at `db` (a file, or a `postgres://` URL), signed by `signer`; a path that
 /// cannot be opened says which flag chooses another.
 pub(crate) fn open_store(db: &Path, signer: Signer) -> Result<Store> {
+    let location = db.to_string_lossy();
+    if state_pack_postgres::is_url(&location)
+        && matches!(KV_TIER.get(), Some(KvTier::BesideDb) | None)
+    {
+        eprintln!(
+            "note: a Postgres database has no directory beside it: the llama.cpp engine's KV \
+             blobs are kept only where --kv DIR or --kv redis://... says, and without it nowhere"
+        );
+    }
     Store::open_location(
         &db.to_string_lossy(),
         signer,

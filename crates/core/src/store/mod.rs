@@ -71,13 +71,7 @@ impl Store {
         checkpoint_every: u64,
     ) -> Result<Self, StoreError> {
         if state_pack_postgres::is_url(location) {
-            let conn = state_pack_postgres::connect(location).map_err(|source| {
-                crate::ledger::DbError::Open {
-                    location: state_pack_postgres::masked(location),
-                    source,
-                }
-            })?;
-            Self::open_db(conn, signer, checkpoint_every)
+            Self::open_db(postgres(location)?, signer, checkpoint_every)
         } else {
             Self::open_with(Path::new(location), signer, checkpoint_every)
         }
@@ -86,13 +80,7 @@ impl Store {
     /// [`open_location`](Self::open_location) without a signing key: reads only.
     pub fn open_location_for_reading(location: &str) -> Result<Self, StoreError> {
         if state_pack_postgres::is_url(location) {
-            let conn = state_pack_postgres::connect(location).map_err(|source| {
-                crate::ledger::DbError::Open {
-                    location: state_pack_postgres::masked(location),
-                    source,
-                }
-            })?;
-            Self::open_db_for_reading(conn)
+            Self::open_db_for_reading(postgres(location)?)
         } else {
             Self::open_for_reading(Path::new(location))
         }
@@ -463,6 +451,17 @@ impl Store {
             .map(|b| digest(b, "operations").map(StateHash::from_bytes))
             .transpose()
     }
+}
+
+/// A connection to the Postgres database at `url`; an unreachable one is an open error
+/// naming the (masked) URL.
+fn postgres(url: &str) -> Result<Db, StoreError> {
+    state_pack_postgres::connect(url).map_err(|source| {
+        StoreError::Db(crate::ledger::DbError::Open {
+            location: state_pack_postgres::masked(url),
+            source,
+        })
+    })
 }
 
 fn finish_name(f: FinishReason) -> &'static str {
