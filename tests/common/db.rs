@@ -69,6 +69,30 @@ pub fn try_open(path: &Path, signer: Signer) -> Result<Store, state_pack::store:
     )
 }
 
+/// The ledger of the database at `path` (see [`location`]), signed by `signer`.
+pub fn ledger_db(path: &Path, signer: Signer) -> state_pack::ledger::LedgerDb {
+    match postgres() {
+        Some(_) => state_pack::ledger::LedgerDb::open_db(
+            state_pack_postgres::connect(&location(path)).expect("connect"),
+            signer,
+            state_pack::ledger::DEFAULT_CHECKPOINT_EVERY,
+        ),
+        None => state_pack::ledger::LedgerDb::open(path, signer),
+    }
+    .expect("open the ledger")
+}
+
+/// The ledger of the database at `path`, without a key: reads only.
+pub fn ledger_db_for_reading(path: &Path) -> state_pack::ledger::LedgerDb {
+    match postgres() {
+        Some(_) => state_pack::ledger::LedgerDb::open_db_for_reading(
+            state_pack_postgres::connect(&location(path)).expect("connect"),
+        ),
+        None => state_pack::ledger::LedgerDb::open_for_reading(path),
+    }
+    .expect("open the ledger for reading")
+}
+
 /// The store at `path`, without a key: reads only.
 pub fn open_for_reading(path: &Path) -> Store {
     Store::open_location_for_reading(&location(path)).expect("open the store for reading")

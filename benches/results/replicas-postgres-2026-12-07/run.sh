@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=benches/results/replicas-postgres-2026-12-07
+export CARGO_TARGET_DIR="${STATE_PACK_TARGET_DIR:-$HOME/.cache/state-pack/target}"
 . .ci/llamacpp-env
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(1 2 3)
