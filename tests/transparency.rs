@@ -16,7 +16,6 @@ use state_pack::ledger::checkpoint::Checkpoint;
 use state_pack::ledger::note::{NoteVerifier, COSIGNATURE_V1};
 use state_pack::ledger::witness::{Witness, WitnessError};
 use state_pack::ledger::{stored, LedgerDb, Signer, TrustedCheckpoint, VerifyOptions};
-use state_pack::Store;
 
 fn witness_key() -> Signer {
     Signer::from_seed([77; 32])
