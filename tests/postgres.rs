@@ -262,6 +262,10 @@ mod replicas {
         max_tokens: u32,
         kill_after: Option<usize>,
     ) -> Run {
+        // One run at a time: each starts three servers with their own engines, and two at
+        // once on a small machine measure each other.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_AT_A_TIME.lock().await;
         let (_pg, url) = postgres();
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();

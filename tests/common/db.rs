@@ -36,23 +36,7 @@ pub fn location(path: &Path) -> String {
 
 /// A new, empty database on the Postgres server at `server`; its URL.
 pub fn fresh_database(server: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!(
-        "t_{}_{}_{n}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros())
-    );
-    let admin = state_pack_postgres::connect(server).expect("connect to the test Postgres");
-    admin
-        .execute_batch(&format!("CREATE DATABASE {name}"))
-        .expect("create a test database");
-    match server.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("STATE_PACK_TEST_POSTGRES must end in /<database>: {server}"),
-    }
+    state_pack_postgres::create_database(server).expect("create a test database")
 }
 
 /// The store at `path` (see [`location`]), signed by `signer`.

@@ -161,7 +161,6 @@ pub struct PostgresServer {
     bin: std::path::PathBuf,
     as_postgres: bool,
     port: u16,
-    next_db: std::sync::atomic::AtomicUsize,
 }
 
 impl PostgresServer {
@@ -220,7 +219,6 @@ impl PostgresServer {
             dir,
             as_postgres,
             port: free_port(),
-            next_db: std::sync::atomic::AtomicUsize::new(0),
         };
         let data = server.dir.path().join("data");
         let out = server
@@ -282,15 +280,7 @@ impl PostgresServer {
 
     /// A new, empty database; its URL.
     pub fn fresh_db(&self) -> String {
-        let n = self
-            .next_db
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("t{n}");
-        let admin = state_pack_postgres::connect(&self.url("postgres")).expect("connect");
-        admin
-            .execute_batch(&format!("CREATE DATABASE {name}"))
-            .expect("create database");
-        self.url(&name)
+        state_pack_postgres::create_database(&self.url("postgres")).expect("create database")
     }
 }
 

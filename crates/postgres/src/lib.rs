@@ -72,6 +72,31 @@ pub fn connect(url: &str) -> Result<Db, SqlError> {
     Ok(Db::new(Box::new(backend), label))
 }
 
+/// Creates a new, empty database on the server that `server_url` (the URL of any database
+/// on it, with a role allowed to `CREATE DATABASE`) points at, named uniquely; returns the
+/// new database's URL. For tests and benchmarks, which each want a database of their own.
+pub fn create_database(server_url: &str) -> Result<String, SqlError> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let name = format!("t_{}_{micros}_{n}", std::process::id());
+    let (base, _) = server_url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .filter(|(base, _)| base.contains("://"))
+        .ok_or_else(|| {
+            SqlError::Postgres(format!(
+                "{} does not end in /<database>",
+                masked(server_url)
+            ))
+        })?;
+    connect(server_url)?.execute_batch(&format!("CREATE DATABASE {name}"))?;
+    Ok(format!("{base}/{name}"))
+}
+
 type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
 /// The connection's thread: the client and its prepared statements.

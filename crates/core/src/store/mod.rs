@@ -514,6 +514,39 @@ pub(super) mod tests {
         Signer::from_seed([5; 32])
     }
 
+    /// The store a test keeps at `path`: that SQLite file, or, with
+    /// `STATE_PACK_TEST_POSTGRES` naming a Postgres server (`.ci/run` starts one), a database
+    /// made for `path` the first time it is asked for.
+    pub(crate) fn open_at(path: &Path) -> Store {
+        let Some(server) = std::env::var("STATE_PACK_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+        else {
+            return Store::open(path, key()).unwrap();
+        };
+        static MADE: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap();
+        let url = match made.iter().find(|(p, _)| p == path) {
+            Some((_, url)) => url.clone(),
+            None => {
+                let url = state_pack_postgres::create_database(&server).unwrap();
+                made.push((path.to_path_buf(), url.clone()));
+                url
+            }
+        };
+        Store::open_location(&url, key(), DEFAULT_CHECKPOINT_EVERY).unwrap()
+    }
+
+    /// A throwaway store: in memory, or a fresh Postgres database (see [`open_at`]).
+    pub(crate) fn throwaway() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        match std::env::var("STATE_PACK_TEST_POSTGRES") {
+            Ok(s) if !s.is_empty() => open_at(&dir.path().join("throwaway.db")),
+            _ => Store::open_in_memory(key()).unwrap(),
+        }
+    }
+
     pub(crate) fn op(s: &StoredState) -> OperationRecord {
         let n = s.tokens.len() as u64;
         let measured = Measured {
@@ -546,11 +579,11 @@ pub(super) mod tests {
         let a = state(vec![1, 2, 3], None);
         let b = state(vec![1, 2, 3, 4], Some(a.hash));
         {
-            let mut s = Store::open(&path, key()).unwrap();
+            let mut s = open_at(&path);
             s.record(&a, &op(&a)).unwrap();
             s.record(&b, &op(&b)).unwrap();
         }
-        let s = Store::open(&path, key()).unwrap();
+        let s = open_at(&path);
         assert_eq!(s.state(&b.hash).unwrap().unwrap(), b);
         assert_eq!(s.state_count().unwrap(), 2);
         assert_eq!(s.totals().unwrap().operations, 2);
@@ -559,7 +592,7 @@ pub(super) mod tests {
 
     #[test]
     fn failed_operation_leaves_no_state_row() {
-        let mut s = Store::open_in_memory(key()).unwrap();
+        let mut s = throwaway();
         // The parent does not exist: the foreign key fails inside the transaction.
         let orphan = state(vec![9, 9], Some(StateHash::from_bytes([3; 32])));
         assert!(s.record(&orphan, &op(&orphan)).is_err());

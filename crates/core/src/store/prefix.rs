@@ -141,7 +141,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{key, op, state};
+    use super::super::tests::{op, open_at, state, throwaway};
     use super::*;
 
     fn compacted(tokens: Vec<u32>, replaces: StateHash) -> StoredState {
@@ -166,7 +166,7 @@ mod tests {
         let b = state(vec![1, 2, 3, 4], Some(a.hash));
         let c = compacted(vec![1, 9], b.hash);
         {
-            let mut s = Store::open(&path, key()).unwrap();
+            let mut s = open_at(&path);
             for x in [&a, &b, &c] {
                 s.record(x, &op(x)).unwrap();
             }
@@ -189,14 +189,14 @@ mod tests {
             assert_eq!(found(&s, &[1, 2, 3, 4, 5], 5), None);
         }
         // A writer opening the database fills the index in again.
-        let s = Store::open(&path, key()).unwrap();
+        let s = open_at(&path);
         assert_eq!(found(&s, &[1, 2, 3, 4, 5], 5), Some(b.tokens.clone()));
         assert_eq!(found(&s, &[1, 9, 9], 3), Some(c.tokens));
     }
 
     #[test]
     fn an_index_row_that_disagrees_with_its_state_is_skipped() {
-        let mut s = Store::open_in_memory(key()).unwrap();
+        let mut s = throwaway();
         let a = state(vec![1, 2], None);
         let b = state(vec![1, 2, 3], Some(a.hash));
         let other = state(vec![7, 7, 7, 7], None);
