@@ -198,6 +198,32 @@ async fn the_store_reconnects_after_postgres_restarts() {
     assert!(report.ok(), "{:#?}", report.failures);
 }
 
+/// `graph history` reads a thread's checkpoints from the URL (and never makes a file of it).
+#[tokio::test]
+async fn graph_history_reads_checkpoints_from_postgres() {
+    let (_server, url) = postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_state-pack"))
+        .args(["graph", "history", "--thread", "nothing-here", "--db", &url])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("has no checkpoints"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file made"
+    );
+    // The graph's table is there, made on first use.
+    let db = state_pack_postgres::connect(&url).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM graph_checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
 #[tokio::test]
 async fn an_unreachable_postgres_is_one_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_state-pack"))

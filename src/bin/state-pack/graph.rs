@@ -33,7 +33,7 @@ pub struct Where {
     /// The thread.
     #[arg(long, default_value = "research")]
     thread: String,
-    /// The SQLite database (receipts and checkpoints).
+    /// The database (receipts and checkpoints): an SQLite file or a `postgres://` URL.
     #[arg(long, default_value = "state-pack-graph.db")]
     db: PathBuf,
     /// Print JSON on stdout.
@@ -80,7 +80,7 @@ pub struct ResumeArgs {
 }
 
 pub fn history(w: &Where) -> Result<()> {
-    let history = Checkpointer::open(&w.db)?.history(&w.thread)?;
+    let history = Checkpointer::open_location(&w.db.to_string_lossy())?.history(&w.thread)?;
     if history.is_empty() {
         anyhow::bail!(
             "thread {:?} has no checkpoints in {}",
