@@ -285,6 +285,9 @@ pub enum BenchError {
     /// The restore arm prefilled the state instead of loading its blob.
     #[error("the state was not restored from its KV blob (see the warnings above)")]
     NotRestored,
+    /// Every decode-rate run ended after its first token.
+    #[error("every run ended after one token: there was no decode step to time")]
+    NoDecode,
     /// The peer server failed or is not there.
     #[error("peer: {0}")]
     Peer(String),
@@ -795,4 +798,87 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
     }
+}
+
+/// What [`decode_rate`] measured: greedy generations from one hot prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeReport {
+    /// The engine measured.
+    pub engine: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens asked for a run.
+    pub max_tokens: usize,
+    /// Per run: tokens generated (fewer than asked if the model ended its turn).
+    pub generated: Vec<usize>,
+    /// Per run: the engine's decode time, ms (every generated token after the first, which
+    /// comes from the prompt step's logits).
+    pub decode_ms: Vec<f64>,
+    /// Per run: wall time of the whole request, ms.
+    pub wall_ms: Vec<f64>,
+    /// Median over runs of decode ms per decode step (`decode_ms / (generated - 1)`).
+    pub ms_per_token: f64,
+    /// `1000 / ms_per_token`.
+    pub tokens_per_s: f64,
+}
+
+/// The engine's greedy decode rate: the prompt is prefilled once, then `runs` generations
+/// of up to `max_tokens` tokens each start from it (all of the prompt but its tail is
+/// reused), timed by the engine's own decode clock. The figure isolates what one generated
+/// token costs, which dominates an agent step that writes a tool call.
+pub async fn decode_rate(
+    engine: &dyn Engine,
+    max_tokens: usize,
+    runs: usize,
+    mut on_run: impl FnMut(usize) + Send,
+) -> Result<DecodeReport, BenchError> {
+    if runs == 0 || max_tokens < 2 {
+        return Err(BenchError::Empty);
+    }
+    let t = engine.info().template;
+    let prompt = t.turn(None, Role::System, "You are a careful legal assistant.")?
+        + &t.turn(
+            Some(Role::System),
+            Role::User,
+            "Explain, clause by clause and in detail, what a master services agreement usually contains.",
+        )?
+        + t.reply_prompt();
+    let tokens = engine.tokenize(&prompt).await.map_err(PackError::from)?;
+    engine.prefill(&tokens).await.map_err(PackError::from)?;
+    let sampling = crate::engine::Sampling::greedy(max_tokens);
+    let mut r = DecodeReport {
+        engine: engine.engine_name().to_string(),
+        prompt_tokens: tokens.len(),
+        max_tokens,
+        generated: Vec::new(),
+        decode_ms: Vec::new(),
+        wall_ms: Vec::new(),
+        ms_per_token: 0.0,
+        tokens_per_s: 0.0,
+    };
+    let mut per_token = Vec::new();
+    for run in 0..runs {
+        let g = engine
+            .generate(&tokens, &sampling)
+            .await
+            .map_err(PackError::from)?;
+        let decode_ms = g.usage.decode_time.as_secs_f64() * 1e3;
+        r.generated.push(g.usage.generated);
+        r.decode_ms.push(decode_ms);
+        r.wall_ms.push(g.usage.wall.as_secs_f64() * 1e3);
+        if g.usage.generated > 1 {
+            per_token.push(decode_ms / (g.usage.generated - 1) as f64);
+        }
+        on_run(run);
+    }
+    if per_token.is_empty() {
+        return Err(BenchError::NoDecode);
+    }
+    r.ms_per_token = median(per_token);
+    r.tokens_per_s = if r.ms_per_token > 0.0 {
+        1e3 / r.ms_per_token
+    } else {
+        0.0
+    };
+    Ok(r)
 }

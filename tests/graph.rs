@@ -286,6 +286,60 @@ async fn fan_out_with_send_runs_branches_in_one_step_and_joins_before_the_next()
     );
 }
 
+/// The branches of a `Send` fan-out run at the same time, not one after another: every
+/// branch has started before any has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_branches_overlap_in_time() {
+    let (_dir, c) = checkpointer();
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = spans.clone();
+    let g = StateGraph::<MapReduce>::new()
+        .add_node("plan", |_| async {
+            Ok(MapReduceUpdate {
+                topics: Some((0..4).map(|i| format!("topic {i}")).collect()),
+                ..Default::default()
+            })
+        })
+        .add_node("summarize", move |i: NodeInput<MapReduce>| {
+            let log = log.clone();
+            async move {
+                let start = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                log.lock().unwrap().push((start, std::time::Instant::now()));
+                Ok(MapReduceUpdate {
+                    summaries: Some(vec![i.arg.map(|a| a.to_string()).unwrap_or_default()]),
+                    ..Default::default()
+                })
+            }
+        })
+        .add_edge(START, "plan")
+        .add_conditional_edges(
+            "plan",
+            |s: &MapReduce| {
+                Goto::Many(
+                    s.topics
+                        .iter()
+                        .map(|t| Goto::Send("summarize".into(), t.clone().into()))
+                        .collect(),
+                )
+            },
+            &["summarize"],
+        )
+        .add_edge("summarize", END)
+        .compile(c)
+        .unwrap();
+    let run = g.invoke("overlap", MapReduce::default()).await.unwrap();
+    assert_eq!(run.state.summaries.len(), 4);
+    let spans = spans.lock().unwrap();
+    assert_eq!(spans.len(), 4);
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(
+        last_start < first_end,
+        "a branch started only after another had finished: they ran one after another"
+    );
+}
+
 fn boom() -> Result<NotesUpdate, NodeError> {
     panic!("node bug")
 }

@@ -172,3 +172,93 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
         "failed operations leave no rows"
     );
 }
+
+/// mistral.rs runs requests concurrently (its scheduler batches sequences of equal length
+/// and takes turns between the others): each request gets the tokens it gets alone, and
+/// the prefix-cache reuse it is credited with is its own, not another request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_generations_match_sequential_ones() {
+    use state_pack::engine::Engine;
+    use std::sync::Arc;
+
+    let alone = common::engine().await;
+    let base = alone.tokenize(BASE).await.unwrap();
+    let mut on_base = Vec::new();
+    for q in ["Which clause caps liability?", "Who signs?"] {
+        let mut p = base.clone();
+        p.extend(alone.tokenize(&turn(q)).await.unwrap());
+        on_base.push(p);
+    }
+    let unrelated = alone
+        .tokenize("Rain fell on the quiet harbour town all night, and")
+        .await
+        .unwrap();
+    // Two on the base (different lengths), the unrelated one, and one repeated, so that two
+    // requests have equal lengths and run in one batch.
+    let prompts = [
+        on_base[0].clone(),
+        on_base[1].clone(),
+        unrelated.clone(),
+        on_base[1].clone(),
+    ];
+
+    alone.prefill(&base).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for p in &prompts {
+        one_by_one.push(alone.generate(p, &Sampling::greedy(10)).await.unwrap());
+    }
+    assert_eq!(alone.peak_concurrency(), 1);
+
+    // Above one sequence is experimental on mistral.rs (`MistralRsOptions::max_sequences`):
+    // these short prompts stay within one KV capacity block.
+    let together = Arc::new(
+        state_pack::engine::MistralRsEngine::load(
+            &common::model_path(),
+            state_pack::engine::MistralRsOptions {
+                max_sequences: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(together.max_concurrent() >= prompts.len());
+    together.prefill(&base).await.unwrap();
+    let runs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (e, p) = (Arc::clone(&together), p.clone());
+            tokio::spawn(async move { e.generate(&p, &Sampling::greedy(10)).await })
+        })
+        .collect();
+    let mut batched = Vec::new();
+    for r in runs {
+        batched.push(r.await.unwrap().unwrap());
+    }
+    assert!(
+        together.peak_concurrency() >= 2,
+        "the generations ran one at a time"
+    );
+    for (i, (a, b)) in one_by_one.iter().zip(&batched).enumerate() {
+        assert_eq!(
+            a.tokens, b.tokens,
+            "request {i}: {:?} vs {:?}",
+            a.text, b.text
+        );
+        assert_eq!(b.usage.prefilled + b.usage.reused, prompts[i].len());
+        assert_eq!(b.usage.generated, b.tokens.len());
+    }
+    // Reuse is per request: the first two continue the base, the unrelated one shares
+    // nothing with anything the engine holds.
+    assert!(
+        batched[0].usage.reused >= base.len(),
+        "{:?}",
+        batched[0].usage
+    );
+    assert!(
+        batched[1].usage.reused >= base.len(),
+        "{:?}",
+        batched[1].usage
+    );
+    assert_eq!(batched[2].usage.reused, 0, "{:?}", batched[2].usage);
+}

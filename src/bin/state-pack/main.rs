@@ -12,7 +12,7 @@ mod graph;
 mod measure;
 mod serve;
 
-use measure::{bench_cmd, print_bench, restore_cmd};
+use measure::{bench_cmd, decode_cmd, print_bench, restore_cmd};
 use state_pack::bench::{self, Arm};
 use state_pack::demo::{self, Start, StepTotals};
 use state_pack::engine::{load_engine, ActivationDType, Device, Engine, EngineKind, EngineSpec};
@@ -349,6 +349,9 @@ enum WorkloadArg {
     Serve,
     /// A cold state restored from its KV blob vs prefilled again (llamacpp).
     Restore,
+    /// The greedy decode rate: `--runs` generations of `--tokens-per-step` tokens from one
+    /// hot prompt, timed by the engine (on every engine with `--compare-engines`).
+    Decode,
 }
 
 #[derive(Subcommand)]
@@ -496,6 +499,27 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                 }
                 WorkloadArg::Restore => {
                     restore_cmd(model_path, &cache, spec, state_tokens, runs, json).await?;
+                    return Ok(true);
+                }
+                WorkloadArg::Decode => {
+                    let engines = if compare_engines {
+                        EngineKind::ALL
+                            .into_iter()
+                            .filter(|k| k.available())
+                            .collect()
+                    } else {
+                        vec![cli.engine]
+                    };
+                    decode_cmd(
+                        model_path,
+                        &cache,
+                        spec,
+                        &engines,
+                        tokens_per_step,
+                        runs,
+                        json,
+                    )
+                    .await?;
                     return Ok(true);
                 }
             };

@@ -220,3 +220,40 @@ pub(crate) fn memory_usage() -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// `bench --workload decode`: each engine's greedy decode rate, one after the other.
+pub(crate) async fn decode_cmd(
+    model: Option<&Path>,
+    cache: &Path,
+    spec: EngineSpec,
+    engines: &[EngineKind],
+    tokens: usize,
+    runs: usize,
+    json: bool,
+) -> Result<()> {
+    let mut reports = Vec::new();
+    for &kind in engines {
+        let engine = load(model, cache, EngineSpec { kind, ..spec }).await?;
+        let bar = ProgressBar::new(runs as u64).with_message(format!("{kind} decode"));
+        let report = bench::decode_rate(engine.as_ref(), tokens, runs, |_| bar.inc(1)).await?;
+        bar.finish_and_clear();
+        drop(engine);
+        if !json {
+            println!(
+                "{:<10} {:>7.2} ms/token  {:>7.1} tokens/s  (median of {} runs; generated {:?} of {} each; prompt {} tokens)",
+                report.engine,
+                report.ms_per_token,
+                report.tokens_per_s,
+                runs,
+                report.generated,
+                tokens,
+                report.prompt_tokens
+            );
+        }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,9 +90,13 @@ pub struct MistralRsEngine {
     info: ModelInfo,
     eos: Vec<u32>,
     mirror: Mutex<PrefixCacheMirror>,
-    // One request at a time: the engine's counters are read before and after each request,
-    // and on two cores batching would not help a single agent anyway.
-    turn: tokio::sync::Mutex<()>,
+    /// Sequences mistral.rs's scheduler runs at once ([`MistralRsOptions::max_sequences`]).
+    max_sequences: usize,
+    /// Requests begun, and requests running now: the mirror's prediction is checked only
+    /// for a request that ran alone (concurrent requests change the cache under it).
+    begun: AtomicUsize,
+    running: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl MistralRsEngine {
@@ -192,12 +197,12 @@ impl MistralRsEngine {
             let p = pipeline.lock().await;
             p.get_metadata().eos_tok.clone()
         };
+        let max_sequences = std::num::NonZeroUsize::new(options.max_sequences)
+            .ok_or_else(|| load_err(path, "max_sequences must be at least 1"))?;
         let runner = MistralRsBuilder::new(
             pipeline,
             SchedulerConfig::DefaultScheduler {
-                method: DefaultSchedulerMethod::Fixed(
-                    std::num::NonZeroUsize::new(1).expect("1 is non-zero"),
-                ),
+                method: DefaultSchedulerMethod::Fixed(max_sequences),
             },
             false,
             None,
@@ -240,20 +245,22 @@ impl MistralRsEngine {
                 entries: VecDeque::new(),
                 capacity: options.prefix_cache_entries,
             }),
-            turn: tokio::sync::Mutex::new(()),
+            max_sequences: max_sequences.get(),
+            begun: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         })
     }
 
-    fn cache_counters(&self) -> Result<(usize, usize), EngineError> {
+    /// Prompt tokens request `id` was served from the prefix cache: counted per request by
+    /// our patch (`vendor/README.md`), so concurrent requests each get their own.
+    fn reused_by(&self, id: usize) -> Result<usize, EngineError> {
         let logger = self
             .model
             .inner()
             .get_logger(None)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        Ok((
-            logger.prefix_cache_stats().0,
-            logger.prefix_cache_tokens_reused(),
-        ))
+        Ok(logger.take_prefix_cache_tokens_reused(id))
     }
 
     fn mirror(&self) -> std::sync::MutexGuard<'_, PrefixCacheMirror> {
@@ -268,10 +275,32 @@ impl MistralRsEngine {
         sink: Option<TokenSink>,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
-        let _turn = self.turn.lock().await;
         let predicted = self.mirror().predicted_reuse(prompt);
-        let (hits_before, reused_before) = self.cache_counters()?;
+        let ticket = self.begun.fetch_add(1, Ordering::SeqCst);
+        let before = self.running.fetch_add(1, Ordering::SeqCst);
+        self.peak.fetch_max(before + 1, Ordering::SeqCst);
+        let alone_at_start = before == 0;
+        let result = self.run_one(prompt, sampling, sink).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let alone = alone_at_start && self.begun.load(Ordering::SeqCst) == ticket + 1;
+        let generation = result?;
+        let reused = generation.usage.reused;
+        if alone && reused != predicted {
+            warn!(
+                predicted,
+                reused,
+                "prefix-cache mirror disagrees with the engine; reporting the engine's count"
+            );
+        }
+        Ok(generation)
+    }
 
+    async fn run_one(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+    ) -> Result<Generation, EngineError> {
         let mut params = SamplingParams::deterministic();
         params.max_len = Some(sampling.max_tokens);
         let forwarder = sink.map(|sink| {
@@ -299,11 +328,12 @@ impl MistralRsEngine {
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let runner = self.model.inner();
+        let id = runner.next_request_id();
         let mut request = NormalRequest::new_simple(
             RequestMessage::CompletionTokens(prompt.to_vec()),
             params,
             tx,
-            runner.next_request_id(),
+            id,
             None,
             None,
         );
@@ -335,16 +365,7 @@ impl MistralRsEngine {
             }
         };
         let wall = wall.elapsed();
-        let (hits_after, reused_after) = self.cache_counters()?;
-        let reused = reused_after.saturating_sub(reused_before);
-        if reused != predicted {
-            warn!(
-                predicted,
-                reused,
-                hit = hits_after > hits_before,
-                "prefix-cache mirror disagrees with the engine; reporting the engine's count"
-            );
-        }
+        let reused = self.reused_by(id)?;
 
         let choice = response
             .choices
@@ -404,6 +425,11 @@ impl MistralRsEngine {
             },
             tokens,
         })
+    }
+
+    /// The most requests this engine has had running at once.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
 
     /// The model's end-of-sequence token ids.
@@ -493,6 +519,10 @@ impl Engine for MistralRsEngine {
         self.run(prompt, sampling, Some(sink))
             .instrument(span)
             .await
+    }
+
+    fn max_concurrent(&self) -> usize {
+        self.max_sequences
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {

@@ -579,6 +579,8 @@ pub async fn load_engine(
                     requantize_q8: spec.requantize_q8,
                     chat_template: spec.chat_template,
                     device: spec.device,
+                    // One at a time: see `MistralRsOptions::max_sequences`.
+                    max_sequences: 1,
                 },
             )
             .await?,

@@ -72,6 +72,12 @@ pub struct MistralRsOptions {
     pub chat_template: Option<crate::template::ChatTemplate>,
     /// Where to run: the CPU, or a CUDA GPU (a build with the cargo feature `cuda`).
     pub device: Device,
+    /// Requests mistral.rs's scheduler runs at once (its `max_seqs`); at least 1 (the
+    /// default). It batches sequences of equal length into one forward pass and takes turns
+    /// between the others. Above 1 is experimental: mistral.rs 0.8.1 panics when it batches
+    /// two sequences whose KV caches grew to different capacities (`clone_in_cache`), which
+    /// concurrent agents reach within a few steps; each request's reuse is its own either way.
+    pub max_sequences: usize,
 }
 
 impl Default for MistralRsOptions {
@@ -82,6 +88,7 @@ impl Default for MistralRsOptions {
             requantize_q8: true,
             chat_template: None,
             device: Device::Cpu,
+            max_sequences: 1,
         }
     }
 }

@@ -708,6 +708,9 @@ impl Engine {
                 }) => {
                     self.logger.add_prefix_cache_hit();
                     self.logger.add_prefix_cache_tokens_reused(offset);
+                    // state-pack patch: and for this request alone.
+                    self.logger
+                        .add_prefix_cache_tokens_reused_for(request.id, offset);
 
                     // Restore recurrent state for hybrid models
                     if let Some(snapshots) = recurrent_snapshots {

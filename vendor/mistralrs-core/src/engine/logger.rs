@@ -1,7 +1,8 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ pub struct IntervalLogger {
     prefix_cache_hits: Arc<AtomicUsize>,
     // state-pack patch: how many prompt tokens prefix-cache hits let the engine skip.
     prefix_cache_tokens_reused: Arc<AtomicUsize>,
+    // state-pack patch: the same count per request id, taken by the caller once it has the
+    // response (the cumulative count cannot be attributed when requests run concurrently).
+    prefix_cache_tokens_reused_by_request: Arc<Mutex<HashMap<usize, usize>>>,
     tokens_processed: Arc<AtomicUsize>,
     total_new_seqs: Arc<AtomicUsize>,
     num_running: Arc<AtomicUsize>,
@@ -93,6 +97,7 @@ impl IntervalLogger {
         Self {
             prefix_cache_hits,
             prefix_cache_tokens_reused: Arc::new(AtomicUsize::new(0)),
+            prefix_cache_tokens_reused_by_request: Arc::new(Mutex::new(HashMap::new())),
             tokens_processed,
             total_new_seqs,
             enable_logging,
@@ -139,6 +144,33 @@ impl IntervalLogger {
     pub fn add_prefix_cache_tokens_reused(&self, n: usize) {
         self.prefix_cache_tokens_reused
             .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// state-pack patch: record that request `id`'s prefix-cache hit skipped `n` prompt
+    /// tokens. At most 4,096 entries are kept: the smallest ids (the oldest requests, whose
+    /// callers never took them) go first.
+    pub fn add_prefix_cache_tokens_reused_for(&self, id: usize, n: usize) {
+        let mut map = self
+            .prefix_cache_tokens_reused_by_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *map.entry(id).or_insert(0) += n;
+        while map.len() > 4096 {
+            let Some(oldest) = map.keys().min().copied() else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+    }
+
+    /// state-pack patch: take the prompt tokens request `id` was served from the prefix
+    /// cache (0 when it had no hit).
+    pub fn take_prefix_cache_tokens_reused(&self, id: usize) -> usize {
+        self.prefix_cache_tokens_reused_by_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .unwrap_or(0)
     }
 
     /// state-pack patch: cumulative prompt tokens served from the prefix cache.

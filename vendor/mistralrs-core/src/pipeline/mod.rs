@@ -423,6 +423,39 @@ impl ForwardInputsResult {
     }
 }
 
+/// state-pack patch: on the CPU, run the forward pass on a rayon worker thread. candle
+/// parallelises each matmul (and our patched flash attention) with rayon; called from a
+/// thread outside the pool, every one of those hundreds of operations per token hands its
+/// work to the pool and blocks on a futex until it is done, and the pool's workers sleep
+/// and wake each time. Called from a worker, they split work with `join` and steal it
+/// instead, with one handoff per forward pass (`docs/PERFORMANCE.md`). A GPU forward pass
+/// stays on the calling thread, where its device context is bound.
+fn forward_on_cpu_pool<P: Pipeline + ?Sized>(
+    pipeline: &mut P,
+    inputs: Box<dyn Any>,
+    return_raw_logits: bool,
+) -> Result<ForwardInputsResult, candle_core::Error> {
+    if !pipeline.device().is_cpu() {
+        return pipeline.forward_inputs(inputs, return_raw_logits);
+    }
+    struct AssertSend<T>(T);
+    // SAFETY: the boxed inputs (tensors and plain metadata) move to one rayon worker, and
+    // the result back, while this thread waits inside `rayon::scope`; nothing else holds
+    // them meanwhile.
+    unsafe impl<T> Send for AssertSend<T> {}
+    impl<T> AssertSend<T> {
+        fn into_inner(self) -> T {
+            self.0
+        }
+    }
+    let inputs = AssertSend(inputs);
+    rayon::scope(move |_| {
+        let inputs = inputs.into_inner();
+        AssertSend(pipeline.forward_inputs(inputs, return_raw_logits))
+    })
+    .into_inner()
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileListCache {
     files: Vec<String>,
@@ -503,7 +536,7 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_on_cpu_pool(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +772,7 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_on_cpu_pool(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

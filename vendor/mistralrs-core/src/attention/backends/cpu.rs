@@ -5,9 +5,7 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
-use rayon::ThreadPool;
 
-use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
 // Optional hardware prefetch for ping‑pong style scheduling.
@@ -39,6 +37,7 @@ unsafe fn prefetch(_addr: *const u8) {}
 use crate::attention::SdpaParams;
 
 #[cfg(target_os = "macos")]
+#[allow(dead_code)] // state-pack patch: the pool that called it is gone (below)
 /// Elevate the thread QoS so macOS prefers running it on Performance (P) cores.
 unsafe fn set_thread_affinity() {
     // USER_INTERACTIVE has the highest scheduling priority that user code
@@ -50,20 +49,24 @@ unsafe fn set_thread_affinity() {
 
 #[cfg(not(target_os = "macos"))]
 #[inline(always)]
+#[allow(dead_code)] // state-pack patch: the pool that called it is gone (below)
 unsafe fn set_thread_affinity() {
     // On non‑macOS platforms we currently leave affinity untouched.
 }
 
-/// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
-/// start handler that applies our affinity hint exactly once.
-static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
-    rayon::ThreadPoolBuilder::new()
-        .start_handler(|_| unsafe {
-            set_thread_affinity();
-        })
-        .build()
-        .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
-});
+// state-pack patch: the flash-attention kernels run on rayon's global pool, the one
+// candle's matmuls use. Upstream built a second pool (one more worker per core) whose idle
+// workers spin in sched_yield between attention calls, taking the CPU from the matmul
+// workers: on 2 cores, a quarter of a decode step's CPU time (`docs/PERFORMANCE.md`).
+struct GlobalPool;
+
+impl GlobalPool {
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+}
+
+static FLASH_ATTN_POOL: GlobalPool = GlobalPool;
 
 const DOT_CHUNK: usize = 4;
 
