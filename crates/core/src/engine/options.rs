@@ -73,10 +73,13 @@ pub struct MistralRsOptions {
     /// Where to run: the CPU, or a CUDA GPU (a build with the cargo feature `cuda`).
     pub device: Device,
     /// Requests mistral.rs's scheduler runs at once (its `max_seqs`); at least 1 (the
-    /// default). It batches sequences of equal length into one forward pass and takes turns
-    /// between the others. Above 1 is experimental: mistral.rs 0.8.1 panics when it batches
-    /// two sequences whose KV caches grew to different capacities (`clone_in_cache`), which
-    /// concurrent agents reach within a few steps; each request's reuse is its own either way.
+    /// default, and what `load_engine` and the server use). It batches sequences of equal
+    /// length into one forward pass and takes turns between the others, copying each one's KV
+    /// in and out of the batch at every switch. Each request gets the tokens it gets alone and
+    /// its own reuse count (a vendor patch, `vendor/README.md` row 11, pads unequal KV
+    /// capacities, where 0.8.1 panicked), but agents of different lengths are far slower
+    /// together than one at a time: 8 demo agents x 3 steps took 529 s at 8 against 14 s at 1
+    /// on 2 CPU cores (`docs/PERFORMANCE.md`, section 9).
     pub max_sequences: usize,
 }
 

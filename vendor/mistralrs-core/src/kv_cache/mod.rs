@@ -269,12 +269,13 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
     ) {
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
+        let mut capacities = Vec::new();
 
         for layer in 0..pipeline.get_metadata().num_hidden_layers {
             // Preallocate combined k and v caches across all sequences, avoiding Tensor::cat copies
             let batch_len = seqs.len();
             // Use the first sequence as template
-            let (first_k, first_v) = {
+            let (first_k, first_v, seq_dim) = {
                 let src_cache = if modify_draft_cache {
                     seqs[0].normal_draft_cache()
                 } else {
@@ -283,18 +284,20 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 let Some(cache) = src_cache.get(layer).unwrap().as_ref() else {
                     new_k_cache.push(None);
                     new_v_cache.push(None);
+                    capacities.push(None);
                     continue;
                 };
                 match cache {
                     KvCache::Normal { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap(), k.dim)
                     }
                     KvCache::Rotating { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap(), k.dim)
                     }
                     KvCache::Shared { .. } => {
                         new_k_cache.push(None);
                         new_v_cache.push(None);
+                        capacities.push(None);
                         continue;
                     }
                 }
@@ -304,6 +307,30 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             let mut dims_v = first_v.dims().to_vec();
             dims_k[0] *= batch_len;
             dims_v[0] *= batch_len;
+            // state-pack patch: sequences of one length can hold caches of different
+            // capacities (a cache grows in steps; one taken from the prefix cache keeps the
+            // capacity it had). Upstream sizes the batch by the first sequence and panics in
+            // `slice_set` on a wider one ("shape mismatch on dim 2, 1024 <> 512"). Size the
+            // batch by the widest and pad the narrower ones with zeros past their end.
+            let mut widest = first_k.dims()[seq_dim];
+            for seq in seqs.iter_mut() {
+                let src_cache = if modify_draft_cache {
+                    seq.normal_draft_cache()
+                } else {
+                    seq.normal_cache()
+                };
+                let data = match src_cache.get(layer).and_then(|c| c.as_ref()) {
+                    Some(KvCache::Normal { k, .. }) => k.all_data.as_ref(),
+                    Some(KvCache::Rotating { k, .. }) => k.all_data.as_ref(),
+                    _ => None,
+                };
+                if let Some(data) = data {
+                    widest = widest.max(data.dims()[seq_dim]);
+                }
+            }
+            dims_k[seq_dim] = widest;
+            dims_v[seq_dim] = widest;
+            capacities.push(Some(widest));
             let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
             let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
             // Fill each sequence's cache slice
@@ -325,6 +352,15 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     }
                     KvCache::Shared { .. } => continue,
                 };
+                let pad = |t: Tensor| {
+                    let have = t.dims()[seq_dim];
+                    if have < widest {
+                        t.pad_with_zeros(seq_dim, 0, widest - have).unwrap()
+                    } else {
+                        t
+                    }
+                };
+                let (src_k, src_v) = (pad(src_k), pad(src_v));
                 let offset = i * first_k.dims()[0];
                 batch_k.slice_set(&src_k, 0, offset).unwrap();
                 batch_v.slice_set(&src_v, 0, offset).unwrap();
@@ -354,7 +390,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl =
+                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {
@@ -377,7 +414,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl =
+                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Rotating {
                         k: RotatingCache {
