@@ -203,14 +203,6 @@ async fn concurrent_generations_match_sequential_ones() {
     ];
 
     alone.prefill(&base).await.unwrap();
-    let mut one_by_one = Vec::new();
-    for p in &prompts {
-        one_by_one.push(alone.generate(p, &Sampling::greedy(10)).await.unwrap());
-    }
-    assert_eq!(alone.peak_concurrency(), 1);
-
-    // Above one sequence is experimental on mistral.rs (`MistralRsOptions::max_sequences`):
-    // these short prompts stay within one KV capacity block.
     let together = Arc::new(
         state_pack::engine::MistralRsEngine::load(
             &common::model_path(),
@@ -224,30 +216,18 @@ async fn concurrent_generations_match_sequential_ones() {
     );
     assert!(together.max_concurrent() >= prompts.len());
     together.prefill(&base).await.unwrap();
-    let runs: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let (e, p) = (Arc::clone(&together), p.clone());
-            tokio::spawn(async move { e.generate(&p, &Sampling::greedy(10)).await })
-        })
-        .collect();
-    let mut batched = Vec::new();
-    for r in runs {
-        batched.push(r.await.unwrap().unwrap());
-    }
+    let batched = common::concurrency::batched_match_sequential(
+        &*alone,
+        Arc::clone(&together),
+        &prompts,
+        |_| Sampling::greedy(10),
+    )
+    .await;
+    assert_eq!(alone.peak_concurrency(), 1);
     assert!(
         together.peak_concurrency() >= 2,
         "the generations ran one at a time"
     );
-    for (i, (a, b)) in one_by_one.iter().zip(&batched).enumerate() {
-        assert_eq!(
-            a.tokens, b.tokens,
-            "request {i}: {:?} vs {:?}",
-            a.text, b.text
-        );
-        assert_eq!(b.usage.prefilled + b.usage.reused, prompts[i].len());
-        assert_eq!(b.usage.generated, b.tokens.len());
-    }
     // Reuse is per request: the first two continue the base, the unrelated one shares
     // nothing with anything the engine holds.
     assert!(

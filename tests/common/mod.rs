@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bytes;
+pub mod concurrency;
 pub mod db;
 pub mod fuzz;
 pub mod http;

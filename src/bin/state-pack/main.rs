@@ -502,19 +502,11 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                     return Ok(true);
                 }
                 WorkloadArg::Decode => {
-                    let engines = if compare_engines {
-                        EngineKind::ALL
-                            .into_iter()
-                            .filter(|k| k.available())
-                            .collect()
-                    } else {
-                        vec![cli.engine]
-                    };
                     decode_cmd(
                         model_path,
                         &cache,
                         spec,
-                        &engines,
+                        &bench_engines(cli.engine, compare_engines),
                         tokens_per_step,
                         runs,
                         json,
@@ -523,17 +515,7 @@ async fn dispatch(cli: Cli) -> Result<bool> {
                     return Ok(true);
                 }
             };
-            let engines = if compare_engines && cli.engine == EngineKind::Remote {
-                // A server beside the in-process engine that runs the same llama.cpp code.
-                vec![EngineKind::Remote, EngineKind::LlamaCpp]
-            } else if compare_engines {
-                EngineKind::ALL
-                    .into_iter()
-                    .filter(|k| k.available())
-                    .collect()
-            } else {
-                vec![cli.engine]
-            };
+            let engines = bench_engines(cli.engine, compare_engines);
             let peer = match &peer {
                 Some(url) => Some(bench::Peer::connect(url).await?),
                 None => None,
@@ -698,6 +680,22 @@ async fn connect_remote(tokenizer: &Path, spec: EngineSpec) -> Result<Arc<dyn En
 #[cfg(not(feature = "llamacpp"))]
 async fn connect_remote(_tokenizer: &Path, _spec: EngineSpec) -> Result<Arc<dyn Engine>> {
     anyhow::bail!("this build has no remote engine: rebuild with `--features llamacpp` (it reads the model's vocabulary with llama.cpp)")
+}
+
+/// The engines a bench measures: the one named, or with `--compare-engines` every engine
+/// this build has; a remote engine is compared with the in-process llama.cpp, the same code
+/// on the server's side.
+fn bench_engines(named: EngineKind, compare_engines: bool) -> Vec<EngineKind> {
+    if compare_engines && named == EngineKind::Remote {
+        vec![EngineKind::Remote, EngineKind::LlamaCpp]
+    } else if compare_engines {
+        EngineKind::ALL
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    } else {
+        vec![named]
+    }
 }
 
 fn ms(d: std::time::Duration) -> f64 {

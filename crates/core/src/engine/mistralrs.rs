@@ -352,7 +352,11 @@ impl MistralRsEngine {
             .send(Request::Normal(Box::new(request)))
             .await
             .map_err(|e| EngineError::Failed(format!("engine stopped: {e}")))?;
-        let response = match rx.recv().await {
+        let answer = rx.recv().await;
+        // Taken whatever the answer, so that a failed request leaves no entry behind in the
+        // patched per-request counter.
+        let reused = self.reused_by(id);
+        let response = match answer {
             Some(Response::CompletionDone(r)) => r,
             Some(Response::ValidationError(e)) => return Err(EngineError::Rejected(e.to_string())),
             Some(Response::InternalError(e)) => return Err(EngineError::Failed(e.to_string())),
@@ -365,7 +369,7 @@ impl MistralRsEngine {
             }
         };
         let wall = wall.elapsed();
-        let reused = self.reused_by(id)?;
+        let reused = reused?;
 
         let choice = response
             .choices
