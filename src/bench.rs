@@ -818,12 +818,9 @@ pub async fn decode_rate(
     }
     let t = engine.info().template;
     let prompt = t.turn(None, Role::System, "You are a careful legal assistant.")?
-        + &t.turn(
-            Some(Role::System),
-            Role::User,
+        + &t.first_request(
             "Explain, clause by clause and in detail, what a master services agreement usually contains.",
-        )?
-        + t.reply_prompt();
+        )?;
     let tokens = engine.tokenize(&prompt).await.map_err(PackError::from)?;
     engine.prefill(&tokens).await.map_err(PackError::from)?;
     let sampling = crate::engine::Sampling::greedy(max_tokens);
