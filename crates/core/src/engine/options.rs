@@ -76,10 +76,12 @@ pub struct MistralRsOptions {
     /// default, and what `load_engine` and the server use). It batches sequences of equal
     /// length into one forward pass and takes turns between the others, copying each one's KV
     /// in and out of the batch at every switch. Each request gets the tokens it gets alone and
-    /// its own reuse count (a vendor patch, `vendor/README.md` row 11, pads unequal KV
-    /// capacities, where 0.8.1 panicked), but agents of different lengths are far slower
-    /// together than one at a time: 8 demo agents x 3 steps took 529 s at 8 against 14 s at 1
-    /// on 2 CPU cores (`docs/PERFORMANCE.md`, section 9).
+    /// its own reuse count (vendor patches, `vendor/README.md` rows 11-13: unequal KV
+    /// capacities are padded, where 0.8.1 panicked; each sequence of a batched decode step
+    /// gets its own attention output, where 0.8.1 gave all of them the last one's; a sequence
+    /// set aside for a step is not re-run as a prompt), but agents of different lengths are
+    /// far slower together than one at a time: 8 demo agents x 3 steps took 529 s at 8
+    /// against 14 s at 1 on 2 CPU cores, before patch 13 (`docs/PERFORMANCE.md`, section 9).
     pub max_sequences: usize,
 }
 

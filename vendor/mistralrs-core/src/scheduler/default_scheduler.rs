@@ -223,8 +223,17 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 };
             }
             (_, 0) => {
+                // state-pack patch: the waiting list also holds running sequences that the
+                // bucketing below set aside for a step (their state unchanged). Upstream made
+                // every one of them a prompt again here, so a sequence set aside mid-decode
+                // was re-run as a prompt: a full re-prefill, or, for one that began with a
+                // prefix-cache hit, its prompt tokens appended a second time to a cache that
+                // already held them and its decode went on from corrupted KV. Only a sequence
+                // that is really waiting becomes a prompt; the others go on as completions.
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
+                    if seq.is_waiting() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
                     self.running.push(seq);
                 }
                 self.waiting = Backer::new();
@@ -232,9 +241,18 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                let mut completion = Vec::new();
+                let mut prompt = Vec::new();
+                for seq in &mut self.running {
+                    if seq.is_completion() {
+                        completion.push(seq);
+                    } else {
+                        prompt.push(seq);
+                    }
+                }
                 return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             (0, _) => {
