@@ -68,27 +68,43 @@ impl GlobalPool {
 
 static FLASH_ATTN_POOL: GlobalPool = GlobalPool;
 
-const DOT_CHUNK: usize = 4;
+// state-pack patch: 8 lanes (one AVX2 register of f32) instead of a chain of 4.
+const DOT_CHUNK: usize = 8;
 
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
 /// Unrolled dot‑product that works purely in `f32`.
+///
+/// state-pack patch: upstream summed each chunk of 4 products into one running sum, a
+/// chain of dependent scalar adds the compiler may not reorder; on the default model this
+/// dot product was the largest cost of the CPU attention, which is most of the cost of a
+/// prompt over a long context. Here each of 8 lanes keeps its own sum (one vector register,
+/// no bounds checks), added pairwise at the end. The order of the additions differs from
+/// upstream's, so results can differ from it in the last bits.
 #[inline]
 fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let mut sum = 0f32;
-    let chunks = a.len() / DOT_CHUNK;
-    for i in 0..chunks {
-        let i_chunk = i * DOT_CHUNK;
-        sum += a[i_chunk].to_f32() * b[i_chunk].to_f32()
-            + a[i_chunk + 1].to_f32() * b[i_chunk + 1].to_f32()
-            + a[i_chunk + 2].to_f32() * b[i_chunk + 2].to_f32()
-            + a[i_chunk + 3].to_f32() * b[i_chunk + 3].to_f32();
+    let mut acc = [0f32; DOT_CHUNK];
+    let (a_chunks, b_chunks) = (a.chunks_exact(DOT_CHUNK), b.chunks_exact(DOT_CHUNK));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..DOT_CHUNK {
+            acc[lane] += x[lane].to_f32() * y[lane].to_f32();
+        }
     }
-    for i in (chunks * DOT_CHUNK)..a.len() {
-        sum += a[i].to_f32() * b[i].to_f32();
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += x.to_f32() * y.to_f32();
     }
     sum
+}
+
+/// state-pack patch: `acc += v * w` over a row, without bounds checks, so that it vectorizes.
+#[inline]
+fn axpy_f32<T: UpcastF32 + Copy>(acc: &mut [f32], v: &[T], w: f32) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a += x.to_f32() * w;
+    }
 }
 
 #[inline]
@@ -229,6 +245,40 @@ impl<'a> MaskInfo<'a> {
         } else {
             0.0
         }
+    }
+
+    /// state-pack patch: the mask of one query row. In every layout `mask_offset` knows, the
+    /// offset of `kv_pos` is the row's offset plus `kv_pos` clamped to the last dimension, so
+    /// the row is found once instead of once per key (a match and several clamps per key).
+    #[inline]
+    fn row(&self, b_i: usize, h_i: usize, q_pos: usize) -> MaskRow<'a> {
+        let base = mask_offset(self.dims, self.b, self.h, b_i, h_i, q_pos, 0);
+        MaskRow {
+            data: self.data,
+            base,
+            kv_dim: self.dims.last().copied(),
+        }
+    }
+}
+
+/// state-pack patch: [`MaskInfo::row`].
+struct MaskRow<'a> {
+    data: &'a [f32],
+    base: Option<usize>,
+    kv_dim: Option<usize>,
+}
+
+impl MaskRow<'_> {
+    #[inline]
+    fn value(&self, kv_pos: usize) -> f32 {
+        let Some(base) = self.base else {
+            return 0.0;
+        };
+        let idx = match self.kv_dim {
+            Some(kv_dim) => base + clamp_index(kv_pos, kv_dim),
+            None => base,
+        };
+        *self.data.get(idx).unwrap_or(&0.0)
     }
 }
 
@@ -517,9 +567,7 @@ where
 
                         // -------- add V ----------
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for d_i in 0..dv {
-                            vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                        }
+                        axpy_f32(vkq, &v_data[v_base..v_base + dv], vs);
 
                         s = s * ms + vs;
                     }
@@ -650,6 +698,7 @@ where
                 // Q row
                 let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
                 let q_row = &q_data[q_base..q_base + d];
+                let mask_row = mask_info.as_ref().map(|mask| mask.row(b_i, h_i, q_pos));
 
                 for kv_pos in 0..kv_len {
                     // -------- ping‑pong prefetch of next KV row --------
@@ -669,9 +718,9 @@ where
                     }
                     // ----------------------------------------------------
                     // Mask (optional)
-                    let mv = mask_info
+                    let mv = mask_row
                         .as_ref()
-                        .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
+                        .map(|row| slope * row.value(kv_pos))
                         .unwrap_or(0.0);
                     if mv == f32::NEG_INFINITY {
                         continue;
@@ -709,9 +758,7 @@ where
 
                     // V row (strided) as f32
                     let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    for d_i in 0..dv {
-                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                    }
+                    axpy_f32(&mut vkq, &v_data[v_base..v_base + dv], vs);
 
                     s = s * ms + vs;
                 }
