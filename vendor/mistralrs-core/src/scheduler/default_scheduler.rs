@@ -241,19 +241,7 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
-                let mut completion = Vec::new();
-                let mut prompt = Vec::new();
-                for seq in &mut self.running {
-                    if seq.is_completion() {
-                        completion.push(seq);
-                    } else {
-                        prompt.push(seq);
-                    }
-                }
-                return DefaultSchedulerOutput {
-                    prompt: prompt.into(),
-                    completion: completion.into(),
-                };
+                return self.running_output();
             }
             (0, _) => {
                 self.running = self.bucket_and_waitlist_seqs(running);
@@ -302,6 +290,12 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
         logger.set_num_running(self.running.len());
         logger.set_num_waiting(self.waiting.len());
 
+        self.running_output()
+    }
+
+    /// The running sequences, split into those decoding and those still on their prompt
+    /// (state-pack patch: one split for both branches of `schedule` that take prompts).
+    fn running_output(&mut self) -> DefaultSchedulerOutput<'_> {
         let mut completion = Vec::new();
         let mut prompt = Vec::new();
         for seq in &mut self.running {
@@ -311,7 +305,6 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 prompt.push(seq);
             }
         }
-
         DefaultSchedulerOutput {
             completion: completion.into(),
             prompt: prompt.into(),

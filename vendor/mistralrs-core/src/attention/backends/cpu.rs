@@ -70,6 +70,8 @@ static FLASH_ATTN_POOL: GlobalPool = GlobalPool;
 
 // state-pack patch: 8 lanes (one AVX2 register of f32) instead of a chain of 4.
 const DOT_CHUNK: usize = 8;
+// `vec_dot_f32` adds its lanes in a tree written out for 8 of them.
+const _: () = assert!(DOT_CHUNK == 8, "vec_dot_f32's lane sum is written for 8 lanes");
 
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
