@@ -248,3 +248,40 @@ async fn concurrent_generations_match_sequential_ones() {
     );
     assert_eq!(batched[2].usage.reused, 0, "{:?}", batched[2].usage);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_engine_runs_as_many_mistralrs_sequences_as_asked() {
+    use state_pack::engine::{load_engine, EngineKind, EngineSpec};
+
+    let default = load_engine(
+        &common::model_path(),
+        EngineSpec::new(EngineKind::MistralRs),
+    )
+    .await
+    .unwrap();
+    assert_eq!(default.max_concurrent(), 1);
+    let three = load_engine(
+        &common::model_path(),
+        EngineSpec {
+            mistralrs_sequences: 3,
+            ..EngineSpec::new(EngineKind::MistralRs)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(three.max_concurrent(), 3);
+    let none = load_engine(
+        &common::model_path(),
+        EngineSpec {
+            mistralrs_sequences: 0,
+            ..EngineSpec::new(EngineKind::MistralRs)
+        },
+    )
+    .await;
+    assert!(
+        none.as_ref()
+            .is_err_and(|e| e.to_string().contains("max_sequences")),
+        "{:?}",
+        none.err()
+    );
+}

@@ -85,6 +85,12 @@ struct Cli {
     /// within Q8_0's rounding of the file's weights). `false` or `0` runs the file's weights.
     #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_Q8", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     requantize_q8: bool,
+    /// mistral.rs: requests its scheduler runs at once. It batches only requests whose
+    /// sequences have one length and takes turns between the others, copying their KV in and
+    /// out of the batch at every switch, so agents of different lengths are usually faster one
+    /// at a time (docs/PERFORMANCE.md, section 9); `serve` admits as many at once by default.
+    #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_SEQUENCES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    mistralrs_sequences: u16,
     /// The model's chat template: chatml, llama3, gemma, phi3 or mistral [default: the one
     /// the model file names].
     #[arg(long, global = true, env = "STATE_PACK_CHAT_TEMPLATE", value_parser = chat_template)]
@@ -163,6 +169,7 @@ impl Cli {
             chat_template: self.chat_template,
             device: self.device,
             kv_budget_bytes: self.kv_budget_mib.map_or(0, |m| m << 20),
+            mistralrs_sequences: usize::from(self.mistralrs_sequences),
             ..EngineSpec::new(self.engine)
         }
     }

@@ -522,6 +522,9 @@ pub struct EngineSpec {
     /// (the training context, at most 8,192 tokens). mistral.rs counts hot states, not
     /// bytes, and refuses a budget.
     pub kv_budget_bytes: u64,
+    /// mistral.rs: sequences its scheduler runs at once
+    /// ([`MistralRsOptions::max_sequences`]; 1 by default, as there).
+    pub mistralrs_sequences: usize,
 }
 
 impl EngineSpec {
@@ -540,6 +543,7 @@ impl EngineSpec {
             chat_template: None,
             device: Device::Cpu,
             kv_budget_bytes: 0,
+            mistralrs_sequences: mistralrs.max_sequences,
         }
     }
 
@@ -579,8 +583,8 @@ pub async fn load_engine(
                     requantize_q8: spec.requantize_q8,
                     chat_template: spec.chat_template,
                     device: spec.device,
-                    // One at a time: see `MistralRsOptions::max_sequences`.
-                    max_sequences: 1,
+                    // One at a time unless asked: see `MistralRsOptions::max_sequences`.
+                    max_sequences: spec.mistralrs_sequences,
                 },
             )
             .await?,

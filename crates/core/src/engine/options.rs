@@ -73,7 +73,8 @@ pub struct MistralRsOptions {
     /// Where to run: the CPU, or a CUDA GPU (a build with the cargo feature `cuda`).
     pub device: Device,
     /// Requests mistral.rs's scheduler runs at once (its `max_seqs`); at least 1 (the
-    /// default, and what `load_engine` and the server use). It batches sequences of equal
+    /// default; `load_engine` takes [`EngineSpec::mistralrs_sequences`](super::EngineSpec),
+    /// the CLI `--mistralrs-sequences`). It batches sequences of equal
     /// length into one forward pass and takes turns between the others, copying each one's KV
     /// in and out of the batch at every switch. Each request gets the tokens it gets alone and
     /// its own reuse count (vendor patches, `vendor/README.md` rows 11-13: unequal KV
