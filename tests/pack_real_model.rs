@@ -253,31 +253,22 @@ async fn concurrent_generations_match_sequential_ones() {
 async fn load_engine_runs_as_many_mistralrs_sequences_as_asked() {
     use state_pack::engine::{load_engine, EngineKind, EngineSpec};
 
-    let default = load_engine(
-        &common::model_path(),
-        EngineSpec::new(EngineKind::MistralRs),
-    )
-    .await
-    .unwrap();
+    let path = common::model_path();
+    let load = |n| {
+        load_engine(
+            &path,
+            EngineSpec {
+                mistralrs_sequences: n,
+                ..EngineSpec::new(EngineKind::MistralRs)
+            },
+        )
+    };
+    let default = load_engine(&path, EngineSpec::new(EngineKind::MistralRs))
+        .await
+        .unwrap();
     assert_eq!(default.max_concurrent(), 1);
-    let three = load_engine(
-        &common::model_path(),
-        EngineSpec {
-            mistralrs_sequences: 3,
-            ..EngineSpec::new(EngineKind::MistralRs)
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(three.max_concurrent(), 3);
-    let none = load_engine(
-        &common::model_path(),
-        EngineSpec {
-            mistralrs_sequences: 0,
-            ..EngineSpec::new(EngineKind::MistralRs)
-        },
-    )
-    .await;
+    assert_eq!(load(3).await.unwrap().max_concurrent(), 3);
+    let none = load(0).await;
     assert!(
         none.as_ref()
             .is_err_and(|e| e.to_string().contains("max_sequences")),

@@ -81,8 +81,8 @@ pub struct MistralRsOptions {
     /// capacities are padded, where 0.8.1 panicked; each sequence of a batched decode step
     /// gets its own attention output, where 0.8.1 gave all of them the last one's; a sequence
     /// set aside for a step is not re-run as a prompt), but agents of different lengths are
-    /// far slower together than one at a time: 8 demo agents x 3 steps took 529 s at 8
-    /// against 14 s at 1 on 2 CPU cores, before patch 13 (`docs/PERFORMANCE.md`, section 9).
+    /// slower together than one at a time: 8 serve agents ran 0.78-0.85x the steps a second
+    /// at 8 that they ran at 1 on 2 CPU cores (`docs/PERFORMANCE.md`, section 9).
     pub max_sequences: usize,
 }
 
