@@ -178,6 +178,9 @@ impl MistralRsEngine {
                 ))
             }
         };
+        // Checked before the weights load, so that a bad setting fails at once.
+        let max_sequences = std::num::NonZeroUsize::new(options.max_sequences)
+            .ok_or_else(|| load_err(path, "max_sequences must be at least 1"))?;
         let started = Instant::now();
         // A process-wide switch in our mistral.rs patch, read while the weights load.
         mistralrs::core::set_gguf_requantize(options.requantize_q8);
@@ -197,8 +200,6 @@ impl MistralRsEngine {
             let p = pipeline.lock().await;
             p.get_metadata().eos_tok.clone()
         };
-        let max_sequences = std::num::NonZeroUsize::new(options.max_sequences)
-            .ok_or_else(|| load_err(path, "max_sequences must be at least 1"))?;
         let runner = MistralRsBuilder::new(
             pipeline,
             SchedulerConfig::DefaultScheduler {

@@ -529,7 +529,8 @@ pub struct EngineSpec {
 
 impl EngineSpec {
     /// `kind` with the defaults: 8 hot states, every core, batches of 512, flash attention
-    /// as llama.cpp decides, F32 activations, Q8_0 requantization on.
+    /// as llama.cpp decides, F32 activations, Q8_0 requantization on, one mistral.rs
+    /// sequence at a time.
     pub fn new(kind: EngineKind) -> Self {
         let mistralrs = MistralRsOptions::default();
         Self {
