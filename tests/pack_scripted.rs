@@ -187,6 +187,43 @@ async fn a_deterministic_infer_is_replayed_from_the_store() {
     );
 }
 
+/// An operation's reported time is what its caller waited, each part counted once: the KV
+/// export (40 ms here, like every engine call) is in `save` and once in `total`, so `total`
+/// never exceeds the wall clock around the call and the split adds up within it.
+#[tokio::test]
+async fn an_operation_counts_its_kv_export_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let call = std::time::Duration::from_millis(40);
+    let engine = Arc::new(ScriptedEngine::new(
+        Reply::Fixed("fine".into()),
+        ScriptedOptions {
+            kv_export: true,
+            latency: call,
+            ..ScriptedOptions::default()
+        },
+    ));
+    let pack = common::db::pack(engine, &db, key());
+    let base = pack.create(BASE).await.unwrap();
+    let started = std::time::Instant::now();
+    let out = pack
+        .infer(&base.output, TURN, &Sampling::greedy(8))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let t = out.report.timings;
+    assert!(t.save >= call, "the export is in save: {t:?}");
+    assert!(
+        t.total <= waited,
+        "total {:?} is more than the {waited:?} the caller waited: {t:?}",
+        t.total
+    );
+    assert!(
+        t.prefill + t.decode + t.restore + t.save + t.overhead <= t.total,
+        "the parts exceed the total: {t:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_state_comes_back_from_its_kv_blob_and_the_log_verifies() {
     let dir = tempfile::tempdir().unwrap();

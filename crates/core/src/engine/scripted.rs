@@ -101,7 +101,7 @@ pub struct ScriptedOptions {
     pub context_window: usize,
     /// Whether [`Engine::export_kv`] / [`Engine::import_kv`] work.
     pub kv_export: bool,
-    /// Simulated time per engine call.
+    /// Simulated time per engine call (a generation, a prefill, a KV export).
     pub latency: Duration,
     /// Simulated time per token run or generated.
     pub per_token: Duration,
@@ -434,6 +434,7 @@ impl Engine for ScriptedEngine {
         if !held {
             return Ok(None);
         }
+        self.simulate(0).await;
         let mut out = KV_MAGIC.to_vec();
         out.extend_from_slice(&(from as u64).to_le_bytes());
         out.extend(tokens[from..].iter().flat_map(|t| t.to_le_bytes()));

@@ -419,10 +419,11 @@ impl StatePack {
         if let Some(prepared) = prepared {
             let started = Instant::now();
             self.write_kv(&report.output, prepared).await;
-            // The caller waited for the blob too: it belongs in the operation's time.
-            let save = export + started.elapsed();
-            report.timings.save = save;
-            report.timings.total += save;
+            // The caller waited for the blob's queuing too: it belongs in the operation's
+            // time. The export ran before `record`, so `total` holds it already.
+            let queued = started.elapsed();
+            report.timings.save = export + queued;
+            report.timings.total += queued;
         }
         Ok(report)
     }
