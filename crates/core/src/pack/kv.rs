@@ -61,14 +61,27 @@ impl StatePack {
             Some((p, e)) if e < end => (Some(*p), e),
             _ => (None, 0),
         };
+        let exporting = Instant::now();
         match self.engine.export_kv(&tokens[..end], start).await {
-            Ok(Some(raw)) => Some(PreparedKv {
-                parent,
-                start,
-                end,
-                sha256: hex::encode(Sha256::digest(&raw)),
-                raw,
-            }),
+            Ok(Some(raw)) => {
+                let exported = exporting.elapsed();
+                let hashing = Instant::now();
+                let sha256 = hex::encode(Sha256::digest(&raw));
+                debug!(
+                    state = %hash.short(),
+                    bytes = raw.len(),
+                    export_us = exported.as_micros() as u64,
+                    sha256_us = hashing.elapsed().as_micros() as u64,
+                    "exported KV"
+                );
+                Some(PreparedKv {
+                    parent,
+                    start,
+                    end,
+                    sha256,
+                    raw,
+                })
+            }
             Ok(None) => None,
             Err(e) => {
                 warn!(state = %hash.short(), error = %e, "cannot export KV");

@@ -94,7 +94,11 @@ impl Worker {
             }
             self.step(&mut ctx, &mut running);
         }
-        debug!("llama.cpp engine thread stopped");
+        // llama.cpp's own clocks, to set beside the engine's figures (llama-server prints the
+        // same at each request's end).
+        // (`n_reused`: decodes that reused the previous compute graph.)
+        let timings = ctx.timings();
+        debug!(?timings, "llama.cpp engine thread stopped");
     }
 
     /// Exports and imports run at once (between two steps); generations queue for a slot.
@@ -303,6 +307,12 @@ impl Worker {
                     return;
                 }
             }
+        }
+        // On a GPU `llama_decode` returns once the batch is queued. Where logits come out,
+        // wait for them before reading the clock, so that a prompt's last chunk is billed to
+        // prefill, not to the decode after it (sampling would wait for them anyway).
+        if running.iter().any(|r| r.logits_at.is_some()) {
+            ctx.synchronize();
         }
         let now = Instant::now();
         let mut i = 0;
