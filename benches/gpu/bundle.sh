@@ -72,7 +72,18 @@ cp "$ROOT/cmake/ggml-amx-tilecfg.cmake" "$tmp/src/"
 tar -C "$tmp/src" -cf - . | $XZ > "$OUT/llama.cpp.tar.xz"
 
 MODEL="${MODEL:-$HOME/.cache/state-pack/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-[ -f "$MODEL" ] || "$BIN" model fetch >/dev/null
+if [ ! -f "$MODEL" ]; then
+    # The binary loads llama.cpp's shared libraries, and a CUDA build CUDA's, even to fetch
+    # the model: those the build used, and the toolkit's libcuda stub under its real SONAME.
+    libs="$(find "$(dirname "$BIN")" -maxdepth 6 -name 'libllama.so.0' -printf '%h:' 2>/dev/null)"
+    cu="${CUDA_HOME:-${CUDA_TOOLKIT_DIR:-/opt/cu13}/nvidia/cu13}"
+    if [ -f "$cu/lib/stubs/libcuda.so" ]; then
+        mkdir -p "$tmp/stubs"
+        ln -sf "$cu/lib/stubs/libcuda.so" "$tmp/stubs/libcuda.so.1"
+        libs="$libs$cu/lib:$tmp/stubs:"
+    fi
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:-}" "$BIN" model fetch >/dev/null
+fi
 $XZ -c "$MODEL" > "$tmp/model.xz"
 split -b "$PART_BYTES" -d -a 2 "$tmp/model.xz" "$OUT/model.xz.part-"
 

@@ -256,6 +256,9 @@ big() {
         { server_up "$m" 8090 "$RESULTS/llama-server-8b.log" 999 && with_peer=(--peer "$peer"); }
     measure demo-ctx4k-random8b-llamacpp-gpu sp --engine llamacpp --device cuda:0 --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 "${with_peer[@]}" --json
     server_down
+    # One more run with the pack's debug events: what each step's KV export and its SHA-256
+    # took, and llama.cpp's own clocks and graph reuse (its figures are not the tables').
+    RUST_LOG=warn,state_pack_core=debug measure debug-random8b-llamacpp-gpu sp --engine llamacpp --device cuda:0 --model "$m" bench --context-tokens 4000 --steps 10 --runs 1 --json
     measure demo-ctx4k-random8b-mistralrs-gpu sp --engine mistralrs --device cuda:0 --dtype bf16 --requantize-q8 false --model "$m" bench --context-tokens 4000 --steps 10 --runs 3 --json
     say "8B-shaped (random weights) benchmarks written to $RESULTS"
 }
