@@ -249,6 +249,8 @@ impl LlamaCppEngine {
             cells: n_ctx,
             batch,
             tok_env_cache: OnceLock::new(),
+            split_prompts: options.device == super::Device::Cpu,
+            prompt_turn: std::cell::Cell::new(false),
         };
         let flash = match options.flash_attention {
             None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,

@@ -22,6 +22,32 @@ pub(super) struct Worker {
     pub(super) cells: usize,
     pub(super) batch: usize,
     pub(super) tok_env_cache: OnceLock<Result<TokEnv, String>>,
+    /// Whether a prompt chunk and other sequences' decode tokens that together reach
+    /// [`CPU_FA_TILE`] run in separate calls, taking turns (on the CPU; see [`Mix`]).
+    pub(super) split_prompts: bool,
+    /// Whose turn it is when they take turns: the prompt chunk's (`true`) or the decodes'.
+    pub(super) prompt_turn: std::cell::Cell<bool>,
+}
+
+/// Batch rows from which ggml's CPU flash attention runs tiled (`GGML_FA_TILE_Q` in
+/// llama.cpp's `ggml-cpu/common.h`, 64 in the version the crate builds).
+///
+/// Below it each query row skips, cell by cell, the KV cells its mask hides (every other
+/// sequence's, in the unified cache). From it on, rows go in tiles of 64, and a tile skips a
+/// block of cells only when all its rows' masks hide it: a tile holding one decode token of
+/// each of 32 sequences computes attention over every cell of all of them, masked after.
+/// At 32 agents x 20 steps that was most of a step (`docs/PERFORMANCE.md`, section 9).
+pub(super) const CPU_FA_TILE: usize = 64;
+
+/// What one `llama_decode` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// The next token of every decoding sequence and one prefilling sequence's next chunk.
+    Both,
+    /// Only the decode tokens.
+    Decodes,
+    /// Only the prompt chunk.
+    Prompt,
 }
 
 pub(super) fn failed(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -265,9 +291,10 @@ impl Worker {
         }
         // A prompt chunk beside one token of every other slot.
         let mut batch = LlamaBatch::new(self.batch + self.slots().tokens.len(), 1);
+        let mix = self.mix(running);
         loop {
             batch.clear();
-            if let Err(e) = self.fill(&mut batch, running) {
+            if let Err(e) = self.fill(&mut batch, running, mix) {
                 let e = e.to_string();
                 for run in running.drain(..) {
                     self.finish(ctx, run, Err(EngineError::Failed(e.clone())));
@@ -354,16 +381,47 @@ impl Worker {
         }
     }
 
-    /// Puts each running sequence's next tokens in `batch`: the next token of every decoding
-    /// sequence, then the next prompt chunk (up to the prefill batch size) of one prefilling
-    /// sequence.
-    fn fill(&self, batch: &mut LlamaBatch, running: &mut [Running]) -> Result<(), EngineError> {
+    /// What the next `llama_decode` holds. Everything due, unless on the CPU a prompt chunk
+    /// and the decode tokens would together reach [`CPU_FA_TILE`] rows: then the chunk and the
+    /// decode tokens take turns, each in a call of its own.
+    fn mix(&self, running: &[Running]) -> Mix {
+        let decoding = running
+            .iter()
+            .filter(|r| !r.prefilling() && !r.out.is_empty())
+            .count();
+        let chunk = running
+            .iter()
+            .filter(|r| r.prefilling())
+            .min_by_key(|r| r.started)
+            .map_or(0, |r| (r.prompt.len() - r.fed).min(self.batch));
+        if !self.split_prompts || decoding == 0 || chunk == 0 || decoding + chunk < CPU_FA_TILE {
+            return Mix::Both;
+        }
+        let prompt = self.prompt_turn.get();
+        self.prompt_turn.set(!prompt);
+        if prompt {
+            Mix::Prompt
+        } else {
+            Mix::Decodes
+        }
+    }
+
+    /// Puts each running sequence's next tokens in `batch`, as `mix` says: the next token of
+    /// every decoding sequence, then the next prompt chunk (up to the prefill batch size) of
+    /// one prefilling sequence.
+    fn fill(
+        &self,
+        batch: &mut LlamaBatch,
+        running: &mut [Running],
+        mix: Mix,
+    ) -> Result<(), EngineError> {
         let mut n = 0i32;
         for run in running.iter_mut() {
             run.in_batch = 0;
             run.logits_at = None;
         }
-        for run in running.iter_mut().filter(|r| !r.prefilling()) {
+        let decodes = mix != Mix::Prompt;
+        for run in running.iter_mut().filter(|r| decodes && !r.prefilling()) {
             let Some(&last) = run.out.last() else {
                 continue;
             };
@@ -383,7 +441,7 @@ impl Worker {
         // and picking by position let newer prompts overtake an older one again and again.
         let oldest = running
             .iter_mut()
-            .filter(|r| r.prefilling())
+            .filter(|r| mix != Mix::Decodes && r.prefilling())
             .min_by_key(|r| r.started);
         if let Some(run) = oldest {
             let take = (run.prompt.len() - run.fed).min(self.batch);
