@@ -121,8 +121,7 @@ impl Worker {
             self.step(&mut ctx, &mut running);
         }
         // llama.cpp's own clocks, to set beside the engine's figures (llama-server prints the
-        // same at each request's end).
-        // (`n_reused`: decodes that reused the previous compute graph.)
+        // same at each request's end; `n_reused` counts decodes that reused the last graph).
         let timings = ctx.timings();
         debug!(?timings, "llama.cpp engine thread stopped");
     }
@@ -291,9 +290,10 @@ impl Worker {
         }
         // A prompt chunk beside one token of every other slot.
         let mut batch = LlamaBatch::new(self.batch + self.slots().tokens.len(), 1);
-        let mix = self.mix(running);
         loop {
             batch.clear();
+            // Chosen again after a sequence gave way below: what was due may have left.
+            let mix = self.mix(running);
             if let Err(e) = self.fill(&mut batch, running, mix) {
                 let e = e.to_string();
                 for run in running.drain(..) {
@@ -302,7 +302,13 @@ impl Worker {
                 return;
             }
             match decode_marked(ctx, &mut batch) {
-                Ok(()) => break,
+                Ok(()) => {
+                    if mix != Mix::Both {
+                        // The other kind goes next.
+                        self.prompt_turn.set(mix == Mix::Decodes);
+                    }
+                    break;
+                }
                 Err(DecodeError::NoKvCacheSlot) => {
                     let victim = self.slots().eviction();
                     if let Some(v) = victim {
@@ -389,21 +395,20 @@ impl Worker {
             .iter()
             .filter(|r| !r.prefilling() && !r.out.is_empty())
             .count();
-        let chunk = running
-            .iter()
-            .filter(|r| r.prefilling())
-            .min_by_key(|r| r.started)
-            .map_or(0, |r| (r.prompt.len() - r.fed).min(self.batch));
+        let chunk = next_prompt(running).map_or(0, |i| self.chunk(&running[i]));
         if !self.split_prompts || decoding == 0 || chunk == 0 || decoding + chunk < CPU_FA_TILE {
-            return Mix::Both;
-        }
-        let prompt = self.prompt_turn.get();
-        self.prompt_turn.set(!prompt);
-        if prompt {
+            Mix::Both
+        } else if self.prompt_turn.get() {
             Mix::Prompt
         } else {
             Mix::Decodes
         }
+    }
+
+    /// The prompt tokens `run` feeds in its next call: the rest of its prompt, up to the
+    /// prefill batch size.
+    fn chunk(&self, run: &Running) -> usize {
+        (run.prompt.len() - run.fed).min(self.batch)
     }
 
     /// Puts each running sequence's next tokens in `batch`, as `mix` says: the next token of
@@ -437,14 +442,9 @@ impl Worker {
         // invariant to a batch's make-up (two prompts sharing a batch changed a greedy token
         // of one of them in our tests); one token of each decoding sequence beside a prompt
         // chunk changes nothing.
-        // The oldest first: `running` is not in arrival order (finished runs are swap-removed),
-        // and picking by position let newer prompts overtake an older one again and again.
-        let oldest = running
-            .iter_mut()
-            .filter(|r| mix != Mix::Decodes && r.prefilling())
-            .min_by_key(|r| r.started);
-        if let Some(run) = oldest {
-            let take = (run.prompt.len() - run.fed).min(self.batch);
+        let prompt = next_prompt(running).filter(|_| mix != Mix::Decodes);
+        if let Some(run) = prompt.map(|i| &mut running[i]) {
+            let take = self.chunk(run);
             for k in 0..take {
                 let pos = run.fed + k;
                 let last = pos + 1 == run.prompt.len();
@@ -721,6 +721,18 @@ impl Worker {
         slots.touch(dest);
         Ok(true)
     }
+}
+
+/// The prefilling sequence whose chunk runs next: the oldest. `running` is not in arrival
+/// order (finished runs are swap-removed), and picking by position let newer prompts overtake
+/// an older one again and again.
+fn next_prompt(running: &[Running]) -> Option<usize> {
+    running
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.prefilling())
+        .min_by_key(|(_, r)| r.started)
+        .map(|(i, _)| i)
 }
 
 fn argmax(logits: &[f32]) -> usize {
