@@ -276,3 +276,63 @@ async fn load_engine_runs_as_many_mistralrs_sequences_as_asked() {
         none.err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistralrs_kv_byte_budget_drops_the_oldest_states() {
+    use state_pack::engine::{load_engine, Engine, EngineKind, EngineSpec};
+
+    let path = common::model_path();
+    let load = |bytes| {
+        load_engine(
+            &path,
+            EngineSpec {
+                kv_budget_bytes: bytes,
+                ..EngineSpec::new(EngineKind::MistralRs)
+            },
+        )
+    };
+    let free = load(0).await.unwrap();
+    let per_token = free.info().kv_bytes_per_token as u64;
+    let a = free
+        .tokenize(&turn("Which clause caps liability?"))
+        .await
+        .unwrap();
+    let b = free
+        .tokenize("Rain fell on the quiet harbour town all night, and")
+        .await
+        .unwrap();
+    let held = |e: &dyn Engine| e.hot_tokens() as u64 * per_token;
+
+    // Without a byte limit both stay hot (8 entries by count). mistral.rs's warm-up request
+    // at load left an entry of its own already.
+    let (entries, bytes) = (free.hot_entries(), held(&*free));
+    free.prefill(&a).await.unwrap();
+    let one = held(&*free) - bytes;
+    assert!(
+        one >= a.len() as u64 * per_token,
+        "{one} bytes for {} tokens",
+        a.len()
+    );
+    free.prefill(&b).await.unwrap();
+    assert_eq!(free.hot_entries(), entries + 2);
+    assert_eq!(free.hot_prefix_len(&a), a.len());
+    let again = free.generate(&a, &Sampling::greedy(2)).await.unwrap();
+    assert_eq!(again.usage.reused, a.len() - 2, "{:?}", again.usage);
+
+    // With room for one entry and a half, a's entry drops the warm-up's, and b's drops a's.
+    let budget = one * 3 / 2;
+    let tight = load(budget).await.unwrap();
+    tight.prefill(&a).await.unwrap();
+    assert_eq!(tight.hot_entries(), 1);
+    assert_eq!(tight.hot_prefix_len(&a), a.len());
+    tight.prefill(&b).await.unwrap();
+    assert_eq!(tight.hot_entries(), 1);
+    assert_eq!(tight.hot_prefix_len(&a), 0, "a should have been dropped");
+    assert_eq!(tight.hot_prefix_len(&b), b.len());
+    assert!(held(&*tight) <= budget, "{} > {budget}", held(&*tight));
+    // The engine's own counter agrees: a is prefilled again in full.
+    let cold = tight.generate(&a, &Sampling::greedy(2)).await.unwrap();
+    assert_eq!(cold.usage.reused, 0, "{:?}", cold.usage);
+    assert_eq!(cold.usage.prefilled, a.len());
+    assert_eq!(cold.tokens, again.tokens, "the same tokens hot or cold");
+}

@@ -67,9 +67,11 @@ struct Cli {
         conflicts_with = "no_kv_blobs"
     )]
     kv: Option<String>,
-    /// llama.cpp: the KV memory all hot states share, in MiB [default: the model's training
-    /// context, at most 8,192 tokens]; when full, the least recently used idle state is
-    /// dropped (and later restored from its blob or prefilled).
+    /// The KV memory all hot states share, in MiB; when full, the least recently used idle
+    /// state is dropped (and later restored from its blob or prefilled). llama.cpp: its pool
+    /// of KV cells [default: the model's training context, at most 8,192 tokens]. mistral.rs:
+    /// the most its prefix cache keeps, as allocated [default: no byte limit, only
+    /// --hot-states].
     #[arg(long, global = true, env = "STATE_PACK_KV_BUDGET_MIB", value_parser = clap::value_parser!(u64).range(1..))]
     kv_budget_mib: Option<u64>,
     /// llama.cpp: tokens run per decode call while prefilling.

@@ -69,6 +69,8 @@ mod models;
 mod paged_attention;
 mod pipeline;
 mod prefix_cacher;
+// state-pack patch: what the prefix cache holds, and its byte limit.
+pub use prefix_cacher::{PrefixCacheHeld, PrefixCacheShared};
 pub mod reasoning_parsers;
 mod request;
 mod response;

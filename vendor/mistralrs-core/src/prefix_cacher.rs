@@ -1,3 +1,7 @@
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use candle_core::Result;
 use indexmap::IndexMap;
 use tracing::info;
@@ -27,6 +31,46 @@ impl From<Vec<u32>> for Tokens {
     }
 }
 
+/// state-pack patch: what the prefix cache holds, published after every change so that a
+/// caller can tell which token sequences are hot without predicting the eviction rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixCacheHeld {
+    /// The token sequence of every entry that holds KV, oldest first.
+    pub keys: Vec<Vec<u32>>,
+    /// Bytes of KV tensors those entries hold, as allocated (capacity included), a tensor
+    /// several entries share counted once.
+    pub bytes: usize,
+}
+
+/// state-pack patch: a byte limit on the prefix cache, set by the caller at any time, and
+/// what the cache holds, read by the caller at any time (through `IntervalLogger`).
+#[derive(Debug, Default)]
+pub struct PrefixCacheShared {
+    max_bytes: AtomicUsize,
+    held: Mutex<PrefixCacheHeld>,
+}
+
+impl PrefixCacheShared {
+    /// The most KV bytes the cache keeps (the oldest entries are dropped beyond it); 0 for
+    /// no byte limit (the count limit, `prefix_cache_n`, always applies).
+    pub fn set_max_bytes(&self, bytes: usize) {
+        self.max_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// What the cache held after its last change.
+    pub fn held(&self) -> PrefixCacheHeld {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, held: PrefixCacheHeld) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+    }
+}
+
 #[derive(Clone)]
 struct CacheElement {
     cache: Vec<Option<KvCache>>,
@@ -38,6 +82,21 @@ struct CacheElement {
 }
 
 impl CacheElement {
+    /// state-pack patch: the KV tensors this entry holds, as allocated, with their ids.
+    fn tensors(&self) -> impl Iterator<Item = (candle_core::TensorId, usize)> + '_ {
+        self.cache.iter().flatten().flat_map(|layer| {
+            let (k, v) = match layer {
+                KvCache::Normal { k, v } => (k.all_data.as_ref(), v.all_data.as_ref()),
+                KvCache::Rotating { k, v } => (k.all_data.as_ref(), v.all_data.as_ref()),
+                KvCache::Shared { .. } => (None, None),
+            };
+            [k, v]
+                .into_iter()
+                .flatten()
+                .map(|t| (t.id(), t.elem_count() * t.dtype().size_in_bytes()))
+        })
+    }
+
     fn can_rewind_to(&self, len: usize) -> bool {
         self.cache
             .iter()
@@ -52,6 +111,8 @@ pub struct PrefixCacheManagerV2 {
     n_on_device: usize,
     no_prefix_cache: bool,
     has_paged_attention: bool,
+    // state-pack patch: the byte limit and what is held (`PrefixCacheShared`).
+    shared: Arc<PrefixCacheShared>,
 }
 
 #[derive(Clone)]
@@ -78,7 +139,32 @@ impl PrefixCacheManagerV2 {
             n_on_device,
             no_prefix_cache,
             has_paged_attention,
+            shared: Arc::new(PrefixCacheShared::default()),
         }
+    }
+
+    /// state-pack patch: take the byte limit from, and publish what is held to, `shared`.
+    pub fn with_shared(mut self, shared: Arc<PrefixCacheShared>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// state-pack patch: KV bytes the entries in `caches` hold, a shared tensor counted once.
+    fn bytes_held(&self) -> usize {
+        let mut seen = HashSet::new();
+        self.caches
+            .values()
+            .flat_map(CacheElement::tensors)
+            .filter(|(id, _)| seen.insert(*id))
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
+    fn publish(&self) {
+        self.shared.publish(PrefixCacheHeld {
+            keys: self.caches.keys().map(|k| k.0.clone()).collect(),
+            bytes: self.bytes_held(),
+        });
     }
 
     fn paged_recurrent_capacity(&self) -> usize {
@@ -162,6 +248,18 @@ impl PrefixCacheManagerV2 {
 
         self.caches.retain(|_tokens, cache| !cache.cache.is_empty());
 
+        // state-pack patch: then the oldest beyond the byte limit, if one is set. Dropping an
+        // entry whose tensors a newer entry shares frees nothing, so this goes on until the
+        // bytes held are within the limit or the cache is empty.
+        let max_bytes = self.shared.max_bytes();
+        if max_bytes > 0 {
+            while self.bytes_held() > max_bytes && !self.caches.is_empty() {
+                self.caches.shift_remove_index(0);
+                n_evicted += 1;
+            }
+        }
+        self.publish();
+
         Ok(n_evicted)
     }
 
@@ -170,6 +268,7 @@ impl PrefixCacheManagerV2 {
         let len = self.caches.len();
         self.caches.clear();
         self.paged_recurrent_caches.clear();
+        self.publish();
         Ok(len)
     }
 

@@ -5,22 +5,23 @@
 //! itself: prefill and decode time from its `Usage`, reused tokens from the prefix-cache
 //! counter our patch adds (see `vendor/README.md`), sampled ids from the same patch.
 //!
-//! The engine also keeps a mirror of which token sequences mistral.rs's prefix cache holds —
-//! the patched cache keys each entry by the tokens whose KV it holds and drops the oldest
-//! entry beyond its capacity, both deterministic — so the pack can tell which states are hot
-//! without asking. Each request checks the mirror's prediction against the engine's own
-//! counter and logs a warning if they ever disagree; the counter is what gets reported.
+//! Which token sequences are hot, and the bytes of KV they hold, come from mistral.rs's
+//! prefix cache too: the patched cache publishes its entries (keyed by the tokens whose KV
+//! each holds) after every change, before the request that changed it is answered, and
+//! drops its oldest entries beyond a count and, if one is set, a byte limit. Each request
+//! that runs alone checks the reuse those entries predict against the engine's own counter
+//! and logs a warning if they ever disagree; the counter is what gets reported.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mistralrs::core::{
     AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
-    GGUFSpecificConfig, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig, TokenSource,
+    GGUFSpecificConfig, MistralRsBuilder, ModelDType, PrefixCacheHeld, PrefixCacheShared,
+    RequestMessage, SchedulerConfig, TokenSource,
 };
 use mistralrs::{
     Constraint, CustomLogitsProcessor, Device, Model, NormalRequest, Request, Response,
@@ -50,38 +51,19 @@ const ARCHITECTURES: [&str; 8] = [
     "qwen3moe",
 ];
 
-/// The token sequences mistral.rs's (patched) prefix cache holds, oldest first.
-#[derive(Debug, Default)]
-struct PrefixCacheMirror {
-    entries: VecDeque<Vec<u32>>,
-    capacity: usize,
+/// The longest prefix of `tokens` any entry of `held` holds.
+fn longest_match(held: &PrefixCacheHeld, tokens: &[u32]) -> usize {
+    held.keys
+        .iter()
+        .map(|e| common_prefix(e, tokens))
+        .max()
+        .unwrap_or(0)
 }
 
-impl PrefixCacheMirror {
-    fn longest_match(&self, tokens: &[u32]) -> usize {
-        self.entries
-            .iter()
-            .map(|e| common_prefix(e, tokens))
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Tokens of `prompt` the engine will take from its cache: never the last two (see
-    /// `vendor/README.md`: a prompt step always runs at least two tokens).
-    fn predicted_reuse(&self, prompt: &[u32]) -> usize {
-        self.longest_match(prompt)
-            .min(prompt.len().saturating_sub(2))
-    }
-
-    fn insert(&mut self, key: Vec<u32>) {
-        if self.capacity == 0 || key.is_empty() || self.entries.contains(&key) {
-            return;
-        }
-        self.entries.push_back(key);
-        while self.entries.len() > self.capacity {
-            self.entries.pop_front();
-        }
-    }
+/// Tokens of `prompt` the engine will take from its cache: never the last two (see
+/// `vendor/README.md`: a prompt step always runs at least two tokens).
+fn predicted_reuse(held: &PrefixCacheHeld, prompt: &[u32]) -> usize {
+    longest_match(held, prompt).min(prompt.len().saturating_sub(2))
 }
 
 /// A local GGUF model run by mistral.rs on the CPU.
@@ -89,10 +71,11 @@ pub struct MistralRsEngine {
     model: Model,
     info: ModelInfo,
     eos: Vec<u32>,
-    mirror: Mutex<PrefixCacheMirror>,
+    /// The patched prefix cache's byte limit and what it holds.
+    prefix_cache: Arc<PrefixCacheShared>,
     /// Sequences mistral.rs's scheduler runs at once ([`MistralRsOptions::max_sequences`]).
     max_sequences: usize,
-    /// Requests begun, and requests running now: the mirror's prediction is checked only
+    /// Requests begun, and requests running now: the predicted reuse is checked only
     /// for a request that ran alone (concurrent requests change the cache under it).
     begun: AtomicUsize,
     running: AtomicUsize,
@@ -213,6 +196,13 @@ impl MistralRsEngine {
         .build()
         .await;
         let model = Model::new(runner);
+        let prefix_cache = model
+            .inner()
+            .get_logger(None)
+            .map_err(|e| load_err(path, format!("{e:#}")))?
+            .prefix_cache();
+        let max_bytes = usize::try_from(options.kv_budget_bytes).unwrap_or(usize::MAX);
+        prefix_cache.set_max_bytes(max_bytes);
         let context_window = model
             .max_sequence_length()
             .ok()
@@ -224,6 +214,7 @@ impl MistralRsEngine {
             load_ms = started.elapsed().as_millis() as u64,
             context_window,
             prefix_cache_entries = options.prefix_cache_entries,
+            kv_budget_bytes = options.kv_budget_bytes,
             "loaded model"
         );
         Ok(Self {
@@ -242,10 +233,7 @@ impl MistralRsEngine {
                 device: options.device,
             },
             eos,
-            mirror: Mutex::new(PrefixCacheMirror {
-                entries: VecDeque::new(),
-                capacity: options.prefix_cache_entries,
-            }),
+            prefix_cache,
             max_sequences: max_sequences.get(),
             begun: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -264,9 +252,9 @@ impl MistralRsEngine {
         Ok(logger.take_prefix_cache_tokens_reused(id))
     }
 
-    fn mirror(&self) -> std::sync::MutexGuard<'_, PrefixCacheMirror> {
-        // The mirror holds plain data; a panic elsewhere cannot leave it half-updated.
-        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    /// What the prefix cache holds now.
+    fn held(&self) -> PrefixCacheHeld {
+        self.prefix_cache.held()
     }
 
     async fn run(
@@ -276,7 +264,7 @@ impl MistralRsEngine {
         sink: Option<TokenSink>,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
-        let predicted = self.mirror().predicted_reuse(prompt);
+        let predicted = predicted_reuse(&self.held(), prompt);
         let ticket = self.begun.fetch_add(1, Ordering::SeqCst);
         let before = self.running.fetch_add(1, Ordering::SeqCst);
         self.peak.fetch_max(before + 1, Ordering::SeqCst);
@@ -290,7 +278,7 @@ impl MistralRsEngine {
             warn!(
                 predicted,
                 reused,
-                "prefix-cache mirror disagrees with the engine; reporting the engine's count"
+                "the prefix cache's entries predicted other reuse than the engine counted; reporting the engine's count"
             );
         }
         Ok(generation)
@@ -399,12 +387,6 @@ impl MistralRsEngine {
         } else {
             FinishReason::Stop
         };
-        // The patched cache keys an entry by the tokens whose KV it holds: the prompt and all
-        // sampled tokens but the last, which was never run through the model.
-        let mut key = prompt.to_vec();
-        key.extend_from_slice(&tokens[..tokens.len().saturating_sub(1)]);
-        self.mirror().insert(key);
-
         let prefill_time = secs(response.usage.total_prompt_time_sec);
         let decode_time = secs(response.usage.total_completion_time_sec);
         debug!(
@@ -531,16 +513,16 @@ impl Engine for MistralRsEngine {
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
-        self.mirror().longest_match(tokens)
+        longest_match(&self.held(), tokens)
     }
 
     fn hot_entries(&self) -> usize {
-        self.mirror().entries.len()
+        self.held().keys.len()
     }
 
     fn hot_tokens(&self) -> usize {
-        // Each prefix-cache entry holds its own copy of its KV.
-        self.mirror().entries.iter().map(Vec::len).sum()
+        // The KV memory the cache holds, as allocated, in tokens' worth.
+        self.held().bytes / self.info.kv_bytes_per_token.max(1)
     }
 }
 
@@ -549,21 +531,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mirror_matches_patched_cache_rules() {
-        let mut m = PrefixCacheMirror {
-            entries: VecDeque::new(),
-            capacity: 2,
+    fn reuse_is_predicted_from_the_entries_held() {
+        let held = PrefixCacheHeld {
+            keys: vec![vec![1, 2, 3], vec![5, 6]],
+            bytes: 0,
         };
-        m.insert(vec![1, 2, 3]);
-        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4, 5]), 3);
-        assert_eq!(m.predicted_reuse(&[1, 2, 3, 4]), 2);
+        assert_eq!(predicted_reuse(&held, &[1, 2, 3, 4, 5]), 3);
+        assert_eq!(predicted_reuse(&held, &[1, 2, 3, 4]), 2);
         // A prompt wholly covered still runs its last two tokens.
-        assert_eq!(m.predicted_reuse(&[1, 2, 3]), 1);
-        m.insert(vec![1, 2, 3]);
-        m.insert(vec![5, 6]);
-        m.insert(vec![7]);
-        // Oldest dropped beyond capacity.
-        assert_eq!(m.longest_match(&[1, 2, 3]), 0);
-        assert_eq!(m.longest_match(&[5, 6, 9]), 2);
+        assert_eq!(predicted_reuse(&held, &[1, 2, 3]), 1);
+        assert_eq!(longest_match(&held, &[5, 6, 9]), 2);
+        assert_eq!(longest_match(&held, &[7]), 0);
     }
 }

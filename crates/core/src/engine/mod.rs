@@ -518,9 +518,10 @@ pub struct EngineSpec {
     pub chat_template: Option<ChatTemplate>,
     /// Where to run the model.
     pub device: Device,
-    /// llama.cpp: the KV memory all hot states share, in bytes; `0` keeps the default pool
-    /// (the training context, at most 8,192 tokens). mistral.rs counts hot states, not
-    /// bytes, and refuses a budget.
+    /// The KV memory all hot states share, in bytes. llama.cpp: the size of its pool of KV
+    /// cells; `0` keeps the default pool (the training context, at most 8,192 tokens).
+    /// mistral.rs: the most its prefix cache keeps ([`MistralRsOptions::kv_budget_bytes`]);
+    /// `0` sets no byte limit, only [`hot_states`](Self::hot_states).
     pub kv_budget_bytes: u64,
     /// mistral.rs: sequences its scheduler runs at once
     /// ([`MistralRsOptions::max_sequences`]; 1 by default, as there).
@@ -570,11 +571,6 @@ pub async fn load_engine(
 ) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
     match spec.kind {
         #[cfg(feature = "mistralrs")]
-        EngineKind::MistralRs if spec.kv_budget_bytes > 0 => Err(EngineError::Load {
-            path: path.to_path_buf(),
-            reason: "mistral.rs keeps hot states by count (prefix-cache entries), not within a KV byte budget".into(),
-        }),
-        #[cfg(feature = "mistralrs")]
         EngineKind::MistralRs => Ok(std::sync::Arc::new(
             MistralRsEngine::load(
                 path,
@@ -586,6 +582,7 @@ pub async fn load_engine(
                     device: spec.device,
                     // One at a time unless asked: see `MistralRsOptions::max_sequences`.
                     max_sequences: spec.mistralrs_sequences,
+                    kv_budget_bytes: spec.kv_budget_bytes,
                 },
             )
             .await?,

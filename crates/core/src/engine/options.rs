@@ -84,6 +84,12 @@ pub struct MistralRsOptions {
     /// slower together than one at a time: 8 serve agents ran 0.78-0.85x the steps a second
     /// at 8 that they ran at 1 on 2 CPU cores (`docs/PERFORMANCE.md`, section 9).
     pub max_sequences: usize,
+    /// The most bytes of KV the prefix cache keeps, as allocated (each entry's tensors at
+    /// their capacity, a tensor entries share counted once); the oldest entries beyond it are
+    /// dropped after each request, as they are beyond
+    /// [`prefix_cache_entries`](Self::prefix_cache_entries). `0` (the default) sets no byte
+    /// limit. A running request's own KV is not counted: it joins the cache when it ends.
+    pub kv_budget_bytes: u64,
 }
 
 impl Default for MistralRsOptions {
@@ -95,6 +101,7 @@ impl Default for MistralRsOptions {
             chat_template: None,
             device: Device::Cpu,
             max_sequences: 1,
+            kv_budget_bytes: 0,
         }
     }
 }

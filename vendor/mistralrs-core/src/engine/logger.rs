@@ -16,6 +16,8 @@ pub struct IntervalLogger {
     // state-pack patch: the same count per request id, taken by the caller once it has the
     // response (the cumulative count cannot be attributed when requests run concurrently).
     prefix_cache_tokens_reused_by_request: Arc<Mutex<HashMap<usize, usize>>>,
+    // state-pack patch: the prefix cache's byte limit and what it holds, shared with it.
+    prefix_cache: Arc<crate::prefix_cacher::PrefixCacheShared>,
     tokens_processed: Arc<AtomicUsize>,
     total_new_seqs: Arc<AtomicUsize>,
     num_running: Arc<AtomicUsize>,
@@ -98,6 +100,7 @@ impl IntervalLogger {
             prefix_cache_hits,
             prefix_cache_tokens_reused: Arc::new(AtomicUsize::new(0)),
             prefix_cache_tokens_reused_by_request: Arc::new(Mutex::new(HashMap::new())),
+            prefix_cache: Arc::default(),
             tokens_processed,
             total_new_seqs,
             enable_logging,
@@ -174,6 +177,12 @@ impl IntervalLogger {
     }
 
     /// state-pack patch: cumulative prompt tokens served from the prefix cache.
+    /// state-pack patch: the prefix cache's byte limit (`set_max_bytes`) and what it holds
+    /// (`held`), for the caller; the engine hands the same to its prefix cache.
+    pub fn prefix_cache(&self) -> Arc<crate::prefix_cacher::PrefixCacheShared> {
+        self.prefix_cache.clone()
+    }
+
     pub fn prefix_cache_tokens_reused(&self) -> usize {
         self.prefix_cache_tokens_reused.load(Ordering::Relaxed)
     }

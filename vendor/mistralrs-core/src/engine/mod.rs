@@ -233,11 +233,12 @@ impl Engine {
             scheduler: scheduler.clone(),
             id: Arc::new(Mutex::new(0)),
             no_kv_cache,
-            prefix_cacher: Arc::new(Mutex::new(PrefixCacheManagerV2::new(
-                prefix_cache_n,
-                no_prefix_cache,
-                has_paged_attention,
-            ))),
+            // state-pack patch: the cache takes its byte limit from, and publishes what it
+            // holds to, the logger the caller reads.
+            prefix_cacher: Arc::new(Mutex::new(
+                PrefixCacheManagerV2::new(prefix_cache_n, no_prefix_cache, has_paged_attention)
+                    .with_shared(logger.prefix_cache()),
+            )),
             is_debug: DEBUG.load(Ordering::Relaxed),
             disable_eos_stop,
             throughput_logging_enabled,
