@@ -396,3 +396,82 @@ async fn a_kv_budget_bounds_the_states_held_at_once_in_child() {
         .expect("a 10-token budget is refused");
     assert!(err.to_string().contains("KV budget"), "{err}");
 }
+
+#[test]
+fn more_decoding_generations_than_one_cpu_call_takes() {
+    isolated::run(
+        "more_decoding_generations_than_one_cpu_call_takes_in_child",
+        &[],
+    );
+}
+
+/// From 64 decoding sequences on, the CPU engine runs their tokens in calls of at most 63,
+/// taking turns (ggml's tiled attention would otherwise attend over every sequence's cells):
+/// with 70 generations at once, each request still gets the tokens it gets alone.
+#[tokio::test]
+#[ignore = "run by more_decoding_generations_than_one_cpu_call_takes in a child process"]
+async fn more_decoding_generations_than_one_cpu_call_takes_in_child() {
+    if !isolated::is_child("more_decoding_generations_than_one_cpu_call_takes_in_child") {
+        return;
+    }
+    const N: usize = 70;
+    let load = || async {
+        Arc::new(
+            LlamaCppEngine::load(
+                &model_path(),
+                LlamaCppOptions {
+                    slots: N,
+                    // Cells for all of them at once (~185 tokens each).
+                    context: 16_384,
+                    ..LlamaCppOptions::default()
+                },
+            )
+            .await
+            .unwrap(),
+        )
+    };
+    // A number repeated, which the model goes on repeating with a wide margin: llama.cpp's
+    // logits differ in their last bits between batch sizes (a counting prompt's greedy
+    // continuation drifted apart after ~25 tokens), but a sequence that attended to another
+    // one's cells would write the other number.
+    let together = load().await;
+    let mut prompts = Vec::new();
+    for i in 0..N {
+        let text = vec![format!("{}", i + 100); 6].join(" ");
+        prompts.push(together.tokenize(&text).await.unwrap());
+    }
+    // Long enough that the first is still decoding when the last prompt has been prefilled
+    // (one prompt a call, two once they take turns with the decodes).
+    let sampling = Sampling::greedy(160);
+    let runs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (e, p, s) = (Arc::clone(&together), p.clone(), sampling.clone());
+            tokio::spawn(async move { e.generate(&p, &s).await })
+        })
+        .collect();
+    let mut batched = Vec::new();
+    for r in runs {
+        batched.push(r.await.unwrap().unwrap());
+    }
+    assert!(
+        together.peak_decoding() >= 64,
+        "only {} decoding at once",
+        together.peak_decoding()
+    );
+    assert_eq!(together.peak_decode_batch(), 63);
+    for (p, g) in prompts.iter().zip(&batched) {
+        assert_eq!(g.usage.prefilled + g.usage.reused, p.len());
+        assert_eq!(g.usage.generated, g.tokens.len());
+    }
+    // Every seventh alone, on an engine of its own.
+    let alone = load().await;
+    for i in (0..N).step_by(7) {
+        let g = alone.generate(&prompts[i], &sampling).await.unwrap();
+        assert_eq!(
+            g.tokens, batched[i].tokens,
+            "request {i}: {:?} vs {:?}",
+            g.text, batched[i].text
+        );
+    }
+}

@@ -251,6 +251,7 @@ impl LlamaCppEngine {
             tok_env_cache: OnceLock::new(),
             split_prompts: options.device == super::Device::Cpu,
             prompt_turn: std::cell::Cell::new(false),
+            decode_from: std::cell::Cell::new(0),
         };
         let flash = match options.flash_attention {
             None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -348,6 +349,17 @@ impl LlamaCppEngine {
     /// The most generations that have run at once in this engine (batched in one decode).
     pub fn peak_concurrency(&self) -> usize {
         lock(&self.slots).peak_busy()
+    }
+
+    /// The most generations that have been decoding at once in this engine (on the CPU, from
+    /// 64 of them on, they take turns in calls of at most 63).
+    pub fn peak_decoding(&self) -> usize {
+        lock(&self.slots).peak_decoding
+    }
+
+    /// The most decode tokens one `llama_decode` call of this engine has run.
+    pub fn peak_decode_batch(&self) -> usize {
+        lock(&self.slots).peak_decode_batch
     }
 
     async fn generate_into(

@@ -15,6 +15,10 @@ pub(super) struct Slots {
     busy: Vec<bool>,
     /// The most slots busy at once.
     peak_busy: usize,
+    /// The most sequences decoding at once (some of them may wait for a later call).
+    pub(super) peak_decoding: usize,
+    /// The most decode tokens one call has run.
+    pub(super) peak_decode_batch: usize,
     clock: u64,
 }
 
@@ -25,6 +29,8 @@ impl Slots {
             used: vec![0; n],
             busy: vec![false; n],
             peak_busy: 0,
+            peak_decoding: 0,
+            peak_decode_batch: 0,
             clock: 0,
         }
     }

@@ -23,10 +23,14 @@ pub(super) struct Worker {
     pub(super) batch: usize,
     pub(super) tok_env_cache: OnceLock<Result<TokEnv, String>>,
     /// Whether a prompt chunk and other sequences' decode tokens that together reach
-    /// [`CPU_FA_TILE`] run in separate calls, taking turns (on the CPU; see [`Mix`]).
+    /// [`CPU_FA_TILE`] run in separate calls, taking turns (see [`Mix`]), and decode tokens
+    /// beyond [`CPU_FA_TILE`] - 1 wait for the next call (on the CPU).
     pub(super) split_prompts: bool,
     /// Whose turn it is when they take turns: the prompt chunk's (`true`) or the decodes'.
     pub(super) prompt_turn: std::cell::Cell<bool>,
+    /// Where the next call's decode tokens start among the decoding sequences, when there are
+    /// too many for one call (on the CPU, [`CPU_FA_TILE`] or more: they go in turns).
+    pub(super) decode_from: std::cell::Cell<usize>,
 }
 
 /// Batch rows from which ggml's CPU flash attention runs tiled (`GGML_FA_TILE_Q` in
@@ -36,7 +40,9 @@ pub(super) struct Worker {
 /// sequence's, in the unified cache). From it on, rows go in tiles of 64, and a tile skips a
 /// block of cells only when all its rows' masks hide it: a tile holding one decode token of
 /// each of 32 sequences computes attention over every cell of all of them, masked after.
-/// At 32 agents x 20 steps that was most of a step (`docs/PERFORMANCE.md`, section 9).
+/// At 32 agents x 20 steps that was most of a step (`docs/PERFORMANCE.md`, section 9). The
+/// same holds for decode tokens alone: from 64 decoding sequences, a call takes 63 of them,
+/// the next call the next 63, in turn.
 pub(super) const CPU_FA_TILE: usize = 64;
 
 /// What one `llama_decode` holds.
@@ -294,18 +300,25 @@ impl Worker {
             batch.clear();
             // Chosen again after a sequence gave way below: what was due may have left.
             let mix = self.mix(running);
-            if let Err(e) = self.fill(&mut batch, running, mix) {
-                let e = e.to_string();
-                for run in running.drain(..) {
-                    self.finish(ctx, run, Err(EngineError::Failed(e.clone())));
+            let next_from = match self.fill(&mut batch, running, mix) {
+                Ok(next_from) => next_from,
+                Err(e) => {
+                    let e = e.to_string();
+                    for run in running.drain(..) {
+                        self.finish(ctx, run, Err(EngineError::Failed(e.clone())));
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             match decode_marked(ctx, &mut batch) {
                 Ok(()) => {
                     if mix != Mix::Both {
                         // The other kind goes next.
                         self.prompt_turn.set(mix == Mix::Decodes);
+                    }
+                    if let Some(from) = next_from {
+                        // The decodes left out go next.
+                        self.decode_from.set(from);
                     }
                     break;
                 }
@@ -412,21 +425,54 @@ impl Worker {
     }
 
     /// Puts each running sequence's next tokens in `batch`, as `mix` says: the next token of
-    /// every decoding sequence, then the next prompt chunk (up to the prefill batch size) of
-    /// one prefilling sequence.
+    /// every decoding sequence (on the CPU at most [`CPU_FA_TILE`] - 1, the others in the
+    /// next calls), then the next prompt chunk (up to the prefill batch size) of one
+    /// prefilling sequence.
+    ///
+    /// Returns where the next call's decode tokens start, when this one could not take all.
     fn fill(
         &self,
         batch: &mut LlamaBatch,
         running: &mut [Running],
         mix: Mix,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<usize>, EngineError> {
         let mut n = 0i32;
         for run in running.iter_mut() {
             run.in_batch = 0;
             run.logits_at = None;
         }
-        let decodes = mix != Mix::Prompt;
-        for run in running.iter_mut().filter(|r| decodes && !r.prefilling()) {
+        let decoding: Vec<usize> = if mix == Mix::Prompt {
+            Vec::new()
+        } else {
+            (0..running.len())
+                .filter(|&i| !running[i].prefilling() && !running[i].out.is_empty())
+                .collect()
+        };
+        // On the CPU at most CPU_FA_TILE - 1 of them a call, taking turns.
+        let room = if self.split_prompts {
+            CPU_FA_TILE - 1
+        } else {
+            usize::MAX
+        };
+        {
+            let mut slots = self.slots();
+            slots.peak_decoding = slots.peak_decoding.max(decoding.len());
+            slots.peak_decode_batch = slots.peak_decode_batch.max(decoding.len().min(room));
+        }
+        let mut take = vec![decoding.len() <= room; running.len()];
+        let mut next_from = None;
+        if decoding.len() > room {
+            let from = self.decode_from.get() % decoding.len();
+            for k in 0..room {
+                take[decoding[(from + k) % decoding.len()]] = true;
+            }
+            next_from = Some((from + room) % decoding.len());
+        }
+        for i in decoding {
+            let run = &mut running[i];
+            if !take[i] {
+                continue;
+            }
             let Some(&last) = run.out.last() else {
                 continue;
             };
@@ -463,7 +509,7 @@ impl Worker {
             }
             run.in_batch = take;
         }
-        Ok(())
+        Ok(next_from)
     }
 
     /// Samples `run`'s next token from the logits at batch index `at`; `Some` when it ends.
