@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+use progress::Progress;
 mod agent;
 mod graph;
 mod measure;
+mod progress;
 mod serve;
 
 use measure::{bench_cmd, decode_cmd, print_bench, restore_cmd};

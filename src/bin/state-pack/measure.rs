@@ -15,10 +15,10 @@ pub(crate) async fn bench_cmd(
     let reuse = load(model, cache, spec).await?;
     let naive = load(model, cache, spec.hot_states(0)).await?;
     let arms = 2 + usize::from(peer.is_some());
-    let bar = ProgressBar::new((arms * steps * runs) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = Progress::new(
+        arms * steps * runs,
+        "steps",
+        "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}]",
     );
     let plan = bench::BenchPlan {
         kv_blobs: plan.kv_blobs && !crate::kv_blobs_off(),
@@ -26,10 +26,10 @@ pub(crate) async fn bench_cmd(
     };
     let report = bench::run(reuse, naive, peer, plan, |arm, step| {
         bar.set_message(format!("{engine} {} step {step}", arm.name()));
-        bar.inc(1);
+        bar.inc();
     })
     .await?;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(report)
 }
 
@@ -146,16 +146,20 @@ pub(crate) async fn restore_cmd(
         );
     }
     let (path, spec) = crate::resolve(model, cache, spec)?;
-    let bar = ProgressBar::new(runs as u64);
+    let bar = Progress::new(
+        runs,
+        "runs",
+        "{bar:40} {pos}/{len} runs  [{elapsed_precise}]",
+    );
     let report = bench::restore_vs_prefill(
         || load_engine(&path, spec),
         crate::kv_at(),
         tokens,
         runs,
-        |_| bar.inc(1),
+        |_| bar.inc(),
     )
     .await?;
-    bar.finish_and_clear();
+    bar.finish();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -234,9 +238,10 @@ pub(crate) async fn decode_cmd(
     let mut reports = Vec::new();
     for &kind in engines {
         let engine = load(model, cache, EngineSpec { kind, ..spec }).await?;
-        let bar = ProgressBar::new(runs as u64).with_message(format!("{kind} decode"));
-        let report = bench::decode_rate(engine.as_ref(), tokens, runs, |_| bar.inc(1)).await?;
-        bar.finish_and_clear();
+        let bar = Progress::new(runs, "runs", "{bar:40} {pos}/{len} runs  {msg}");
+        bar.set_message(format!("{kind} decode"));
+        let report = bench::decode_rate(engine.as_ref(), tokens, runs, |_| bar.inc()).await?;
+        bar.finish();
         drop(engine);
         if !json {
             println!(

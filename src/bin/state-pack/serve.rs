@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use state_pack::engine::EngineSpec;
 use state_pack::ledger::Signer;
 use state_pack::load;
@@ -300,14 +300,14 @@ pub async fn bench(
 
 /// Runs one load test with a progress bar.
 async fn drive(cfg: &load::LoadConfig) -> Result<load::LoadReport> {
-    let bar = ProgressBar::new((cfg.clients * cfg.steps) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  [{elapsed_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = Progress::new(
+        cfg.clients * cfg.steps,
+        "steps",
+        "{bar:40} {pos}/{len} steps  [{elapsed_precise}]",
     );
     let tick = bar.clone();
-    let report = load::run(cfg, move || tick.inc(1)).await?;
-    bar.finish_and_clear();
+    let report = load::run(cfg, move || tick.inc()).await?;
+    bar.finish();
     Ok(report)
 }
 
