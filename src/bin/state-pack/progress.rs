@@ -2,7 +2,6 @@
 //! the bar would draw nothing, a line on stderr at every tenth of the work.
 
 use std::io::IsTerminal;
-use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -12,7 +11,6 @@ pub(crate) struct Progress {
     bar: ProgressBar,
     /// What the plain lines call the work; `None` on a terminal.
     plain: Option<&'static str>,
-    started: Instant,
 }
 
 impl Progress {
@@ -26,7 +24,6 @@ impl Progress {
         Self {
             bar,
             plain: (!std::io::stderr().is_terminal()).then_some(what),
-            started: Instant::now(),
         }
     }
 
@@ -46,7 +43,7 @@ impl Progress {
             eprintln!(
                 "{done}/{len} {what}{}{msg}  [{:.0} s]",
                 if msg.is_empty() { "" } else { "  " },
-                self.started.elapsed().as_secs_f64()
+                self.bar.elapsed().as_secs_f64()
             );
         }
     }

@@ -61,9 +61,10 @@ impl PrefixCacheShared {
         self.max_bytes.load(Ordering::Relaxed)
     }
 
-    /// What the cache held after its last change.
-    pub fn held(&self) -> PrefixCacheHeld {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// `f` of what the cache held after its last change (read in place: the keys can be
+    /// many tokens).
+    pub fn read<R>(&self, f: impl FnOnce(&PrefixCacheHeld) -> R) -> R {
+        f(&self.held.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn publish(&self, held: PrefixCacheHeld) {

@@ -252,9 +252,9 @@ impl MistralRsEngine {
         Ok(logger.take_prefix_cache_tokens_reused(id))
     }
 
-    /// What the prefix cache holds now.
-    fn held(&self) -> PrefixCacheHeld {
-        self.prefix_cache.held()
+    /// `f` of what the prefix cache holds now.
+    fn held<R>(&self, f: impl FnOnce(&PrefixCacheHeld) -> R) -> R {
+        self.prefix_cache.read(f)
     }
 
     async fn run(
@@ -264,7 +264,7 @@ impl MistralRsEngine {
         sink: Option<TokenSink>,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
-        let predicted = predicted_reuse(&self.held(), prompt);
+        let predicted = self.held(|h| predicted_reuse(h, prompt));
         let ticket = self.begun.fetch_add(1, Ordering::SeqCst);
         let before = self.running.fetch_add(1, Ordering::SeqCst);
         self.peak.fetch_max(before + 1, Ordering::SeqCst);
@@ -513,16 +513,16 @@ impl Engine for MistralRsEngine {
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {
-        longest_match(&self.held(), tokens)
+        self.held(|h| longest_match(h, tokens))
     }
 
     fn hot_entries(&self) -> usize {
-        self.held().keys.len()
+        self.held(|h| h.keys.len())
     }
 
     fn hot_tokens(&self) -> usize {
         // The KV memory the cache holds, as allocated, in tokens' worth.
-        self.held().bytes / self.info.kv_bytes_per_token.max(1)
+        self.held(|h| h.bytes) / self.info.kv_bytes_per_token.max(1)
     }
 }
 

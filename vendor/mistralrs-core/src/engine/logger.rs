@@ -176,13 +176,13 @@ impl IntervalLogger {
             .unwrap_or(0)
     }
 
-    /// state-pack patch: cumulative prompt tokens served from the prefix cache.
     /// state-pack patch: the prefix cache's byte limit (`set_max_bytes`) and what it holds
-    /// (`held`), for the caller; the engine hands the same to its prefix cache.
+    /// (`read`), for the caller; the engine hands the same to its prefix cache.
     pub fn prefix_cache(&self) -> Arc<crate::prefix_cacher::PrefixCacheShared> {
         self.prefix_cache.clone()
     }
 
+    /// state-pack patch: cumulative prompt tokens served from the prefix cache.
     pub fn prefix_cache_tokens_reused(&self) -> usize {
         self.prefix_cache_tokens_reused.load(Ordering::Relaxed)
     }

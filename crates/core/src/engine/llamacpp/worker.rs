@@ -95,6 +95,11 @@ impl Running {
     fn prefilling(&self) -> bool {
         self.fed < self.prompt.len()
     }
+
+    /// Whether its next token is a decode token (its prompt is in and it has sampled one).
+    fn decoding(&self) -> bool {
+        !self.prefilling() && !self.out.is_empty()
+    }
 }
 
 impl Worker {
@@ -404,10 +409,7 @@ impl Worker {
     /// and the decode tokens would together reach [`CPU_FA_TILE`] rows: then the chunk and the
     /// decode tokens take turns, each in a call of its own.
     fn mix(&self, running: &[Running]) -> Mix {
-        let decoding = running
-            .iter()
-            .filter(|r| !r.prefilling() && !r.out.is_empty())
-            .count();
+        let decoding = running.iter().filter(|r| r.decoding()).count();
         let chunk = next_prompt(running).map_or(0, |i| self.chunk(&running[i]));
         if !self.split_prompts || decoding == 0 || chunk == 0 || decoding + chunk < CPU_FA_TILE {
             Mix::Both
@@ -445,7 +447,7 @@ impl Worker {
             Vec::new()
         } else {
             (0..running.len())
-                .filter(|&i| !running[i].prefilling() && !running[i].out.is_empty())
+                .filter(|&i| running[i].decoding())
                 .collect()
         };
         // On the CPU at most CPU_FA_TILE - 1 of them a call, taking turns.
@@ -454,25 +456,23 @@ impl Worker {
         } else {
             usize::MAX
         };
+        let due = decoding.len();
+        let (taken, next_from) = if due > room {
+            let from = self.decode_from.get() % due;
+            // In the batch in `running`'s order, as when all fit.
+            let mut taken: Vec<usize> = (0..room).map(|k| decoding[(from + k) % due]).collect();
+            taken.sort_unstable();
+            (taken, Some((from + room) % due))
+        } else {
+            (decoding, None)
+        };
         {
             let mut slots = self.slots();
-            slots.peak_decoding = slots.peak_decoding.max(decoding.len());
-            slots.peak_decode_batch = slots.peak_decode_batch.max(decoding.len().min(room));
+            slots.peak_decoding = slots.peak_decoding.max(due);
+            slots.peak_decode_batch = slots.peak_decode_batch.max(taken.len());
         }
-        let mut take = vec![decoding.len() <= room; running.len()];
-        let mut next_from = None;
-        if decoding.len() > room {
-            let from = self.decode_from.get() % decoding.len();
-            for k in 0..room {
-                take[decoding[(from + k) % decoding.len()]] = true;
-            }
-            next_from = Some((from + room) % decoding.len());
-        }
-        for i in decoding {
+        for i in taken {
             let run = &mut running[i];
-            if !take[i] {
-                continue;
-            }
             let Some(&last) = run.out.last() else {
                 continue;
             };
