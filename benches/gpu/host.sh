@@ -177,16 +177,22 @@ measure() {
 # time limit resumes where it stopped when run again.
 measured() { grep -q "^$1 rc=0 " "$RESULTS/runs.txt" 2>/dev/null; }
 
-server_up() { # model, port, log, gpu layers
+# Whether `measure NAME` would run (not measured yet, and in ONLY if that is set): a peer
+# server is started only for a measurement that will run.
+wanted() { ! measured "$1" && { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
+
+server_up() { # model, port, log, gpu layers, more llama-server arguments...
     [ -x "$STASH/build-server/bin/llama-server" ] || { say "no llama-server built: no peer arm"; return 7; }
-    "$STASH/build-server/bin/llama-server" -m "$1" --host 127.0.0.1 --port "$2" -ngl "$4" \
-        > "$3" 2>&1 &
+    local model=$1 port=$2 log=$3 ngl=$4
+    shift 4
+    "$STASH/build-server/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port" -ngl "$ngl" "$@" \
+        > "$log" 2>&1 &
     echo $! > "$STASH/server.pid"
     for _ in $(seq 1 300); do
-        curl -sf "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
         sleep 1
     done
-    say "llama-server did not come up: $(tail -5 "$3")"
+    say "llama-server did not come up: $(tail -5 "$log")"
     return 7
 }
 
@@ -224,6 +230,18 @@ bench() {
         for e in llamacpp mistralrs; do
             measure "serve-$c-$e-gpu" sp --engine "$e" --device "$dev" --model "$m" bench --workload serve --clients "$c" --steps 10 --json
         done
+    done
+    # The serve workload against llama-server -np C (continuous batching, one unified pool of
+    # 1,500 MiB of this model's cells on both sides), the same clients and loop, 20 steps of
+    # the demo's 8 tokens.
+    for c in 1 32; do
+        local name="serve-$c-t8-peer-llamacpp-gpu"
+        wanted "$name" || continue
+        with_peer=()
+        server_up "$m" 8091 "$RESULTS/ls-np$c.log" "$ngl" -np "$c" -c 68266 -kvu && with_peer=(--peer http://127.0.0.1:8091)
+        measure "$name" sp --engine llamacpp --device "$dev" --model "$m" --kv-budget-mib 1500 bench --workload serve \
+            --clients "$c" --steps 20 --tokens-per-step 8 "${with_peer[@]}" --json
+        server_down
     done
     # The same binary and libraries with the GPU hidden: this host's CPU cores.
     if [ "$CUDA" = ON ]; then

@@ -144,6 +144,22 @@ def main():
                     f"| {c} | {e} | {l['steps_per_s']:.2f} | {l['infer_p50_ms']:.1f} | {l['infer_p99_ms']:.1f} | "
                     f"{l['queued_p50_ms']:.1f} | {l['errors']} | {s['verify_ok']} |"
                 )
+    peer = [(c, load(d, f"serve-{c}-t8-peer-llamacpp-gpu")) for c in (1, 32)]
+    if any(s for _, s in peer):
+        print("\n#### Serve workload against llama-server -np C, llama.cpp, GPU, 20 steps of 8 tokens\n")
+        print("| clients | server | steps/s | infer p50 ms | infer p99 ms | prefilled / reused | errors | state-pack / llama-server |")
+        print("|---:|---|---:|---:|---:|---|---:|---:|")
+        for c, s in peer:
+            if not s:
+                continue
+            for who, l in (("state-pack", s["load"]), ("llama-server", s.get("peer"))):
+                if not l:
+                    continue
+                ratio = f"{s['load']['steps_per_s'] / l['steps_per_s']:.2f}x" if who == "llama-server" else ""
+                print(
+                    f"| {c} | {who} | {l['steps_per_s']:.2f} | {l['infer_p50_ms']:.1f} | {l['infer_p99_ms']:.1f} | "
+                    f"{l['prefilled']:,} / {l['reused']:,} | {l['errors']} | {ratio} |"
+                )
     runs = os.path.join(d, "runs.txt")
     if os.path.exists(runs):
         print("\nRuns (name, exit status, seconds, command):\n")
