@@ -164,9 +164,7 @@ sp() { "$STASH/state-pack" --key "$STASH/key.pem" "$@"; }
 measure() {
     local name=$1 started=$SECONDS rc=0
     shift
-    if measured "$name"; then say "$name: measured already (runs.txt)"; return; fi
-    # ONLY="name ..." runs just those measurements (a short device budget).
-    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then say "$name: not in ONLY, skipped"; return; fi
+    if ! wanted "$name"; then say "$name: measured already (runs.txt) or not in ONLY, skipped"; return; fi
     say "measuring $name"
     "$@" > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || rc=$?
     echo "$name rc=$rc $((SECONDS - started))s $*" >> "$RESULTS/runs.txt"
@@ -177,8 +175,9 @@ measure() {
 # time limit resumes where it stopped when run again.
 measured() { grep -q "^$1 rc=0 " "$RESULTS/runs.txt" 2>/dev/null; }
 
-# Whether `measure NAME` would run (not measured yet, and in ONLY if that is set): a peer
-# server is started only for a measurement that will run.
+# Whether `measure NAME` would run: not measured yet, and in ONLY if that is set
+# (ONLY="name ..." runs just those measurements, for a short device budget). A peer server
+# is started only for a measurement that will run.
 wanted() { ! measured "$1" && { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
 
 server_up() { # model, port, log, gpu layers, more llama-server arguments...
