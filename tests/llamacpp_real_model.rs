@@ -120,20 +120,36 @@ async fn same_output_after_restart_from_kv_blob_in_child() {
             .unwrap();
         // The infer's last sampled token was never run: it is prefilled with the delta.
         assert_eq!(b.report.tokens.reused, a.report.tokens.state - 1);
+        // The export between prefill and decode is in `save`, in neither of those.
+        let t = b.report.timings;
+        assert!(t.save > std::time::Duration::ZERO, "{t:?}");
+        assert!(
+            t.prefill + t.decode + t.restore + t.save + t.overhead <= t.total,
+            "the parts exceed the total: {t:?}"
+        );
         let blobs = pack.kv_blobs().unwrap();
         assert!(blobs.contains(&base.output));
-        assert!(blobs.contains(&a.report.output));
+        // An infer's blob was exported with its prompt, before the decode: it ends where
+        // the prompt does, and the next infer's starts there (holding the generated tail).
+        let prompt = |r: &state_pack::OpReport| (r.tokens.state - r.tokens.generated) as usize;
+        assert_eq!(blobs.end_of(&a.report.output), Some(prompt(&a.report)));
+        assert_eq!(blobs.end_of(&b.report.output), Some(prompt(&b.report)));
         pack.close().unwrap();
         (base, a, b)
     };
 
-    // A fresh process continues the infer-made state from its blob: every token but the
-    // last sampled one restored, the same answer as the warm engine gave.
+    // A fresh process continues the infer-made state from its blob: its prompt restored,
+    // the generated tail prefilled with the delta, the same answer as the warm engine gave.
     let child = continue_in_child(&db, &a.report.output, D2);
+    let a_prompt = a.report.tokens.state - a.report.tokens.generated;
     assert_eq!(child.text, b.text);
-    assert_eq!(child.restored, a.report.tokens.state - 1);
+    assert_eq!(child.restored, a_prompt);
     assert_eq!(child.reused, child.restored);
-    assert_eq!(child.prefilled, b.report.tokens.prefilled);
+    // Warm, only the last sampled token was run with the delta; here all generated ones are.
+    assert_eq!(
+        child.prefilled,
+        b.report.tokens.prefilled + a.report.tokens.generated - 1
+    );
 
     // And the base state, whose blob holds all of it.
     let child = continue_in_child(&db, &s1.output, D1);
@@ -152,7 +168,7 @@ async fn same_output_after_restart_from_kv_blob_in_child() {
         .filter_map(|r| r.receipt().unwrap().tokens.map(|t| t.restored))
         .filter(|&n| n > 0)
         .collect();
-    assert_eq!(restored, vec![a.report.tokens.state - 1, s1.tokens.state]);
+    assert_eq!(restored, vec![a_prompt, s1.tokens.state]);
 }
 
 #[test]

@@ -309,6 +309,28 @@ pub struct Generation {
 /// ([`Engine::generate_streaming`]). A closed receiver never stops generation.
 pub type TokenSink = tokio::sync::mpsc::UnboundedSender<u32>;
 
+/// A generation's request for the KV of its prompt's positions `from..` as soon as the prompt
+/// is in the engine, before the first decode ([`Engine::generate_exporting`]): what the caller
+/// does with the bytes (the pack hashes them for the receipt) then runs while the engine
+/// decodes.
+#[derive(Debug)]
+pub struct PromptKvRequest {
+    /// The first prompt position exported (what an earlier blob holds comes before it).
+    pub from: usize,
+    /// Where the export goes; `Ok(None)` when the engine could not export it.
+    pub reply: tokio::sync::oneshot::Sender<Result<Option<ExportedKv>, EngineError>>,
+}
+
+/// KV handed out by [`Engine::generate_exporting`].
+#[derive(Debug)]
+pub struct ExportedKv {
+    /// The bytes, as [`Engine::export_kv`] makes them.
+    pub raw: Vec<u8>,
+    /// How long the engine took to export them (inside the generation's wall time, outside its
+    /// prefill and decode times).
+    pub time: Duration,
+}
+
 /// Errors from an engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -371,6 +393,34 @@ pub trait Engine: Send + Sync {
         for t in &generation.tokens {
             let _ = sink.send(*t);
         }
+        Ok(generation)
+    }
+
+    /// [`generate`](Self::generate) (or [`generate_streaming`](Self::generate_streaming) with
+    /// `sink`) that also hands out the KV of the prompt's positions `export.from..` through
+    /// `export.reply`. An engine that can, exports it as soon as the prompt is in, before
+    /// decoding, so that the caller's work on it overlaps the decode; the default exports it
+    /// after the generation. `export.reply` is always answered or dropped before this
+    /// returns.
+    async fn generate_exporting(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+        export: PromptKvRequest,
+    ) -> Result<Generation, EngineError> {
+        let generation = match sink {
+            Some(sink) => self.generate_streaming(prompt, sampling, sink).await?,
+            None => self.generate(prompt, sampling).await?,
+        };
+        let started = std::time::Instant::now();
+        let exported = self.export_kv(prompt, export.from).await.map(|raw| {
+            raw.map(|raw| ExportedKv {
+                raw,
+                time: started.elapsed(),
+            })
+        });
+        let _ = export.reply.send(exported);
         Ok(generation)
     }
 

@@ -9,8 +9,10 @@
 //! by extending another (merge, infer) whose blob exists stores only the new positions and
 //! names that state as its `parent`: an agent step writes the KV of its delta, not of its
 //! whole context, and restoring a state loads the chain of blobs from the root (`start` 0)
-//! down. `end` is the state's length, or one less for an infer's state, whose last sampled
-//! token was never run through the model.
+//! down. `end` is the state's length for a state made by a prefill (create, merge, compact);
+//! an infer's blob ends where its prompt does: the engine exports it before it decodes, so
+//! that hashing it for the receipt overlaps the decode (`pack::kv`), and a restore prefills
+//! the generated tail. The next infer's blob starts there and holds that tail.
 //!
 //! One file per state, `<state hash>.kv`:
 //!

@@ -8,12 +8,13 @@
 //! (signature and key schedule included). A blob nothing vouches for is deleted, with a
 //! warning, and the state is prefilled instead.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::{Restored, StatePack};
+use crate::engine::{EngineError, ExportedKv, PromptKvRequest};
 use crate::ledger::receipt::ReceiptKv;
 use crate::state::StateHash;
 
@@ -38,7 +39,115 @@ impl PreparedKv {
     }
 }
 
+/// An infer's prompt KV, asked of the engine with the generation
+/// ([`crate::engine::Engine::generate_exporting`]): the engine exports it as soon as the
+/// prompt is in and [`hash`](Self::hash) hashes it while the engine decodes, so the step
+/// does not wait for the SHA-256 after its last token. The blob then ends where the prompt
+/// does; a restore prefills the generated tail.
+pub(super) struct PromptExport {
+    reply: tokio::sync::oneshot::Receiver<Result<Option<ExportedKv>, EngineError>>,
+    parent: Option<StateHash>,
+    start: usize,
+    end: usize,
+}
+
+/// The result of a [`PromptExport`]: the blob ready for the receipt, and when it was.
+pub(super) struct EarlyKv {
+    pub(super) prepared: PreparedKv,
+    /// What the operation waited for it: the engine's export (between its prefill and its
+    /// decode), and the hashing that outlasted the generation
+    /// ([`waited_from`](Self::waited_from)).
+    pub(super) save: Duration,
+    ready: Instant,
+}
+
+impl EarlyKv {
+    /// Adds to [`save`](Self::save) the hashing still running when the generation ended at
+    /// `generated`.
+    pub(super) fn waited_from(mut self, generated: Instant) -> Self {
+        self.save += self.ready.saturating_duration_since(generated);
+        self
+    }
+}
+
+impl PromptExport {
+    /// Waits for the engine's export and hashes it on a blocking thread. `None` when the
+    /// engine exported nothing or failed (logged): a missing blob only costs a prefill later.
+    pub(super) async fn hash(self) -> Option<EarlyKv> {
+        let exported = match self.reply.await {
+            Ok(Ok(Some(exported))) => exported,
+            // No export, or the generation failed before its prompt was in.
+            Ok(Ok(None)) | Err(_) => return None,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot export the prompt's KV");
+                return None;
+            }
+        };
+        let ExportedKv { raw, time } = exported;
+        let hashing = Instant::now();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let sha256 = hex::encode(Sha256::digest(&raw));
+            (raw, sha256)
+        })
+        .await;
+        let (raw, sha256) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "KV hashing failed");
+                return None;
+            }
+        };
+        debug!(
+            bytes = raw.len(),
+            start = self.start,
+            end = self.end,
+            export_us = time.as_micros() as u64,
+            sha256_us = hashing.elapsed().as_micros() as u64,
+            "exported the prompt's KV"
+        );
+        Some(EarlyKv {
+            prepared: PreparedKv {
+                parent: self.parent,
+                start: self.start,
+                end: self.end,
+                raw,
+                sha256,
+            },
+            save: time,
+            ready: Instant::now(),
+        })
+    }
+}
+
 impl StatePack {
+    /// The request for the KV of an infer's prompt (`input`'s tokens, `prompt_len` with the
+    /// delta) to pass to the engine with its generation, if blobs are kept: from where the
+    /// input state's blob ends, or from 0 when it has none.
+    pub(super) fn prompt_export(
+        &self,
+        input: &StateHash,
+        prompt_len: usize,
+    ) -> Option<(PromptKvRequest, PromptExport)> {
+        let blobs = self.blobs.as_ref()?;
+        let (parent, start) = match blobs.end_of(input) {
+            Some(e) if e < prompt_len => (Some(*input), e),
+            _ => (None, 0),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Some((
+            PromptKvRequest {
+                from: start,
+                reply: tx,
+            },
+            PromptExport {
+                reply: rx,
+                parent,
+                start,
+                end: prompt_len,
+            },
+        ))
+    }
+
     /// The KV of state `hash` (tokens `tokens`), if blobs are kept, the engine holds the
     /// state and no blob exists yet. When `parent` (a state whose tokens begin `tokens`) has
     /// a blob, only the positions after it are exported. Failures are logged, never

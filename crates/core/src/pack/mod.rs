@@ -59,6 +59,8 @@ struct Outcome {
     engine_called: bool,
     /// KV loaded from a blob before the engine ran: tokens, and time it took.
     restored: Restored,
+    /// The output state's blob, exported and hashed while the engine generated (infer).
+    kv: Option<kv::EarlyKv>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -225,12 +227,14 @@ impl StatePack {
                 },
                 engine_called: false,
                 restored,
+                kv: None,
             });
         }
         Ok(Outcome {
             usage: self.engine.prefill(tokens).await?,
             engine_called: true,
             restored,
+            kv: None,
         })
     }
 
@@ -330,19 +334,35 @@ impl StatePack {
             let restored = self
                 .restore_kv(state, &tokens[..tokens.len() - delta.len()])
                 .await;
-            let generation = match sink {
-                Some(sink) => {
-                    self.engine
-                        .generate_streaming(&tokens, sampling, sink)
-                        .await?
+            let (generation, kv) = match self.prompt_export(state, tokens.len()) {
+                // The prompt's KV is hashed while the engine decodes.
+                Some((request, export)) => {
+                    let generate = async {
+                        let generation = self
+                            .engine
+                            .generate_exporting(&tokens, sampling, sink, request)
+                            .await;
+                        (generation, Instant::now())
+                    };
+                    let ((generation, generated), kv) = tokio::join!(generate, export.hash());
+                    (generation?, kv.map(|kv| kv.waited_from(generated)))
                 }
-                None => self.engine.generate(&tokens, sampling).await?,
+                None => match sink {
+                    Some(sink) => (
+                        self.engine
+                            .generate_streaming(&tokens, sampling, sink)
+                            .await?,
+                        None,
+                    ),
+                    None => (self.engine.generate(&tokens, sampling).await?, None),
+                },
             };
             tokens.extend_from_slice(&generation.tokens);
             let outcome = Outcome {
                 usage: generation.usage,
                 engine_called: true,
                 restored,
+                kv,
             };
             let report = self
                 .commit(Pending {
@@ -398,33 +418,40 @@ impl StatePack {
     }
 
     /// [`record`](Self::record), with the output state's KV blob if the engine computed it:
-    /// the KV is exported first so that its SHA-256 is in the signed receipt, and written
-    /// after the receipt is committed (see [`kv`]).
-    async fn commit(&self, p: Pending) -> Result<OpReport, PackError> {
+    /// the KV is exported first so that its SHA-256 is in the signed receipt (an infer's was
+    /// exported with its prompt and hashed during the decode), and written after the receipt
+    /// is committed (see [`kv`]).
+    async fn commit(&self, mut p: Pending) -> Result<OpReport, PackError> {
         let started = Instant::now();
         let hash = StateHash::of(&self.engine.info().fingerprint, &p.tokens);
-        let prepared = if p.outcome.engine_called {
+        let (prepared, export) = if let Some(early) = p.outcome.kv.take() {
+            // Exported before the decode and hashed during it: the step waited for the
+            // export, and for the hash only where it outlasted the generation.
+            let fresh = self.blobs.as_ref().is_some_and(|b| !b.contains(&hash));
+            (fresh.then_some(early.prepared), early.save)
+        } else if p.outcome.engine_called {
             // Merge and infer extend their input: its blob holds the start of this one.
             let parent = match p.op {
                 OpKind::Merge | OpKind::Infer => p.input,
                 _ => None,
             };
-            self.export_kv(&hash, &p.tokens, parent.as_ref()).await
+            let prepared = self.export_kv(&hash, &p.tokens, parent.as_ref()).await;
+            (prepared, started.elapsed())
         } else {
-            None
+            (None, Duration::ZERO)
         };
-        let export = started.elapsed();
         let (mut report, _) =
             self.record(p, hash, prepared.as_ref().map(kv::PreparedKv::receipt))?;
+        let mut queued = Duration::ZERO;
         if let Some(prepared) = prepared {
             let started = Instant::now();
             self.write_kv(&report.output, prepared).await;
             // The caller waited for the blob's queuing too: it belongs in the operation's
             // time. The export ran before `record`, so `total` holds it already.
-            let queued = started.elapsed();
-            report.timings.save = export + queued;
+            queued = started.elapsed();
             report.timings.total += queued;
         }
+        report.timings.save = export + queued;
         Ok(report)
     }
 

@@ -132,6 +132,7 @@ impl StatePack {
                         usage: EngineUsage::default(),
                         engine_called: false,
                         restored: Restored::default(),
+                        kv: None,
                     },
                     output_text: Some(earlier.text.clone()),
                     policy: None,

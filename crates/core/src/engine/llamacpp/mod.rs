@@ -55,8 +55,8 @@ use super::gguf::ModelFile;
 use super::load_err;
 use super::sampler::SeededSampler;
 use super::{
-    Engine, EngineError, EngineUsage, FinishReason, Generation, Grammar, KvDType, ModelInfo,
-    Sampling, SamplingMode, TokenSink,
+    Engine, EngineError, EngineUsage, ExportedKv, FinishReason, Generation, Grammar, KvDType,
+    ModelInfo, PromptKvRequest, Sampling, SamplingMode, TokenSink,
 };
 
 /// How a [`LlamaCppEngine`] is set up.
@@ -120,6 +120,7 @@ enum Job {
         prompt: Vec<u32>,
         sampling: Sampling,
         sink: Option<TokenSink>,
+        export: Option<PromptKvRequest>,
         reply: oneshot::Sender<Result<Generation, EngineError>>,
     },
     Export {
@@ -367,6 +368,7 @@ impl LlamaCppEngine {
         prompt: &[u32],
         sampling: &Sampling,
         sink: Option<TokenSink>,
+        export: Option<PromptKvRequest>,
     ) -> Result<Generation, EngineError> {
         sampling.check(prompt, self.info.context_window)?;
         self.check_tokens(prompt)?;
@@ -375,6 +377,7 @@ impl LlamaCppEngine {
             prompt,
             sampling,
             sink,
+            export,
             reply,
         })
         .await
@@ -418,7 +421,7 @@ impl Engine for LlamaCppEngine {
         prompt: &[u32],
         sampling: &Sampling,
     ) -> Result<Generation, EngineError> {
-        self.generate_into(prompt, sampling, None).await
+        self.generate_into(prompt, sampling, None, None).await
     }
 
     async fn generate_streaming(
@@ -427,7 +430,19 @@ impl Engine for LlamaCppEngine {
         sampling: &Sampling,
         sink: TokenSink,
     ) -> Result<Generation, EngineError> {
-        self.generate_into(prompt, sampling, Some(sink)).await
+        self.generate_into(prompt, sampling, Some(sink), None).await
+    }
+
+    async fn generate_exporting(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        sink: Option<TokenSink>,
+        export: PromptKvRequest,
+    ) -> Result<Generation, EngineError> {
+        // The worker exports right after the prompt's last chunk, before the first decode.
+        self.generate_into(prompt, sampling, sink, Some(export))
+            .await
     }
 
     fn hot_prefix_len(&self, tokens: &[u32]) -> usize {

@@ -65,6 +65,7 @@ struct Request {
     prompt: Vec<u32>,
     sampling: Sampling,
     sink: Option<TokenSink>,
+    export: Option<PromptKvRequest>,
     reply: oneshot::Sender<Result<Generation, EngineError>>,
 }
 
@@ -79,6 +80,10 @@ struct Running {
     matcher: Option<Matcher>,
     seeded: Option<SeededSampler>,
     sink: Option<TokenSink>,
+    /// Answered with the prompt's KV once the prompt is in, before the first decode.
+    export: Option<PromptKvRequest>,
+    /// How long that export took: between prefill and decode, in neither's time.
+    export_time: Duration,
     reply: oneshot::Sender<Result<Generation, EngineError>>,
     out: Vec<u32>,
     started: Instant,
@@ -144,11 +149,13 @@ impl Worker {
                 prompt,
                 sampling,
                 sink,
+                export,
                 reply,
             } => waiting.push_back(Request {
                 prompt,
                 sampling,
                 sink,
+                export,
                 reply,
             }),
             Job::Export {
@@ -257,6 +264,8 @@ impl Worker {
             matcher,
             seeded,
             sink: r.sink,
+            export: r.export,
+            export_time: Duration::ZERO,
             reply: r.reply,
             out: Vec::new(),
             started,
@@ -384,6 +393,9 @@ impl Worker {
                 run.fed += run.in_batch;
                 if !run.prefilling() {
                     run.prefilled_at = Some(now);
+                    if let Some(export) = run.export.take() {
+                        self.export_prompt(ctx, run, export);
+                    }
                 }
             }
             let Some(at) = run.logits_at.take() else {
@@ -574,7 +586,10 @@ impl Worker {
                     .prefilled_at
                     .map(|t| t - run.prefill_from)
                     .unwrap_or_default(),
-                decode_time: run.prefilled_at.map(|t| t.elapsed()).unwrap_or_default(),
+                decode_time: run
+                    .prefilled_at
+                    .map(|t| t.elapsed().saturating_sub(run.export_time))
+                    .unwrap_or_default(),
                 wall: run.started.elapsed(),
                 unreported: 0,
                 retokenized: false,
@@ -669,6 +684,30 @@ impl Worker {
         Ok(Matcher::new(Ok(parser)))
     }
 
+    /// Answers `export` with the KV of `run`'s prompt from `export.from`, the prompt being
+    /// all in its slot now.
+    fn export_prompt(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        run: &mut Running,
+        export: PromptKvRequest,
+    ) {
+        let started = Instant::now();
+        let exported = if export.from < run.prompt.len() {
+            self.export_range(ctx, run.seq, export.from, run.prompt.len())
+        } else {
+            Ok(None)
+        };
+        run.export_time = started.elapsed();
+        let exported = exported.map(|raw| {
+            raw.map(|raw| ExportedKv {
+                raw,
+                time: run.export_time,
+            })
+        });
+        let _ = export.reply.send(exported);
+    }
+
     /// The KV of positions `from..` of `tokens`, if a slot holds all of `tokens`.
     fn export(
         &self,
@@ -680,17 +719,23 @@ impl Worker {
         if tokens.is_empty() || common < tokens.len() || from >= tokens.len() {
             return Ok(None);
         }
+        self.export_range(ctx, slot, from, tokens.len())
+    }
+
+    /// The KV of positions `from..to` of slot `slot`, which holds at least `to` tokens.
+    fn export_range(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        slot: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
         // Tag the range's cells with the scratch sequence too (no tensor is copied), then
         // serialize that sequence.
         let scratch = self.scratch_seq();
         let _ = ctx.kv_cache_seq_rm(scratch, None, None);
-        ctx.copy_kv_cache_seq(
-            slot as i32,
-            scratch,
-            Some(from as u32),
-            Some(tokens.len() as u32),
-        )
-        .map_err(|e| failed("KV copy", e))?;
+        ctx.copy_kv_cache_seq(slot as i32, scratch, Some(from as u32), Some(to as u32))
+            .map_err(|e| failed("KV copy", e))?;
         let flags = LlamaStateSeqFlags::empty();
         let mut bytes = vec![0u8; ctx.state_seq_get_size_ext(scratch, flags)];
         let n = unsafe {
