@@ -115,6 +115,36 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|e| EngineError::Failed(format!("llama.cpp backend: {e}")))
 }
 
+/// A ggml CPU thread pool (`ggml_threadpool_new`), freed on drop.
+struct ThreadPool(llama_cpp_sys_2::ggml_threadpool_t);
+
+impl ThreadPool {
+    /// `threads` threads with ggml's defaults (polling level 50, as llama-server's); `None`
+    /// (logged) when ggml cannot make them.
+    fn new(threads: usize) -> Option<Self> {
+        // SAFETY: plain C calls; the parameters are ggml's own defaults for `threads`.
+        let pool = unsafe {
+            let mut params = llama_cpp_sys_2::ggml_threadpool_params_default(threads as i32);
+            llama_cpp_sys_2::ggml_threadpool_new(&mut params)
+        };
+        if pool.is_null() {
+            warn!(
+                threads,
+                "cannot make a CPU thread pool; llama.cpp makes one per decode"
+            );
+            return None;
+        }
+        Some(Self(pool))
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        // SAFETY: made by ggml_threadpool_new, freed once, after the context using it.
+        unsafe { llama_cpp_sys_2::ggml_threadpool_free(self.0) }
+    }
+}
+
 enum Job {
     Generate {
         prompt: Vec<u32>,
@@ -273,6 +303,9 @@ impl LlamaCppEngine {
         let thread = std::thread::Builder::new()
             .name("llama.cpp".into())
             .spawn(move || {
+                // Threads that live as long as the context, as llama-server's do: without
+                // them every llama_decode makes its CPU threads and joins them again.
+                let pool = ThreadPool::new(threads);
                 let mut ctx = match worker.model.new_context(backend, ctx_params) {
                     Ok(ctx) => ctx,
                     Err(e) => {
@@ -280,6 +313,11 @@ impl LlamaCppEngine {
                         return;
                     }
                 };
+                if let Some(pool) = &pool {
+                    // SAFETY: the pool outlives the context: it was made first, so it is
+                    // dropped after it on every path.
+                    unsafe { ctx.attach_threadpool(pool.0, std::ptr::null_mut()) };
+                }
                 // One small batch through every kernel a prefill uses, before the engine
                 // is handed out: a CPU that cannot run this build fails here, at load, with
                 // the fatal-signal line, not in the middle of a run.
@@ -289,6 +327,7 @@ impl LlamaCppEngine {
                 }
                 let _ = ready_tx.send(Ok(()));
                 worker.serve(ctx, rx);
+                drop(pool);
             })
             .map_err(|e| load_err(path, format!("cannot start the engine thread: {e}")))?;
         ready_rx
