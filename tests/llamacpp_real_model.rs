@@ -271,10 +271,13 @@ async fn constrained_seeded_and_bad_input_in_child() {
     let s = Sampling::seeded(7, 0.9, 0.95, 12);
     let hot = engine.generate(&prompt, &s).await.unwrap();
     assert!(hot.usage.reused > 0);
+    // The cold engine also runs on one persistent thread pool (paused between the two
+    // generations): the same tokens as the default's per-decode threads.
     let cold_engine = LlamaCppEngine::load(
         &model_path(),
         LlamaCppOptions {
             slots: 0,
+            thread_pool: true,
             ..LlamaCppOptions::default()
         },
     )
@@ -283,6 +286,8 @@ async fn constrained_seeded_and_bad_input_in_child() {
     let cold = cold_engine.generate(&prompt, &s).await.unwrap();
     assert_eq!(cold.usage.reused, 0);
     assert_eq!(hot.tokens, cold.tokens);
+    let again = cold_engine.generate(&prompt, &s).await.unwrap();
+    assert_eq!(hot.tokens, again.tokens);
 
     // Bad input is an error, never an abort inside llama.cpp.
     assert!(engine.generate(&[], &Sampling::greedy(4)).await.is_err());

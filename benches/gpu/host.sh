@@ -248,8 +248,12 @@ bench() {
         with_peer=()
         # One engine at a time: mistral.rs's naive arm on CPU takes minutes a run, so it
         # gets fewer steps and cannot hold up llama.cpp's figures.
-        measured demo-cpu-llamacpp || { server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer"); }
+        if wanted demo-cpu-llamacpp || wanted demo-cpu-llamacpp-pool; then
+            server_up "$m" 8089 "$RESULTS/llama-server-cpu.log" 0 && with_peer=(--peer "$peer")
+        fi
         measure demo-cpu-llamacpp sp --engine llamacpp --device cpu --model "$m" bench --steps 10 --runs 3 "${with_peer[@]}" --json
+        # With one persistent thread pool, as llama-server has (PERFORMANCE.md section 8.3).
+        measure demo-cpu-llamacpp-pool sp --engine llamacpp --device cpu --thread-pool --model "$m" bench --steps 10 --runs 3 "${with_peer[@]}" --json
         server_down
         measure demo-cpu-mistralrs sp --engine mistralrs --device cpu --model "$m" bench --steps 8 --runs 3 --json
         unset CUDA_VISIBLE_DEVICES

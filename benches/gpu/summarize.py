@@ -112,6 +112,7 @@ def main():
         ("demo-mistralrs-q41-bf16-gpu", "mistral.rs on the file's Q4_1 weights, bf16, GPU"),
         ("agent-gpu", "Legal-research agent (real tool calls), GPU"),
         ("demo-cpu-llamacpp", "Demo loop, llama.cpp, same host, GPU hidden (CPU cores)"),
+        ("demo-cpu-llamacpp-pool", "Demo loop, llama.cpp with --thread-pool, same host, GPU hidden (CPU cores)"),
         ("demo-cpu-mistralrs", "Demo loop, mistral.rs, same host, GPU hidden (CPU cores)"),
         ("demo-ctx4k-random8b-llamacpp-gpu", "8B-shaped random-weight model, 4,000-token base, llama.cpp, GPU"),
         ("demo-ctx4k-random8b-mistralrs-gpu", "8B-shaped random-weight model, 4,000-token base, mistral.rs, GPU"),

@@ -82,6 +82,10 @@ struct Cli {
     /// llama.cpp: flash attention (auto lets llama.cpp decide; it enables it on CPU).
     #[arg(long, global = true, env = "STATE_PACK_LLAMACPP_FLASH_ATTN", value_enum, default_value_t = FlashAttn::Auto)]
     flash_attn: FlashAttn,
+    /// llama.cpp: run on one persistent CPU thread pool, as llama-server does, instead of one
+    /// made per decode call (for many-core hosts; docs/PERFORMANCE.md, section 8.3).
+    #[arg(long, global = true, env = "STATE_PACK_LLAMACPP_THREAD_POOL")]
+    thread_pool: bool,
     /// mistral.rs: activation and KV precision.
     #[arg(long, global = true, env = "STATE_PACK_MISTRALRS_DTYPE", value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
@@ -165,6 +169,7 @@ impl Cli {
                 FlashAttn::On => Some(true),
                 FlashAttn::Off => Some(false),
             },
+            thread_pool: self.thread_pool,
             dtype: match self.dtype {
                 Dtype::F32 => ActivationDType::F32,
                 Dtype::Bf16 => ActivationDType::Bf16,

@@ -558,6 +558,8 @@ pub struct EngineSpec {
     pub batch: usize,
     /// llama.cpp: flash attention forced on or off; `None` lets llama.cpp decide.
     pub flash_attention: Option<bool>,
+    /// llama.cpp: one persistent CPU thread pool ([`LlamaCppOptions::thread_pool`]).
+    pub thread_pool: bool,
     /// mistral.rs: activation and KV precision.
     pub dtype: ActivationDType,
     /// mistral.rs: requantize Q4_1/Q5_0/Q5_1 weights to Q8_0 at load
@@ -590,6 +592,7 @@ impl EngineSpec {
             threads: 0,
             batch: DEFAULT_LLAMACPP_BATCH,
             flash_attention: None,
+            thread_pool: false,
             dtype: mistralrs.dtype,
             requantize_q8: mistralrs.requantize_q8,
             chat_template: None,
@@ -646,6 +649,7 @@ pub async fn load_engine(
                     threads: spec.threads,
                     batch: spec.batch,
                     flash_attention: spec.flash_attention,
+                    thread_pool: spec.thread_pool,
                     chat_template: spec.chat_template,
                     device: spec.device,
                     kv_budget_bytes: spec.kv_budget_bytes,

@@ -81,6 +81,12 @@ pub struct LlamaCppOptions {
     /// forces it. Without it attention spans every used cell of the shared pool, so steps
     /// slow down as other sequences stay hot; `docs/PERFORMANCE.md` has the figures.
     pub flash_attention: Option<bool>,
+    /// Run the context on one ggml CPU thread pool made with it and kept for its life, as
+    /// llama-server does, paused while no generation runs. Off (the default), ggml makes a
+    /// pool for every `llama_decode` and joins it after. On 2 cores it made no difference to
+    /// a step and slowed a restore by a few ms (`docs/PERFORMANCE.md`, section 8.3); it is
+    /// meant for many-core hosts, where it is not yet measured.
+    pub thread_pool: bool,
     /// The chat template; `None` recognises it from the model file.
     pub chat_template: Option<crate::template::ChatTemplate>,
     /// Where to run: the CPU (no layer offloaded), or every layer on a CUDA GPU, which
@@ -97,6 +103,7 @@ impl Default for LlamaCppOptions {
             kv_budget_bytes: 0,
             batch: super::DEFAULT_LLAMACPP_BATCH,
             flash_attention: None,
+            thread_pool: false,
             chat_template: None,
             device: super::Device::Cpu,
         }
@@ -135,6 +142,16 @@ impl ThreadPool {
             return None;
         }
         Some(Self(pool))
+    }
+
+    /// Puts the threads to sleep until the next graph, which wakes them (ggml resumes a
+    /// paused pool when it hands it work). Otherwise they poll for work for a while after
+    /// each graph, as llama-server's do: on a small machine that takes a core from
+    /// whatever runs between two generations (a restore's blob read, the receipt's SQLite
+    /// write).
+    fn pause(&self) {
+        // SAFETY: a live pool (freed only on drop); ggml takes the pool's mutex.
+        unsafe { llama_cpp_sys_2::ggml_threadpool_pause(self.0) }
     }
 }
 
@@ -268,6 +285,7 @@ impl LlamaCppEngine {
             n => n,
         };
         let batch = options.batch.clamp(1, n_ctx);
+        let thread_pool = options.thread_pool;
 
         let slots_n = options.slots.max(1);
         let slots = Arc::new(Mutex::new(Slots::new(slots_n)));
@@ -305,7 +323,7 @@ impl LlamaCppEngine {
             .spawn(move || {
                 // Threads that live as long as the context, as llama-server's do: without
                 // them every llama_decode makes its CPU threads and joins them again.
-                let pool = ThreadPool::new(threads);
+                let pool = thread_pool.then(|| ThreadPool::new(threads)).flatten();
                 let mut ctx = match worker.model.new_context(backend, ctx_params) {
                     Ok(ctx) => ctx,
                     Err(e) => {
@@ -326,7 +344,7 @@ impl LlamaCppEngine {
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
-                worker.serve(ctx, rx);
+                worker.serve(ctx, rx, pool.as_ref());
                 drop(pool);
             })
             .map_err(|e| load_err(path, format!("cannot start the engine thread: {e}")))?;

@@ -108,13 +108,23 @@ impl Running {
 }
 
 impl Worker {
-    pub(super) fn serve(&self, mut ctx: LlamaContext<'_>, rx: mpsc::Receiver<Job>) {
+    /// Runs jobs until every sender is gone; `pool` (the context's CPU threads) sleeps
+    /// whenever no generation runs.
+    pub(super) fn serve(
+        &self,
+        mut ctx: LlamaContext<'_>,
+        rx: mpsc::Receiver<Job>,
+        pool: Option<&ThreadPool>,
+    ) {
         let mut waiting: VecDeque<Request> = VecDeque::new();
         let mut running: Vec<Running> = Vec::new();
         let mut open = true;
         loop {
             // Block for work only when nothing runs; otherwise take what has arrived and step.
             if running.is_empty() && waiting.is_empty() {
+                if let Some(pool) = pool {
+                    pool.pause();
+                }
                 match rx.recv() {
                     Ok(job) => self.accept(&mut ctx, job, &mut waiting),
                     Err(_) => break,
