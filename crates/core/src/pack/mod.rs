@@ -436,7 +436,12 @@ impl StatePack {
                 _ => None,
             };
             let prepared = self.export_kv(&hash, &p.tokens, parent.as_ref()).await;
-            (prepared, started.elapsed())
+            // Nothing exported (no blobs kept, or one exists): nothing saved.
+            let export = match prepared {
+                Some(_) => started.elapsed(),
+                None => Duration::ZERO,
+            };
+            (prepared, export)
         } else {
             (None, Duration::ZERO)
         };
