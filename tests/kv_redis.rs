@@ -170,7 +170,9 @@ mod real_model {
             .unwrap();
         pack.close().unwrap();
         let t = restored.report.tokens;
-        assert_eq!(t.restored, step.report.tokens.state - 1, "{t:?}");
+        // The step's blob ends where its prompt did: its generated tokens are prefilled.
+        let prompt = step.report.tokens.state - step.report.tokens.generated;
+        assert_eq!(t.restored, prompt, "{t:?}");
         assert!(t.prefilled < 40, "only the new turn is prefilled: {t:?}");
 
         // The same step on a fresh engine with no blobs: prefilled in full, same answer.
