@@ -326,8 +326,8 @@ pub struct PromptKvRequest {
 pub struct ExportedKv {
     /// The bytes, as [`Engine::export_kv`] makes them.
     pub raw: Vec<u8>,
-    /// How long the engine took to export them (inside the generation's wall time, outside its
-    /// prefill and decode times).
+    /// How long the engine took to export them. An engine that exports before decoding counts
+    /// it in the generation's wall time but in neither its prefill nor its decode time.
     pub time: Duration,
 }
 
