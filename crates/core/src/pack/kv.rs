@@ -28,6 +28,19 @@ pub(super) struct PreparedKv {
 }
 
 impl PreparedKv {
+    /// `raw`, the KV of positions `start..end` (after `parent`'s blob), with the SHA-256
+    /// the receipt signs.
+    fn hashed(parent: Option<StateHash>, start: usize, end: usize, raw: Vec<u8>) -> Self {
+        let sha256 = hex::encode(Sha256::digest(&raw));
+        Self {
+            parent,
+            start,
+            end,
+            raw,
+            sha256,
+        }
+    }
+
     /// What the operation's receipt says about this blob.
     pub(super) fn receipt(&self) -> ReceiptKv {
         ReceiptKv {
@@ -85,34 +98,26 @@ impl PromptExport {
         };
         let ExportedKv { raw, time } = exported;
         let hashing = Instant::now();
-        let hashed = tokio::task::spawn_blocking(move || {
-            let sha256 = hex::encode(Sha256::digest(&raw));
-            (raw, sha256)
-        })
-        .await;
-        let (raw, sha256) = match hashed {
-            Ok(h) => h,
+        let (parent, start, end) = (self.parent, self.start, self.end);
+        let hashed =
+            tokio::task::spawn_blocking(move || PreparedKv::hashed(parent, start, end, raw)).await;
+        let prepared = match hashed {
+            Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "KV hashing failed");
                 return None;
             }
         };
         debug!(
-            bytes = raw.len(),
-            start = self.start,
-            end = self.end,
+            bytes = prepared.raw.len(),
+            start,
+            end,
             export_us = time.as_micros() as u64,
             sha256_us = hashing.elapsed().as_micros() as u64,
             "exported the prompt's KV"
         );
         Some(EarlyKv {
-            prepared: PreparedKv {
-                parent: self.parent,
-                start: self.start,
-                end: self.end,
-                raw,
-                sha256,
-            },
+            prepared,
             save: time,
             ready: Instant::now(),
         })
@@ -175,21 +180,15 @@ impl StatePack {
             Ok(Some(raw)) => {
                 let exported = exporting.elapsed();
                 let hashing = Instant::now();
-                let sha256 = hex::encode(Sha256::digest(&raw));
+                let prepared = PreparedKv::hashed(parent, start, end, raw);
                 debug!(
                     state = %hash.short(),
-                    bytes = raw.len(),
+                    bytes = prepared.raw.len(),
                     export_us = exported.as_micros() as u64,
                     sha256_us = hashing.elapsed().as_micros() as u64,
                     "exported KV"
                 );
-                Some(PreparedKv {
-                    parent,
-                    start,
-                    end,
-                    sha256,
-                    raw,
-                })
+                Some(prepared)
             }
             Ok(None) => None,
             Err(e) => {
